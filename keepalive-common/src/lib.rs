@@ -1,0 +1,170 @@
+//! Types shared by the kernel programs (`keepalive-ebpf`) and the daemon.
+//!
+//! Everything here is `#[repr(C)]` and crosses the user/kernel boundary byte for byte: the
+//! daemon fills [`Offsets`] and [`Settings`] from the running kernel's BTF and hands them to the
+//! programs as globals; the programs write [`RawEvent`]s into the `EVENTS` ring buffer.
+#![no_std]
+
+/// A keepalive probe left the socket (`icsk_probes_out` went up inside the keepalive timer, or
+/// `tcp_write_wakeup` returned <= 0 for `LINUX_MIB_TCPKEEPALIVE`). `probes` is its number in the
+/// current run, starting at 1.
+pub const EV_PROBE: u8 = 1;
+/// The peer answered: `icsk_probes_out` was back at 0 when the keepalive timer next fired.
+/// `probes` is how many probes the run had sent.
+pub const EV_ANSWERED: u8 = 2;
+/// The socket moved to CLOSE inside the keepalive timer: keepalive gave up. `errno` is
+/// `sk_err` (ETIMEDOUT, or the soft error the kernel had recorded).
+pub const EV_TIMEOUT: u8 = 3;
+/// A RST arrived while probes were outstanding. `errno` is what `tcp_reset` reports for the
+/// state (ECONNRESET, EPIPE in CLOSE_WAIT).
+pub const EV_RESET: u8 = 4;
+/// A socket with probes outstanding closed for another reason (the application closed it,
+/// retransmission took over after data was written). Not a keepalive death; clears state.
+pub const EV_CLOSED: u8 = 5;
+
+/// Hook family that produced an event, for debugging and the `hook` field of raw events.
+pub const HOOK_TRACEPOINT: u8 = 0;
+pub const HOOK_FENTRY: u8 = 1;
+pub const HOOK_KPROBE: u8 = 2;
+
+/// Marks an offset the running kernel does not have.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Byte offsets into kernel structures, read from `/sys/kernel/btf/vmlinux` at startup.
+/// Rust eBPF has no CO-RE, so the programs never assume a layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct sock` → `__sk_common.skc_family` (u16).
+    pub skc_family: u32,
+    /// `__sk_common.skc_state` (u8).
+    pub skc_state: u32,
+    /// `__sk_common.skc_num` (u16, host order, local port).
+    pub skc_num: u32,
+    /// `__sk_common.skc_dport` (be16).
+    pub skc_dport: u32,
+    /// `__sk_common.skc_rcv_saddr` (be32).
+    pub skc_rcv_saddr: u32,
+    /// `__sk_common.skc_daddr` (be32).
+    pub skc_daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub skc_v6_rcv_saddr: u32,
+    /// `__sk_common.skc_v6_daddr` (16 bytes).
+    pub skc_v6_daddr: u32,
+    /// `__sk_common.skc_net` (pointer to `struct net`).
+    pub skc_net: u32,
+    /// `sock.sk_err` (int).
+    pub sk_err: u32,
+    /// `sock.sk_socket` (pointer to `struct socket`).
+    pub sk_socket: u32,
+    /// Offset of the keepalive `timer_list` inside the socket: `icsk_keepalive_timer` on kernels
+    /// with the 2025 series (and its backports), `sock.sk_timer` before.
+    pub keepalive_timer: u32,
+    /// `inet_connection_sock.icsk_probes_out` (u8).
+    pub icsk_probes_out: u32,
+    /// `inet_connection_sock.icsk_user_timeout` (u32, ms).
+    pub icsk_user_timeout: u32,
+    /// `tcp_sock.keepalive_time` (u32 jiffies).
+    pub tp_keepalive_time: u32,
+    /// `tcp_sock.keepalive_intvl` (u32 jiffies).
+    pub tp_keepalive_intvl: u32,
+    /// `tcp_sock.keepalive_probes` (u8).
+    pub tp_keepalive_probes: u32,
+    /// `net.ns.inum` (u32): the namespace's inode, as in `/proc/<pid>/ns/net`.
+    pub net_inum: u32,
+    /// `net.ipv4.sysctl_tcp_keepalive_time` (int jiffies).
+    pub net_keepalive_time: u32,
+    /// `net.ipv4.sysctl_tcp_keepalive_intvl` (int jiffies).
+    pub net_keepalive_intvl: u32,
+    /// `net.ipv4.sysctl_tcp_keepalive_probes` (u8 since 6.0, int before; the low byte is read).
+    pub net_keepalive_probes: u32,
+    /// `socket_alloc.vfs_inode` minus `socket_alloc.socket`: from a `struct socket *` to its inode.
+    pub socket_to_inode: u32,
+    /// `inode.i_ino` (unsigned long).
+    pub inode_ino: u32,
+    /// `timer_list.function` (pointer).
+    pub timer_function: u32,
+}
+
+/// Load-time settings for the programs, passed as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Address of `tcp_keepalive_timer` from /proc/kallsyms; the tracepoint-mode timer hook
+    /// ignores every other timer callback.
+    pub keepalive_timer_fn: u64,
+    /// Value of `LINUX_MIB_TCPKEEPALIVE` in this kernel's BTF.
+    pub mib_keepalive: u32,
+    pub _pad: u32,
+}
+
+/// Indexes of the `FLAGS` array map. Which hooks attached is only known after loading, so these
+/// are a map the daemon writes after attaching rather than load-time globals.
+/// Set to 1 when a `tcp_write_wakeup` hook is attached: a probe then counts only if the hook saw
+/// the keepalive mib and a return <= 0; 0 means probes are read from `icsk_probes_out`.
+pub const FLAG_PROBE_VIA_WAKEUP: u32 = 0;
+/// Set to 1 when a `tcp_done_with_error` hook reports deaths; 0 means the CLOSE transition
+/// inside the keepalive timer (`sock:inet_sock_set_state`) does.
+pub const FLAG_DEATH_VIA_DONE: u32 = 1;
+pub const FLAG_COUNT: u32 = 2;
+
+/// One record in the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Kernel address of the socket: the identity of a connection while it lives.
+    pub sk: u64,
+    /// Inode of the socket's file (0 when orphaned), to find the owning process.
+    pub ino: u64,
+    /// One of the `EV_*` constants.
+    pub kind: u8,
+    /// One of the `HOOK_*` constants.
+    pub hook: u8,
+    /// Socket state (`TCP_ESTABLISHED` = 1 …) when the event was taken.
+    pub state: u8,
+    /// Probe number / probes in the run, see the `EV_*` docs.
+    pub probes: u8,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    /// Per-socket `keepalive_probes` (0 = namespace default).
+    pub cnt: u8,
+    /// Namespace `tcp_keepalive_probes`.
+    pub ns_cnt: u8,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Positive errno for deaths, 0 otherwise.
+    pub errno: i32,
+    /// Per-socket `keepalive_time` in jiffies (0 = namespace default).
+    pub idle_jiffies: u32,
+    /// Per-socket `keepalive_intvl` in jiffies (0 = namespace default).
+    pub intvl_jiffies: u32,
+    /// Namespace `tcp_keepalive_time` in jiffies.
+    pub ns_idle_jiffies: u32,
+    /// Namespace `tcp_keepalive_intvl` in jiffies.
+    pub ns_intvl_jiffies: u32,
+    /// `TCP_USER_TIMEOUT` in ms (0 = unset).
+    pub user_timeout_ms: u32,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    /// Remote address, same layout.
+    pub daddr: [u8; 16],
+}
+
+impl RawEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` structs of integers with no implicit padding holes that matter
+    // for reading; every bit pattern is valid.
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::RawEvent {}
+}

@@ -1,0 +1,300 @@
+//! Loading the kernel programs and climbing down the hook ladder.
+//!
+//! Each logical hook tries fentry/fexit, then kprobe/kretprobe, then its tracepoint rung (in
+//! `auto` mode), or exactly the forced family. A rung that fails is unloaded before the next is
+//! tried, and any error drops the whole `Ebpf`, which detaches everything already attached: a
+//! failed start leaves nothing behind in the kernel.
+use std::path::Path;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader, Endianness,
+    maps::Array,
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
+};
+use keepalive_common::{FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, Offsets, Settings};
+use log::{info, warn};
+
+use crate::{
+    cli::HookMode,
+    error::{Error, Result},
+};
+
+/// The object built by `build.rs` from `keepalive-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
+
+/// Where one logical hook ended up.
+#[derive(Debug, Clone)]
+pub struct HookStatus {
+    pub hook: &'static str,
+    pub mode: &'static str,
+    /// Why the rung above was not used, or what the chosen rung cannot do.
+    pub note: Option<String>,
+}
+
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+}
+
+pub struct LoadParams<'a> {
+    pub offsets: Offsets,
+    pub settings: Settings,
+    pub ring_bytes: u32,
+    pub btf_path: &'a Path,
+    pub has_done_with_error: bool,
+    pub mode: HookMode,
+}
+
+/// One rung of one hook: the programs to load, attached in order.
+#[derive(Clone, Copy)]
+enum Prog {
+    FEntry(&'static str, &'static str),
+    FExit(&'static str, &'static str),
+    KProbe(&'static str, &'static str),
+    RawTp(&'static str, &'static str),
+}
+
+pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
+    let btf = Btf::parse_file(p.btf_path, Endianness::default()).map_err(|e| Error::Btf {
+        path: p.btf_path.into(),
+        reason: e.to_string(),
+    })?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("OFFSETS", &p.offsets, true)
+        .override_global("SETTINGS", &p.settings, true)
+        .map_max_entries("EVENTS", p.ring_bytes)
+        .load(OBJECT)
+        .map_err(load_error)?;
+
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_logger) {
+        warn!("kernel-side log messages unavailable: {e}");
+    }
+
+    let mut hooks = Vec::new();
+    let timer = climb(
+        &mut ebpf,
+        &btf,
+        p.mode,
+        "keepalive_timer",
+        &[
+            ("fentry", &[Prog::FEntry("ka_fentry_keepalive_timer", "tcp_keepalive_timer"), Prog::FExit("ka_fexit_keepalive_timer", "tcp_keepalive_timer")]),
+            ("kprobe", &[Prog::KProbe("ka_kprobe_keepalive_timer", "tcp_keepalive_timer"), Prog::KProbe("ka_kretprobe_keepalive_timer", "tcp_keepalive_timer")]),
+            ("tracepoint", &[Prog::RawTp("ka_timer_expire_entry", "timer_expire_entry"), Prog::RawTp("ka_timer_expire_exit", "timer_expire_exit")]),
+        ],
+        None,
+    )?;
+    hooks.push(timer);
+
+    let probe = climb(
+        &mut ebpf,
+        &btf,
+        p.mode,
+        "probe_sent",
+        &[
+            ("fentry", &[Prog::FExit("ka_fexit_write_wakeup", "tcp_write_wakeup")]),
+            ("kprobe", &[Prog::KProbe("ka_kprobe_write_wakeup", "tcp_write_wakeup"), Prog::KProbe("ka_kretprobe_write_wakeup", "tcp_write_wakeup")]),
+            // No program: the timer hooks see icsk_probes_out rise inside the keepalive timer.
+            ("tracepoint", &[]),
+        ],
+        None,
+    )?;
+    set_flag(&mut ebpf, FLAG_PROBE_VIA_WAKEUP, probe.mode != "tracepoint")?;
+    hooks.push(probe);
+
+    let absent = (!p.has_done_with_error)
+        .then(|| "tcp_done_with_error is not in this kernel (before 6.11 without the 2024 backport)".to_string());
+    let death = climb(
+        &mut ebpf,
+        &btf,
+        p.mode,
+        "death",
+        &[
+            ("fentry", &[Prog::FEntry("ka_fentry_done_with_error", "tcp_done_with_error")]),
+            ("kprobe", &[Prog::KProbe("ka_kprobe_done_with_error", "tcp_done_with_error")]),
+            // The CLOSE transition inside the keepalive timer, from the state hook below.
+            ("tracepoint", &[]),
+        ],
+        absent,
+    )?;
+    set_flag(&mut ebpf, FLAG_DEATH_VIA_DONE, death.mode != "tracepoint")?;
+    hooks.push(death);
+
+    // Tracepoints on every rung: they are already the cheapest hook for these events.
+    for (hook, prog, tp) in [
+        ("state_change", "ka_inet_sock_set_state", "inet_sock_set_state"),
+        ("reset", "ka_tcp_receive_reset", "tcp_receive_reset"),
+    ] {
+        attach(&mut ebpf, &btf, Prog::RawTp(prog, tp)).map_err(|reason| Error::HookRefused {
+            hook,
+            mode: "tracepoint",
+            reason,
+        })?;
+        hooks.push(HookStatus { hook, mode: "tracepoint", note: None });
+    }
+    for h in &hooks {
+        match &h.note {
+            Some(note) => info!("hook {:<15} mode {:<10} ({note})", h.hook, h.mode),
+            None => info!("hook {:<15} mode {}", h.hook, h.mode),
+        }
+    }
+    Ok(Attached { ebpf, hooks })
+}
+
+type Rung<'a> = (&'static str, &'a [Prog]);
+
+/// Attaches the first rung the kernel accepts. `unavailable` marks the fentry and kprobe rungs
+/// as impossible on this kernel (the target function does not exist).
+fn climb(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    mode: HookMode,
+    hook: &'static str,
+    rungs: &[Rung<'_>],
+    unavailable: Option<String>,
+) -> Result<HookStatus> {
+    let mut why_not: Vec<String> = Vec::new();
+    for (rung, progs) in rungs {
+        let forced = mode != HookMode::Auto;
+        if forced && mode.as_str() != *rung {
+            continue;
+        }
+        if *rung != "tracepoint" {
+            if let Some(reason) = &unavailable {
+                if forced {
+                    // Not a refusal: this kernel lacks the function. Say so and use the state hook.
+                    warn!("hook {hook}: {rung} impossible: {reason}; using the tracepoint rung");
+                    return Ok(HookStatus { hook, mode: "tracepoint", note: Some(reason.clone()) });
+                }
+                why_not.push(format!("{rung}: {reason}"));
+                continue;
+            }
+        }
+        match attach_all(ebpf, btf, progs) {
+            Ok(()) => {
+                let note = (!why_not.is_empty()).then(|| why_not.join("; "));
+                return Ok(HookStatus { hook, mode: rung, note });
+            }
+            Err(e) if forced => {
+                return Err(Error::HookRefused { hook, mode: rung, reason: e });
+            }
+            Err(e) => why_not.push(format!("{rung}: {e}")),
+        }
+    }
+    Err(Error::HookRefused {
+        hook,
+        mode: mode.as_str(),
+        reason: why_not.join("; "),
+    })
+}
+
+fn attach_all(ebpf: &mut Ebpf, btf: &Btf, progs: &[Prog]) -> std::result::Result<(), String> {
+    for (i, prog) in progs.iter().enumerate() {
+        if let Err(e) = attach(ebpf, btf, *prog) {
+            // Undo the half-attached rung so the next one starts clean.
+            for done in &progs[..i] {
+                unload(ebpf, *done);
+            }
+            unload(ebpf, *prog);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: Prog) -> std::result::Result<(), String> {
+    let name = prog_name(prog);
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the eBPF object"))?;
+    let r: std::result::Result<(), ProgramError> = (|| {
+        match prog {
+            Prog::FEntry(_, func) => {
+                let p: &mut FEntry = p.try_into()?;
+                p.load(func, btf)?;
+                p.attach()?;
+            }
+            Prog::FExit(_, func) => {
+                let p: &mut FExit = p.try_into()?;
+                p.load(func, btf)?;
+                p.attach()?;
+            }
+            Prog::KProbe(_, func) => {
+                let p: &mut KProbe = p.try_into()?;
+                p.load()?;
+                p.attach(func, 0)?;
+            }
+            Prog::RawTp(_, tp) => {
+                let p: &mut RawTracePoint = p.try_into()?;
+                p.load()?;
+                p.attach(tp)?;
+            }
+        }
+        Ok(())
+    })();
+    r.map_err(|e| describe(&e))
+}
+
+fn prog_name(prog: Prog) -> &'static str {
+    match prog {
+        Prog::FEntry(n, _) | Prog::FExit(n, _) | Prog::KProbe(n, _) | Prog::RawTp(n, _) => n,
+    }
+}
+
+fn unload(ebpf: &mut Ebpf, prog: Prog) {
+    let Some(p) = ebpf.program_mut(prog_name(prog)) else { return };
+    let _ = match prog {
+        Prog::FEntry(..) => <&mut FEntry>::try_from(p).map(|p| p.unload()),
+        Prog::FExit(..) => <&mut FExit>::try_from(p).map(|p| p.unload()),
+        Prog::KProbe(..) => <&mut KProbe>::try_from(p).map(|p| p.unload()),
+        Prog::RawTp(..) => <&mut RawTracePoint>::try_from(p).map(|p| p.unload()),
+    };
+}
+
+/// The kernel's reason, with the verifier log cut to its last line (the one that matters).
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let last = verifier_log.to_string();
+            let last = last.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            format!("{io_error}{}", if last.is_empty() { String::new() } else { format!(" (verifier: {last})") })
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn set_flag(ebpf: &mut Ebpf, index: u32, on: bool) -> Result<()> {
+    let map = ebpf.map_mut("FLAGS").ok_or_else(|| Error::Load("map FLAGS missing".into()))?;
+    let mut flags: Array<_, u8> = Array::try_from(map).map_err(|e| Error::Load(e.to_string()))?;
+    flags.set(index, on as u8, 0).map_err(|e| Error::Load(e.to_string()))
+}
+
+fn load_error(e: aya::EbpfError) -> Error {
+    let text = e.to_string();
+    let perm = matches!(&e, aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+        if io_error.raw_os_error() == Some(libc::EPERM));
+    if perm { Error::Privileges } else { Error::Load(text) }
+}
+
+fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    tokio::spawn(async move {
+        // SAFETY: the AsyncFd owns the logger and with it the ring buffer's descriptor.
+        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

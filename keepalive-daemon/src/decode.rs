@@ -1,0 +1,187 @@
+//! Ring-buffer records → typed kernel events.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use keepalive_common::{
+    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_RESET, EV_TIMEOUT, HOOK_FENTRY, HOOK_KPROBE, RawEvent,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Probe,
+    Answered,
+    Timeout,
+    Reset,
+    Closed,
+}
+
+/// A connection as the daemon names it: addresses are the socket's own (local = `saddr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// Effective keepalive settings: the socket's own, or its namespace's where the socket says 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle_s: u32,
+    pub intvl_s: u32,
+    pub cnt: u8,
+    pub user_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub ts_ns: u64,
+    pub sk: u64,
+    pub ino: u64,
+    pub kind: Kind,
+    pub hook: &'static str,
+    pub probes: u8,
+    pub errno: i32,
+    pub flow: Flow,
+    pub keepalive: Keepalive,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Length(usize),
+    Kind(u8),
+    Family(u16),
+}
+
+pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
+    if bytes.len() != RawEvent::SIZE {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    // SAFETY: length checked; RawEvent is plain integers, valid for any bit pattern.
+    let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = match raw.kind {
+        EV_PROBE => Kind::Probe,
+        EV_ANSWERED => Kind::Answered,
+        EV_TIMEOUT => Kind::Timeout,
+        EV_RESET => Kind::Reset,
+        EV_CLOSED => Kind::Closed,
+        other => return Err(DecodeError::Kind(other)),
+    };
+    let (saddr, daddr) = match raw.family {
+        AF_INET => (v4(&raw.saddr), v4(&raw.daddr)),
+        AF_INET6 => (v6(raw.saddr), v6(raw.daddr)),
+        other => return Err(DecodeError::Family(other)),
+    };
+    let hz = hz.max(1);
+    let pick = |own: u32, ns: u32| if own != 0 { own } else { ns };
+    Ok(KernelEvent {
+        ts_ns: raw.ts_ns,
+        sk: raw.sk,
+        ino: raw.ino,
+        kind,
+        hook: match raw.hook {
+            HOOK_FENTRY => "fentry",
+            HOOK_KPROBE => "kprobe",
+            _ => "tracepoint",
+        },
+        probes: raw.probes,
+        errno: raw.errno,
+        flow: Flow {
+            netns: raw.netns,
+            saddr,
+            sport: raw.sport,
+            daddr,
+            dport: raw.dport,
+        },
+        keepalive: Keepalive {
+            idle_s: pick(raw.idle_jiffies, raw.ns_idle_jiffies) / hz,
+            intvl_s: pick(raw.intvl_jiffies, raw.ns_intvl_jiffies) / hz,
+            cnt: if raw.cnt != 0 { raw.cnt } else { raw.ns_cnt },
+            user_timeout_ms: raw.user_timeout_ms,
+        },
+    })
+}
+
+fn v4(b: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+}
+
+/// IPv4-mapped addresses of dual-stack sockets are shown as the IPv4 address they carry.
+fn v6(b: [u8; 16]) -> IpAddr {
+    let a = Ipv6Addr::from(b);
+    match a.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawEvent {
+        RawEvent {
+            ts_ns: 5,
+            sk: 0xffff_8880_0000_1000,
+            ino: 77,
+            kind: EV_PROBE,
+            hook: 0,
+            state: 1,
+            probes: 2,
+            family: AF_INET,
+            sport: 40000,
+            dport: 5000,
+            cnt: 0,
+            ns_cnt: 9,
+            netns: 4026531840,
+            errno: 0,
+            idle_jiffies: 250,
+            intvl_jiffies: 0,
+            ns_idle_jiffies: 7200 * 250,
+            ns_intvl_jiffies: 75 * 250,
+            user_timeout_ms: 0,
+            saddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }
+    }
+
+    fn bytes(r: &RawEvent) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) value.
+        unsafe { std::slice::from_raw_parts((r as *const RawEvent).cast::<u8>(), RawEvent::SIZE) }
+            .to_vec()
+    }
+
+    #[test]
+    fn socket_values_win_and_zero_means_namespace_default() {
+        let ev = decode(&bytes(&raw()), 250).unwrap();
+        assert_eq!(ev.kind, Kind::Probe);
+        assert_eq!(ev.keepalive, Keepalive { idle_s: 1, intvl_s: 75, cnt: 9, user_timeout_ms: 0 });
+        assert_eq!(ev.flow.saddr.to_string(), "10.0.0.2");
+        assert_eq!(ev.flow.dport, 5000);
+    }
+
+    #[test]
+    fn mapped_v6_is_shown_as_v4() {
+        let mut r = raw();
+        r.family = AF_INET6;
+        r.saddr = Ipv6Addr::from(Ipv4Addr::new(10, 9, 8, 7).to_ipv6_mapped()).octets();
+        r.daddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        let ev = decode(&bytes(&r), 250).unwrap();
+        assert_eq!(ev.flow.saddr.to_string(), "10.9.8.7");
+        assert_eq!(ev.flow.daddr.to_string(), "fd00::1");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(decode(&[0u8; 3], 250), Err(DecodeError::Length(3)));
+        let mut r = raw();
+        r.kind = 99;
+        assert_eq!(decode(&bytes(&r), 250), Err(DecodeError::Kind(99)));
+        let mut r = raw();
+        r.family = 1;
+        assert_eq!(decode(&bytes(&r), 250), Err(DecodeError::Family(1)));
+    }
+}

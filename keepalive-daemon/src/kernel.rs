@@ -1,0 +1,136 @@
+//! Facts about the running kernel that BTF does not carry: symbol addresses and HZ.
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
+
+use crate::error::{Error, Result};
+
+const KALLSYMS: &str = "/proc/kallsyms";
+
+/// Address of `tcp_keepalive_timer`, the callback the tracepoint-mode timer hook filters on.
+pub fn keepalive_timer_address() -> Result<u64> {
+    let text = fs::read_to_string(KALLSYMS).map_err(|source| Error::Io {
+        path: KALLSYMS.into(),
+        source,
+    })?;
+    symbol_address(&text, "tcp_keepalive_timer").ok_or(Error::NoTimerSymbol)
+}
+
+/// Finds `name` exactly (not `name.cold` or module copies); a zero address means the kernel
+/// hides addresses from us (kptr_restrict), which is as good as absent.
+fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
+    kallsyms.lines().find_map(|line| {
+        let mut it = line.split_whitespace();
+        let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+        let _kind = it.next()?;
+        (it.next()? == name && addr != 0).then_some(addr)
+    })
+}
+
+/// Kernel HZ, to turn the jiffies stored in sockets into seconds. The kernel config says it;
+/// without one (minimal VMs, custom kernels) it is measured from /proc/timer_list.
+pub fn hz() -> Result<u32> {
+    if let Some(hz) = config_text().as_deref().and_then(config_hz) {
+        return Ok(hz);
+    }
+    measure_hz()
+}
+
+fn config_text() -> Option<String> {
+    if let Ok(file) = fs::File::open("/proc/config.gz") {
+        let mut text = String::new();
+        if flate2::read::GzDecoder::new(file).read_to_string(&mut text).is_ok() {
+            return Some(text);
+        }
+    }
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let path = PathBuf::from(format!("/boot/config-{}", release.trim()));
+    fs::read_to_string(path).ok()
+}
+
+fn config_hz(config: &str) -> Option<u32> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn measure_hz() -> Result<u32> {
+    let path = Path::new("/proc/timer_list");
+    let sample = || -> Result<(u64, u64)> {
+        let text = fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        timer_list_sample(&text).ok_or_else(|| Error::Config("cannot determine kernel HZ".into()))
+    };
+    let (ns0, j0) = sample()?;
+    thread::sleep(Duration::from_millis(200));
+    let (ns1, j1) = sample()?;
+    let measured = (j1 - j0) as f64 * 1e9 / (ns1 - ns0).max(1) as f64;
+    Ok(nearest_hz(measured))
+}
+
+/// `now at <ns> nsecs` and the first `jiffies: <n>` of /proc/timer_list.
+fn timer_list_sample(text: &str) -> Option<(u64, u64)> {
+    let ns = text.lines().find_map(|l| {
+        l.strip_prefix("now at ")?
+            .strip_suffix(" nsecs")?
+            .parse()
+            .ok()
+    })?;
+    let jiffies = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies: ")?.parse().ok())?;
+    Some((ns, jiffies))
+}
+
+fn nearest_hz(measured: f64) -> u32 {
+    [100u32, 250, 300, 1000]
+        .into_iter()
+        .min_by(|a, b| {
+            let da = (*a as f64 - measured).abs();
+            let db = (*b as f64 - measured).abs();
+            da.total_cmp(&db)
+        })
+        .unwrap_or(250)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_symbol_only() {
+        let text = "ffffffff81243c71 t tcp_keepalive_timer.cold\n\
+                    ffffffff8202bdf0 t tcp_keepalive_timer\n";
+        assert_eq!(symbol_address(text, "tcp_keepalive_timer"), Some(0xffffffff8202bdf0));
+        assert_eq!(symbol_address("0000000000000000 t tcp_keepalive_timer\n", "tcp_keepalive_timer"), None);
+    }
+
+    /// On the real kernel: the config and the clock must agree on HZ.
+    #[test]
+    fn config_and_measurement_agree() {
+        let Some(config) = config_text() else { return };
+        let from_config = config_hz(&config).expect("CONFIG_HZ in config");
+        if Path::new("/proc/timer_list").exists() {
+            assert_eq!(measure_hz().expect("measure"), from_config);
+        }
+    }
+
+    #[test]
+    fn real_kallsyms_has_the_timer() {
+        if nix_is_root() {
+            assert!(keepalive_timer_address().expect("kallsyms") > 0xffff_0000_0000_0000);
+        }
+    }
+
+    fn nix_is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+}

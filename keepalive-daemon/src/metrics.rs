@@ -1,0 +1,110 @@
+//! Prometheus metrics. Every label has a fixed, small set of values (listed per metric), so
+//! the series count does not grow with connections, peers or processes.
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{attach::HookStatus, event::Cause};
+
+pub struct Metrics {
+    registry: Registry,
+    pub probes: IntCounter,
+    pub answered: IntCounter,
+    /// `cause`: timeout | reset | unreachable.
+    pub dead: IntCounterVec,
+    /// `stage`: kernel (ring buffer full) | decode (malformed record) | icmp (ICMP queue full).
+    pub lost: IntCounterVec,
+    pub readers_dropped: IntCounter,
+    pub readers: IntGauge,
+    pub probing_sockets: IntGauge,
+    pub icmp_unreachable: IntCounter,
+    pub icmp_namespaces: IntGauge,
+    pub icmp_namespaces_skipped: IntCounter,
+    /// `hook`: keepalive_timer | probe_sent | death | state_change | reset;
+    /// `mode`: fentry | kprobe | tracepoint.
+    pub hook_mode: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let dead = IntCounterVec::new(
+            Opts::new("keepalive_dead_connections_total", "Connections keepalive declared dead, by cause."),
+            &["cause"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(dead.clone())).expect("unique metric");
+        for c in Cause::ALL {
+            dead.with_label_values(&[c.as_str()]);
+        }
+        let lost = IntCounterVec::new(
+            Opts::new("keepalive_events_lost_total", "Events lost before reaching the sinks, by stage."),
+            &["stage"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(lost.clone())).expect("unique metric");
+        for s in ["kernel", "decode", "icmp"] {
+            lost.with_label_values(&[s]);
+        }
+        let hook_mode = IntGaugeVec::new(
+            Opts::new("keepalive_hook_mode", "Hook family in use for each logical hook (1 = in use)."),
+            &["hook", "mode"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(hook_mode.clone())).expect("unique metric");
+        let build = IntGaugeVec::new(
+            Opts::new("keepalive_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build.clone())).expect("unique metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        Metrics {
+            probes: counter(&r, "keepalive_probes_total", "Keepalive probes sent that were not yet answered when sent."),
+            answered: counter(&r, "keepalive_probes_answered_total", "Probe runs the peer answered."),
+            dead,
+            lost,
+            readers_dropped: counter(&r, "keepalive_event_readers_dropped_total", "/events readers disconnected for falling behind."),
+            readers: gauge(&r, "keepalive_event_readers", "/events readers connected now."),
+            probing_sockets: gauge(&r, "keepalive_probing_sockets", "Sockets with keepalive probes outstanding now."),
+            icmp_unreachable: counter(&r, "keepalive_icmp_unreachable_total", "ICMP destination-unreachable errors quoting a TCP segment."),
+            icmp_namespaces: gauge(&r, "keepalive_icmp_watched_namespaces", "Network namespaces whose ICMP errors are watched."),
+            icmp_namespaces_skipped: counter(&r, "keepalive_icmp_namespaces_skipped_total", "Namespaces not watched because the cap was reached."),
+            hook_mode,
+            registry: r,
+        }
+    }
+
+    pub fn set_hooks(&self, hooks: &[HookStatus]) {
+        for h in hooks {
+            self.hook_mode.with_label_values(&[h.hook, h.mode]).set(1);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

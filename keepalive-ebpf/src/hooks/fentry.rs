@@ -1,0 +1,46 @@
+//! fentry/fexit family (BTF trampolines, 5.5+): the cheapest hooks and the only ones that see
+//! `tcp_write_wakeup`'s mib argument and return value together.
+//! Tested on: Debian 5.10, 6.1, 6.12 (QEMU). Refused (EPERM) by the lockdown host kernel.
+use aya_ebpf::{
+    macros::{fentry, fexit},
+    programs::{FEntryContext, FExitContext},
+};
+use keepalive_common::HOOK_FENTRY;
+
+use crate::state;
+
+/// `static void tcp_keepalive_timer(struct timer_list *t)` — never inlined: it is a timer
+/// callback, so it has a trampoline-able symbol on every kernel.
+#[fentry(function = "tcp_keepalive_timer")]
+pub fn ka_fentry_keepalive_timer(ctx: FEntryContext) -> u32 {
+    let timer: u64 = ctx.arg(0);
+    state::timer_enter(crate::kernel::sk_of_timer(timer), HOOK_FENTRY);
+    0
+}
+
+#[fexit(function = "tcp_keepalive_timer")]
+pub fn ka_fexit_keepalive_timer(_ctx: FExitContext) -> u32 {
+    state::timer_exit();
+    0
+}
+
+/// `int tcp_write_wakeup(struct sock *sk, int mib)` — shared by keepalive and zero-window
+/// probes; only `LINUX_MIB_TCPKEEPALIVE` with a return <= 0 is a keepalive probe that counts.
+#[fexit(function = "tcp_write_wakeup")]
+pub fn ka_fexit_write_wakeup(ctx: FExitContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let mib: u64 = ctx.arg(1);
+    let ret: u64 = ctx.arg(2);
+    state::wakeup_returned(sk, mib as u32, ret as i32);
+    0
+}
+
+/// `void tcp_done_with_error(struct sock *sk, int err)` — 6.11+ and the 2024 stable backports
+/// (6.1.y, 6.6.y, 5.15.y). Called by the inlined `tcp_write_err` when keepalive gives up.
+#[fentry(function = "tcp_done_with_error")]
+pub fn ka_fentry_done_with_error(ctx: FEntryContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let err: u64 = ctx.arg(1);
+    state::dying(&ctx, sk, err as i32, true);
+    0
+}

@@ -1,0 +1,28 @@
+//! Kernel side of the keepalive observer.
+//!
+//! The daemon loads every program in this object and attaches, per hook, the best family the
+//! running kernel accepts (fentry/fexit, then kprobe/kretprobe, then tracepoints). All families
+//! feed the same per-CPU "keepalive timer run" bookkeeping in [`state`], so the events they emit
+//! are identical whichever rung of the ladder is in use.
+#![no_std]
+#![no_main]
+
+mod kernel;
+mod state;
+
+mod hooks {
+    pub mod fentry;
+    pub mod kprobe;
+    pub mod tracepoint;
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// GPL-compatible: fentry, raw tracepoints and bpf_probe_read_kernel require it.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,216 @@
+//! What every hook family shares: the run of one keepalive timer callback on this CPU, the set
+//! of sockets with probes outstanding, and event output.
+//!
+//! A keepalive timer callback runs in softirq context with the socket bh-locked, and timer
+//! callbacks never nest on one CPU, so a single per-CPU slot describes "the keepalive timer
+//! currently running here". Everything that happens to that socket between the timer's entry
+//! and exit (a probe sent, the socket closed by `tcp_write_err`) is keepalive's doing.
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use aya_log_ebpf::debug;
+use keepalive_common::{
+    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_RESET, EV_TIMEOUT, FLAG_DEATH_VIA_DONE,
+    FLAG_PROBE_VIA_WAKEUP, RawEvent,
+};
+
+use crate::kernel::{
+    self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2,
+};
+
+/// Events for the daemon. Size set by the daemon (`--ring-buffer-bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Events that found the ring buffer full. Exported as `keepalive_events_lost_total`.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sockets with keepalive probes outstanding → probes sent in the current run. Only sockets
+/// being probed are here, so the map stays small; LRU so a missed close cannot fill it.
+#[map]
+static PROBING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TimerRun {
+    /// Socket whose keepalive timer is running on this CPU, 0 when none.
+    pub sk: u64,
+    pub probes_before: u8,
+    /// `tcp_write_wakeup` entered for the keepalive mib (kprobe mode: awaiting its return).
+    pub wakeup_pending: u8,
+    /// `tcp_write_wakeup` sent a keepalive probe (returned <= 0).
+    pub wakeup_probe: u8,
+    /// The socket died in this run; the death was already reported.
+    pub died: u8,
+    pub hook: u8,
+    pub _pad: [u8; 3],
+}
+
+#[map]
+static CURRENT: PerCpuArray<TimerRun> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn current() -> Option<&'static mut TimerRun> {
+    CURRENT.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// The current run, if it is for `sk`.
+#[inline(always)]
+pub fn current_for(sk: u64) -> Option<&'static mut TimerRun> {
+    match current() {
+        Some(run) if run.sk != 0 && run.sk == sk => Some(run),
+        _ => None,
+    }
+}
+
+/// The current run, if it has a `tcp_write_wakeup` call awaiting its return (kprobe mode).
+#[inline(always)]
+pub fn pending_wakeup() -> Option<&'static mut TimerRun> {
+    match current() {
+        Some(run) if run.sk != 0 && run.wakeup_pending != 0 => Some(run),
+        _ => None,
+    }
+}
+
+fn emit(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32) {
+    match EVENTS.reserve::<RawEvent>(0) {
+        Some(mut slot) => {
+            let mut ev: RawEvent = unsafe { core::mem::zeroed() };
+            ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+            ev.kind = kind;
+            ev.hook = hook;
+            ev.probes = probes;
+            ev.errno = errno;
+            kernel::describe(sk, &mut ev);
+            slot.write(ev);
+            slot.submit(0);
+        }
+        None => {
+            if let Some(n) = LOST.get_ptr_mut(0) {
+                unsafe { *n += 1 };
+            }
+        }
+    }
+}
+
+/// Keepalive timer entry. A socket that had probes out and now has none was answered.
+#[inline(always)]
+pub fn timer_enter(sk: u64, hook: u8) {
+    let Some(run) = current() else { return };
+    let probes = kernel::probes_out(sk);
+    *run = TimerRun {
+        sk,
+        probes_before: probes,
+        wakeup_pending: 0,
+        wakeup_probe: 0,
+        died: 0,
+        hook,
+        _pad: [0; 3],
+    };
+    if probes == 0 {
+        if let Some(sent) = unsafe { PROBING.get(&sk) } {
+            let sent = *sent;
+            let _ = PROBING.remove(&sk);
+            emit(EV_ANSWERED, hook, sk, sent, 0);
+        }
+    }
+}
+
+/// Keepalive timer exit: report the probe this run sent, if any.
+#[inline(always)]
+pub fn timer_exit() {
+    let Some(run) = current() else { return };
+    let sk = run.sk;
+    if sk == 0 {
+        return;
+    }
+    run.sk = 0;
+    if run.died != 0 {
+        return;
+    }
+    let probes = kernel::probes_out(sk);
+    let sent = if kernel::flag(FLAG_PROBE_VIA_WAKEUP) {
+        run.wakeup_probe != 0
+    } else {
+        // Only the keepalive branch of tcp_keepalive_timer increments icsk_probes_out.
+        probes > run.probes_before
+    };
+    if sent {
+        let _ = PROBING.insert(&sk, &probes, 0);
+        emit(EV_PROBE, run.hook, sk, probes, 0);
+    }
+}
+
+/// `tcp_write_wakeup(sk, mib)` returned `ret` (fentry/kprobe modes).
+#[inline(always)]
+pub fn wakeup_returned(sk: u64, mib: u32, ret: i32) {
+    if let Some(run) = current_for(sk) {
+        if mib == kernel::settings().mib_keepalive && ret <= 0 {
+            run.wakeup_probe = 1;
+        }
+    }
+}
+
+/// The socket is being closed with `err` (from `tcp_done_with_error`, or `sk_err` read at the
+/// CLOSE transition). Inside the keepalive timer that is keepalive giving up.
+#[inline(always)]
+pub fn dying<C: EbpfContext>(ctx: &C, sk: u64, err: i32, from_done: bool) {
+    if let Some(run) = current_for(sk) {
+        if run.died != 0 || from_done != kernel::flag(FLAG_DEATH_VIA_DONE) {
+            return;
+        }
+        run.died = 1;
+        let _ = PROBING.remove(&sk);
+        debug!(ctx, "keepalive gave up on sk {:x}: errno {}", sk, err);
+        emit(EV_TIMEOUT, run.hook, sk, kernel::probes_out(sk), err);
+    }
+}
+
+/// `sock:inet_sock_set_state`: deaths in tracepoint mode (CLOSE inside the keepalive timer), and
+/// cleanup of sockets that leave the keepalive states mid-probe for any other reason (the
+/// application closed them, retransmission gave up).
+#[inline(always)]
+pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
+    if keepalive_state(newstate) {
+        return;
+    }
+    if newstate == TCP_CLOSE && current_for(sk).is_some() {
+        let err = kernel::read::<i32>(sk, kernel::offsets().sk_err);
+        dying(ctx, sk, err, false);
+        return;
+    }
+    if let Some(sent) = unsafe { PROBING.get(&sk) } {
+        let sent = *sent;
+        let _ = PROBING.remove(&sk);
+        emit(EV_CLOSED, hook, sk, sent, 0);
+    }
+}
+
+/// States in which the keepalive timer probes a socket its application still holds.
+#[inline(always)]
+fn keepalive_state(state: u8) -> bool {
+    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT || state == TCP_FIN_WAIT2
+}
+
+/// `tcp:tcp_receive_reset`: a RST with probes outstanding answers a probe (peer rebooted, or a
+/// middlebox that forgot the idle flow).
+#[inline(always)]
+pub fn reset_received(sk: u64, hook: u8) {
+    // A RST to a socket its application already closed is not keepalive's business.
+    let state = kernel::state(sk);
+    if !keepalive_state(state) || kernel::read::<u64>(sk, kernel::offsets().sk_socket) == 0 {
+        return;
+    }
+    let probes = kernel::probes_out(sk);
+    let tracked = unsafe { PROBING.get(&sk) }.copied();
+    if probes == 0 && tracked.is_none() {
+        return;
+    }
+    let _ = PROBING.remove(&sk);
+    let errno = if state == TCP_CLOSE_WAIT { EPIPE } else { ECONNRESET };
+    emit(EV_RESET, hook, sk, if probes > 0 { probes } else { tracked.unwrap_or(0) }, errno);
+}
