@@ -72,60 +72,22 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
     }
 
     let mut hooks = Vec::new();
-    let timer = climb(
-        &mut ebpf,
-        &btf,
-        p.mode,
-        "keepalive_timer",
-        &[
-            ("fentry", &[Prog::FEntry("ka_fentry_keepalive_timer", "tcp_keepalive_timer"), Prog::FExit("ka_fexit_keepalive_timer", "tcp_keepalive_timer")]),
-            ("kprobe", &[Prog::KProbe("ka_kprobe_keepalive_timer", "tcp_keepalive_timer"), Prog::KProbe("ka_kretprobe_keepalive_timer", "tcp_keepalive_timer")]),
-            ("tracepoint", &[Prog::RawTp("ka_timer_expire_entry", "timer_expire_entry"), Prog::RawTp("ka_timer_expire_exit", "timer_expire_exit")]),
-        ],
-        None,
-    )?;
+    let timer = climb(&mut ebpf, &btf, p.mode, "keepalive_timer", TIMER, None)?;
     hooks.push(timer);
 
-    let probe = climb(
-        &mut ebpf,
-        &btf,
-        p.mode,
-        "probe_sent",
-        &[
-            ("fentry", &[Prog::FExit("ka_fexit_write_wakeup", "tcp_write_wakeup")]),
-            ("kprobe", &[Prog::KProbe("ka_kprobe_write_wakeup", "tcp_write_wakeup"), Prog::KProbe("ka_kretprobe_write_wakeup", "tcp_write_wakeup")]),
-            // No program: the timer hooks see icsk_probes_out rise inside the keepalive timer.
-            ("tracepoint", &[]),
-        ],
-        None,
-    )?;
+    let probe = climb(&mut ebpf, &btf, p.mode, "probe_sent", PROBE_SENT, None)?;
     set_flag(&mut ebpf, FLAG_PROBE_VIA_WAKEUP, probe.mode != "tracepoint")?;
     hooks.push(probe);
 
-    let absent = (!p.has_done_with_error)
-        .then(|| "tcp_done_with_error is not in this kernel (before 6.11 without the 2024 backport)".to_string());
-    let death = climb(
-        &mut ebpf,
-        &btf,
-        p.mode,
-        "death",
-        &[
-            ("fentry", &[Prog::FEntry("ka_fentry_done_with_error", "tcp_done_with_error")]),
-            ("kprobe", &[Prog::KProbe("ka_kprobe_done_with_error", "tcp_done_with_error")]),
-            // The CLOSE transition inside the keepalive timer, from the state hook below.
-            ("tracepoint", &[]),
-        ],
-        absent,
-    )?;
+    let absent = (!p.has_done_with_error).then(|| {
+        "tcp_done_with_error is not in this kernel (before 6.11 without the 2024 backport)".to_string()
+    });
+    let death = climb(&mut ebpf, &btf, p.mode, "death", DEATH, absent)?;
     set_flag(&mut ebpf, FLAG_DEATH_VIA_DONE, death.mode != "tracepoint")?;
     hooks.push(death);
 
-    // Tracepoints on every rung: they are already the cheapest hook for these events.
-    for (hook, prog, tp) in [
-        ("state_change", "ka_inet_sock_set_state", "inet_sock_set_state"),
-        ("reset", "ka_tcp_receive_reset", "tcp_receive_reset"),
-    ] {
-        attach(&mut ebpf, &btf, Prog::RawTp(prog, tp)).map_err(|reason| Error::HookRefused {
+    for &(hook, prog) in ALWAYS {
+        attach(&mut ebpf, &btf, prog).map_err(|reason| Error::HookRefused {
             hook,
             mode: "tracepoint",
             reason,
@@ -141,7 +103,31 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
     Ok(Attached { ebpf, hooks })
 }
 
-type Rung<'a> = (&'static str, &'a [Prog]);
+type Rung = (&'static str, &'static [Prog]);
+
+/// The ladders, best rung first. Program names are the functions in `keepalive-ebpf/src/hooks`.
+const TIMER: &[Rung] = &[
+    ("fentry", &[Prog::FEntry("ka_fentry_keepalive_timer", "tcp_keepalive_timer"), Prog::FExit("ka_fexit_keepalive_timer", "tcp_keepalive_timer")]),
+    ("kprobe", &[Prog::KProbe("ka_kprobe_keepalive_timer", "tcp_keepalive_timer"), Prog::KProbe("ka_kretprobe_keepalive_timer", "tcp_keepalive_timer")]),
+    ("tracepoint", &[Prog::RawTp("ka_timer_expire_entry", "timer_expire_entry"), Prog::RawTp("ka_timer_expire_exit", "timer_expire_exit")]),
+];
+const PROBE_SENT: &[Rung] = &[
+    ("fentry", &[Prog::FExit("ka_fexit_write_wakeup", "tcp_write_wakeup")]),
+    ("kprobe", &[Prog::KProbe("ka_kprobe_write_wakeup", "tcp_write_wakeup"), Prog::KProbe("ka_kretprobe_write_wakeup", "tcp_write_wakeup")]),
+    // No program: the timer hooks see icsk_probes_out rise inside the keepalive timer.
+    ("tracepoint", &[]),
+];
+const DEATH: &[Rung] = &[
+    ("fentry", &[Prog::FEntry("ka_fentry_done_with_error", "tcp_done_with_error")]),
+    ("kprobe", &[Prog::KProbe("ka_kprobe_done_with_error", "tcp_done_with_error")]),
+    // The CLOSE transition inside the keepalive timer, seen by the state_change hook.
+    ("tracepoint", &[]),
+];
+/// Tracepoints on every rung: they are already the cheapest hook for these events.
+const ALWAYS: &[(&str, Prog)] = &[
+    ("state_change", Prog::RawTp("ka_inet_sock_set_state", "inet_sock_set_state")),
+    ("reset", Prog::RawTp("ka_tcp_receive_reset", "tcp_receive_reset")),
+];
 
 /// Attaches the first rung the kernel accepts. `unavailable` marks the fentry and kprobe rungs
 /// as impossible on this kernel (the target function does not exist).
@@ -150,7 +136,7 @@ fn climb(
     btf: &Btf,
     mode: HookMode,
     hook: &'static str,
-    rungs: &[Rung<'_>],
+    rungs: &[Rung],
     unavailable: Option<String>,
 ) -> Result<HookStatus> {
     let mut why_not: Vec<String> = Vec::new();
@@ -297,4 +283,46 @@ fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::{Object, ProgramSection};
+
+    use super::*;
+
+    /// Every program a ladder names exists in the built object with the section type its rung
+    /// needs: a renamed or mistyped program would otherwise only fail on a kernel with that rung.
+    #[test]
+    fn object_has_every_program_of_every_rung() {
+        let obj = Object::parse(OBJECT).expect("parse eBPF object");
+        let all = [TIMER, PROBE_SENT, DEATH].into_iter().flatten().flat_map(|(_, p)| p.iter().copied());
+        let mut checked = 0;
+        for prog in all.chain(ALWAYS.iter().map(|(_, p)| *p)) {
+            let name = prog_name(prog);
+            let found = obj.programs.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            let ok = match (prog, &found.section) {
+                (Prog::FEntry(..), ProgramSection::FEntry { .. }) => true,
+                (Prog::FExit(..), ProgramSection::FExit { .. }) => true,
+                (Prog::KProbe(n, _), ProgramSection::KRetProbe) => n.contains("kretprobe"),
+                (Prog::KProbe(n, _), ProgramSection::KProbe) => !n.contains("kretprobe"),
+                (Prog::RawTp(..), ProgramSection::RawTracePoint) => true,
+                _ => false,
+            };
+            assert!(ok, "{name} has section {:?}", found.section);
+            checked += 1;
+        }
+        assert_eq!(checked, 13);
+        // The object carries nothing the ladders do not attach.
+        assert_eq!(obj.programs.len(), checked);
+    }
+
+    /// Every rung but the tracepoint one names a kernel function that must exist for it.
+    #[test]
+    fn ladders_are_ordered_best_first() {
+        for ladder in [TIMER, PROBE_SENT, DEATH] {
+            let order: Vec<_> = ladder.iter().map(|(r, _)| *r).collect();
+            assert_eq!(order, ["fentry", "kprobe", "tracepoint"]);
+        }
+    }
 }
