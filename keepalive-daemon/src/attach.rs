@@ -145,16 +145,14 @@ fn climb(
         if forced && mode.as_str() != *rung {
             continue;
         }
-        if *rung != "tracepoint" {
-            if let Some(reason) = &unavailable {
-                if forced {
-                    // Not a refusal: this kernel lacks the function. Say so and use the state hook.
-                    warn!("hook {hook}: {rung} impossible: {reason}; using the tracepoint rung");
-                    return Ok(HookStatus { hook, mode: "tracepoint", note: Some(reason.clone()) });
-                }
-                why_not.push(format!("{rung}: {reason}"));
-                continue;
+        if let (true, Some(reason)) = (*rung != "tracepoint", &unavailable) {
+            if forced {
+                // Not a refusal: this kernel lacks the function. Say so and use the state hook.
+                warn!("hook {hook}: {rung} impossible: {reason}; using the tracepoint rung");
+                return Ok(HookStatus { hook, mode: "tracepoint", note: Some(reason.clone()) });
             }
+            why_not.push(format!("{rung}: {reason}"));
+            continue;
         }
         match attach_all(ebpf, btf, progs) {
             Ok(()) => {

@@ -167,7 +167,7 @@ mod tests {
     fn mapped_v6_is_shown_as_v4() {
         let mut r = raw();
         r.family = AF_INET6;
-        r.saddr = Ipv6Addr::from(Ipv4Addr::new(10, 9, 8, 7).to_ipv6_mapped()).octets();
+        r.saddr = Ipv4Addr::new(10, 9, 8, 7).to_ipv6_mapped().octets();
         r.daddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
         let ev = decode(&bytes(&r), 250).unwrap();
         assert_eq!(ev.flow.saddr.to_string(), "10.9.8.7");

@@ -91,6 +91,7 @@ fn start(args: &[&str]) -> Result<Running, Output> {
         thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("daemon neither became healthy nor exited within 30 s");
 }
 
