@@ -21,6 +21,20 @@ pub const EV_RESET: u8 = 4;
 /// A socket with probes outstanding closed for another reason (the application closed it,
 /// retransmission took over after data was written). Not a keepalive death; clears state.
 pub const EV_CLOSED: u8 = 5;
+/// A TCP socket entered ESTABLISHED or LISTEN: it joins the inventory with its settings.
+pub const EV_SOCK_OPEN: u8 = 6;
+/// A TCP socket entered CLOSE: it leaves the inventory.
+pub const EV_SOCK_CLOSE: u8 = 7;
+/// A setsockopt(2) of SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT or
+/// TCP_USER_TIMEOUT succeeded on the socket; the event carries the settings after the call.
+pub const EV_SETTINGS: u8 = 8;
+/// A record of the startup inventory (the `iter/tcp` program), not a ring-buffer event.
+pub const EV_INVENTORY: u8 = 9;
+
+/// `RawEvent::flags`: SO_KEEPALIVE is on.
+pub const FLAG_KEEPALIVE_ON: u8 = 1;
+/// `RawEvent::flags`: the keepalive timer is pending; `timer_expires` is valid.
+pub const FLAG_TIMER_PENDING: u8 = 2;
 
 /// Hook family that produced an event, for debugging and the `hook` field of raw events.
 pub const HOOK_TRACEPOINT: u8 = 0;
@@ -39,8 +53,9 @@ pub struct Offsets {
     pub skc_family: u32,
     /// `__sk_common.skc_state` (u8).
     pub skc_state: u32,
-    /// `__sk_common.skc_num` (u16, host order, local port).
-    pub skc_num: u32,
+    /// `inet_sock.inet_sport` (be16, local port). Not `skc_num`: that is zeroed when the port
+    /// is released, before the CLOSE transition a death is read at.
+    pub inet_sport: u32,
     /// `__sk_common.skc_dport` (be16).
     pub skc_dport: u32,
     /// `__sk_common.skc_rcv_saddr` (be32).
@@ -84,6 +99,38 @@ pub struct Offsets {
     pub inode_ino: u32,
     /// `timer_list.function` (pointer).
     pub timer_function: u32,
+    /// `timer_list.expires` (unsigned long jiffies).
+    pub timer_expires: u32,
+    /// `timer_list.entry.pprev`: non-NULL while the timer is pending.
+    pub timer_pprev: u32,
+    /// `sock.sk_flags` (unsigned long).
+    pub sk_flags: u32,
+    /// Bit number of `SOCK_KEEPOPEN` in `sk_flags`.
+    pub sock_keepopen_bit: u32,
+    /// `sock.sk_protocol` (u16, 5.6+).
+    pub sk_protocol: u32,
+    /// `sock.sk_cgrp_data.cgroup` (pointer, 5.15+; ABSENT before).
+    pub sk_cgroup: u32,
+    /// `cgroup.kn` (pointer to kernfs_node).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64).
+    pub kernfs_id: u32,
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd` (pointer to the array of `struct file *`).
+    pub fdtable_fd: u32,
+    /// `file.private_data` (the `struct socket *` of a socket file).
+    pub file_private_data: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// Offsets of `fd`, `level`, `optname` in the `syscalls:sys_enter_setsockopt` record and of
+    /// `ret` in `sys_exit_setsockopt` (from the tracepoints' `format` files).
+    pub tp_setsockopt_fd: u32,
+    pub tp_setsockopt_level: u32,
+    pub tp_setsockopt_optname: u32,
+    pub tp_setsockopt_ret: u32,
 }
 
 /// Load-time settings for the programs, passed as a global.
@@ -154,6 +201,17 @@ pub struct RawEvent {
     pub saddr: [u8; 16],
     /// Remote address, same layout.
     pub daddr: [u8; 16],
+    /// `FLAG_KEEPALIVE_ON` | `FLAG_TIMER_PENDING`.
+    pub flags: u8,
+    /// `icsk_probes_out` when the event was taken.
+    pub probes_out: u8,
+    pub _pad: [u8; 6],
+    /// `expires` of the keepalive timer in jiffies (valid with `FLAG_TIMER_PENDING`).
+    pub timer_expires: u64,
+    /// `jiffies` when the event was taken, to turn `timer_expires` into a delay.
+    pub jiffies: u64,
+    /// cgroup v2 id (kernfs inode) of the socket's cgroup, 0 when unknown.
+    pub cgroup: u64,
 }
 
 impl RawEvent {

@@ -9,7 +9,7 @@ use std::path::Path;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::Array,
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
+    programs::{FEntry, FExit, Iter, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use keepalive_common::{FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, Offsets, Settings};
 use log::{info, warn};
@@ -43,6 +43,8 @@ pub struct LoadParams<'a> {
     pub btf_path: &'a Path,
     pub has_done_with_error: bool,
     pub mode: HookMode,
+    /// The syscall tracepoints' offsets were found; without them settings changes are unseen.
+    pub settings_hooks: bool,
 }
 
 /// One rung of one hook: the programs to load, attached in order.
@@ -52,6 +54,8 @@ enum Prog {
     FExit(&'static str, &'static str),
     KProbe(&'static str, &'static str),
     RawTp(&'static str, &'static str),
+    /// Classic tracepoint: program, category, event.
+    Tp(&'static str, &'static str, &'static str),
 }
 
 pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
@@ -94,6 +98,22 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
         })?;
         hooks.push(HookStatus { hook, mode: "tracepoint", note: None });
     }
+    if p.settings_hooks {
+        attach_all(&mut ebpf, &btf, SETTINGS).map_err(|reason| Error::HookRefused {
+            hook: "settings",
+            mode: "tracepoint",
+            reason,
+        })?;
+        hooks.push(HookStatus { hook: "settings", mode: "tracepoint", note: None });
+    }
+    let iter_ok = match <&mut Iter>::try_from(ebpf.program_mut(ITER).ok_or_else(|| Error::Load(format!("{ITER} missing")))?) {
+        Ok(it) => it.load("tcp", &btf).map_err(|e| describe(&e)),
+        Err(e) => Err(e.to_string()),
+    };
+    match iter_ok {
+        Ok(()) => hooks.push(HookStatus { hook: "inventory", mode: "iterator", note: None }),
+        Err(e) => warn!("TCP socket iterator unavailable ({e}): sockets opened before the daemon are not inventoried"),
+    }
     for h in &hooks {
         match &h.note {
             Some(note) => info!("hook {:<15} mode {:<10} ({note})", h.hook, h.mode),
@@ -128,6 +148,14 @@ const ALWAYS: &[(&str, Prog)] = &[
     ("state_change", Prog::RawTp("ka_inet_sock_set_state", "inet_sock_set_state")),
     ("reset", Prog::RawTp("ka_tcp_receive_reset", "tcp_receive_reset")),
 ];
+/// Settings changes and owners of accepted sockets, when the syscall tracepoints exist.
+const SETTINGS: &[Prog] = &[
+    Prog::Tp("ka_sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
+    Prog::Tp("ka_sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
+    Prog::Tp("ka_sys_exit_accept", "syscalls", "sys_exit_accept4"),
+    Prog::Tp("ka_sys_exit_accept", "syscalls", "sys_exit_accept"),
+];
+const ITER: &str = "ka_iter_tcp";
 
 /// Attaches the first rung the kernel accepts. `unavailable` marks the fentry and kprobe rungs
 /// as impossible on this kernel (the target function does not exist).
@@ -213,6 +241,14 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: Prog) -> std::result::Result<(), Str
                 p.load()?;
                 p.attach(tp)?;
             }
+            Prog::Tp(_, category, event) => {
+                let p: &mut TracePoint = p.try_into()?;
+                // The same program serves accept and accept4: load once, attach twice.
+                if p.fd().is_err() {
+                    p.load()?;
+                }
+                p.attach(category, event)?;
+            }
         }
         Ok(())
     })();
@@ -222,6 +258,7 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: Prog) -> std::result::Result<(), Str
 fn prog_name(prog: Prog) -> &'static str {
     match prog {
         Prog::FEntry(n, _) | Prog::FExit(n, _) | Prog::KProbe(n, _) | Prog::RawTp(n, _) => n,
+        Prog::Tp(n, ..) => n,
     }
 }
 
@@ -232,6 +269,7 @@ fn unload(ebpf: &mut Ebpf, prog: Prog) {
         Prog::FExit(..) => <&mut FExit>::try_from(p).map(|p| p.unload()),
         Prog::KProbe(..) => <&mut KProbe>::try_from(p).map(|p| p.unload()),
         Prog::RawTp(..) => <&mut RawTracePoint>::try_from(p).map(|p| p.unload()),
+        Prog::Tp(..) => <&mut TracePoint>::try_from(p).map(|p| p.unload()),
     };
 }
 
@@ -254,6 +292,21 @@ fn describe(e: &ProgramError) -> String {
             s
         }
     }
+}
+
+/// Runs the `iter/tcp` program once: one record per TCP socket of every namespace.
+pub fn inventory(ebpf: &mut Ebpf) -> std::result::Result<Vec<u8>, String> {
+    let it: &mut Iter = ebpf
+        .program_mut(ITER)
+        .ok_or("iterator missing")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    let link = it.attach().map_err(|e| describe(&e))?;
+    let link = it.take_link(link).map_err(|e| describe(&e))?;
+    let mut file = link.into_file().map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut out).map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 fn set_flag(ebpf: &mut Ebpf, index: u32, on: bool) -> Result<()> {
@@ -296,7 +349,7 @@ mod tests {
         let obj = Object::parse(OBJECT).expect("parse eBPF object");
         let all = [TIMER, PROBE_SENT, DEATH].into_iter().flatten().flat_map(|(_, p)| p.iter().copied());
         let mut checked = 0;
-        for prog in all.chain(ALWAYS.iter().map(|(_, p)| *p)) {
+        for prog in all.chain(ALWAYS.iter().map(|(_, p)| *p)).chain(SETTINGS[..3].iter().copied()) {
             let name = prog_name(prog);
             let found = obj.programs.get(name).unwrap_or_else(|| panic!("{name} missing"));
             let ok = match (prog, &found.section) {
@@ -305,14 +358,16 @@ mod tests {
                 (Prog::KProbe(n, _), ProgramSection::KRetProbe) => n.contains("kretprobe"),
                 (Prog::KProbe(n, _), ProgramSection::KProbe) => !n.contains("kretprobe"),
                 (Prog::RawTp(..), ProgramSection::RawTracePoint) => true,
+                (Prog::Tp(..), ProgramSection::TracePoint) => true,
                 _ => false,
             };
             assert!(ok, "{name} has section {:?}", found.section);
             checked += 1;
         }
-        assert_eq!(checked, 13);
-        // The object carries nothing the ladders do not attach.
-        assert_eq!(obj.programs.len(), checked);
+        assert_eq!(checked, 16);
+        assert!(matches!(obj.programs.get(ITER).map(|p| &p.section), Some(ProgramSection::Iter { .. })));
+        // The object carries nothing the daemon does not use.
+        assert_eq!(obj.programs.len(), checked + 1);
     }
 
     /// Every rung but the tracepoint one names a kernel function that must exist for it.

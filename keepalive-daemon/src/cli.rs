@@ -1,7 +1,9 @@
 //! Command line, following Prometheus exporter habits (`--web.listen-address`, `--log.level`).
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, ValueEnum};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Default port: the Prometheus exporter range 9100-9999 is fully allocated, so we sit outside
 /// it on a port no well-known exporter or IANA-registered service uses.
@@ -34,6 +36,45 @@ impl HookMode {
     about = "Watches TCP keepalive from inside the kernel: probes, answers, deaths and their causes."
 )]
 pub struct Options {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every TCP socket's keepalive settings, as a running daemon sees them.
+    Sockets(SocketsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    /// Print JSON (the /sockets document) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only sockets with this local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only sockets owned by a process with this name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only sockets in this network namespace (inode).
+    #[arg(long)]
+    pub netns: Option<u32>,
+    /// Only sockets with SO_KEEPALIVE on or off.
+    #[arg(long, value_parser = ["on", "off"])]
+    pub keepalive: Option<String>,
+    /// Only sockets at risk (keepalive off, or idle above the daemon's --idle-budget).
+    #[arg(long = "at-risk")]
+    pub at_risk: bool,
+    /// The daemon to ask.
+    #[arg(long = "web.listen-address", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Write every event as one JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -67,6 +108,26 @@ pub struct Options {
     /// Events buffered per /events reader before a slow reader is disconnected.
     #[arg(long = "web.events-buffer", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub events_buffer: u32,
+
+    /// A socket is at risk when keepalive is off or its idle exceeds this (e.g. 350s for an AWS
+    /// NLB or NAT gateway, 4m for Azure, 10m for GCE). Units: s, m, h; bare numbers are seconds.
+    #[arg(long = "idle-budget", default_value = "350s", value_parser = parse_duration)]
+    pub idle_budget: Duration,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 350s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("must be greater than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -75,4 +136,20 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
         return Err("must be a power of two of at least 4096".into());
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("350s"), Ok(Duration::from_secs(350)));
+        assert_eq!(parse_duration("4m"), Ok(Duration::from_secs(240)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("m").is_err());
+    }
 }

@@ -2,7 +2,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_RESET, EV_TIMEOUT, HOOK_FENTRY, HOOK_KPROBE, RawEvent,
+    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE,
+    EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY, HOOK_KPROBE,
+    RawEvent,
 };
 
 const AF_INET: u16 = 2;
@@ -15,6 +17,14 @@ pub enum Kind {
     Timeout,
     Reset,
     Closed,
+    /// Inventory: the socket entered ESTABLISHED or LISTEN.
+    Open,
+    /// Inventory: the socket entered CLOSE.
+    Gone,
+    /// Inventory: a keepalive option was set, or accept() gave the socket its file.
+    Settings,
+    /// Inventory: a record of the startup walk over every TCP socket.
+    Walked,
 }
 
 /// A connection as the daemon names it: addresses are the socket's own (local = `saddr`).
@@ -36,6 +46,30 @@ pub struct Keepalive {
     pub user_timeout_ms: u32,
 }
 
+/// Where each effective value comes from: `true` = set on the socket, `false` = namespace sysctl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sources {
+    pub idle: bool,
+    pub intvl: bool,
+    pub cnt: bool,
+}
+
+/// What the inventory needs beyond the probe path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub keepalive_on: bool,
+    pub state: u8,
+    pub probes_out: u8,
+    pub sources: Sources,
+    /// Namespace defaults, seconds / count.
+    pub ns_idle_s: u32,
+    pub ns_intvl_s: u32,
+    pub ns_cnt: u8,
+    /// Milliseconds until the keepalive timer fires, when it is pending.
+    pub next_timer_ms: Option<u64>,
+    pub cgroup: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelEvent {
     pub ts_ns: u64,
@@ -47,6 +81,7 @@ pub struct KernelEvent {
     pub errno: i32,
     pub flow: Flow,
     pub keepalive: Keepalive,
+    pub info: SocketInfo,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -68,6 +103,10 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
         EV_TIMEOUT => Kind::Timeout,
         EV_RESET => Kind::Reset,
         EV_CLOSED => Kind::Closed,
+        EV_SOCK_OPEN => Kind::Open,
+        EV_SOCK_CLOSE => Kind::Gone,
+        EV_SETTINGS => Kind::Settings,
+        EV_INVENTORY => Kind::Walked,
         other => return Err(DecodeError::Kind(other)),
     };
     let (saddr, daddr) = match raw.family {
@@ -102,7 +141,30 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
             cnt: if raw.cnt != 0 { raw.cnt } else { raw.ns_cnt },
             user_timeout_ms: raw.user_timeout_ms,
         },
+        info: SocketInfo {
+            keepalive_on: raw.flags & FLAG_KEEPALIVE_ON != 0,
+            state: raw.state,
+            probes_out: raw.probes_out,
+            sources: Sources {
+                idle: raw.idle_jiffies != 0,
+                intvl: raw.intvl_jiffies != 0,
+                cnt: raw.cnt != 0,
+            },
+            ns_idle_s: raw.ns_idle_jiffies / hz,
+            ns_intvl_s: raw.ns_intvl_jiffies / hz,
+            ns_cnt: raw.ns_cnt,
+            // Wrapping: jiffies start near the top of the 32-bit range on purpose.
+            next_timer_ms: (raw.flags & FLAG_TIMER_PENDING != 0).then(|| {
+                (raw.timer_expires.wrapping_sub(raw.jiffies) as i64).max(0) as u64 * 1000 / hz as u64
+            }),
+            cgroup: raw.cgroup,
+        },
     })
+}
+
+/// Splits a buffer of back-to-back records (the iterator's output).
+pub fn records(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    buf.chunks_exact(RawEvent::SIZE)
 }
 
 fn v4(b: &[u8; 16]) -> IpAddr {
@@ -145,6 +207,12 @@ mod tests {
             user_timeout_ms: 0,
             saddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            flags: FLAG_KEEPALIVE_ON | FLAG_TIMER_PENDING,
+            probes_out: 2,
+            _pad: [0; 6],
+            timer_expires: 4_294_967_290u64.wrapping_add(500),
+            jiffies: 4_294_967_290,
+            cgroup: 0,
         }
     }
 
@@ -161,6 +229,10 @@ mod tests {
         assert_eq!(ev.keepalive, Keepalive { idle_s: 1, intvl_s: 75, cnt: 9, user_timeout_ms: 0 });
         assert_eq!(ev.flow.saddr.to_string(), "10.0.0.2");
         assert_eq!(ev.flow.dport, 5000);
+        assert!(ev.info.keepalive_on);
+        assert_eq!(ev.info.sources, Sources { idle: true, intvl: false, cnt: false });
+        assert_eq!(ev.info.next_timer_ms, Some(2000));
+        assert_eq!(ev.info.ns_idle_s, 7200);
     }
 
     #[test]

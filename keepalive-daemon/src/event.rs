@@ -14,6 +14,8 @@ pub enum EventKind {
     Answered,
     /// Keepalive declared the connection dead.
     Dead,
+    /// The socket's keepalive configuration changed (setsockopt, or its namespace's sysctl).
+    Settings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +43,8 @@ impl Cause {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KeepaliveJson {
+    /// SO_KEEPALIVE.
+    pub enabled: bool,
     pub idle_s: u32,
     pub intvl_s: u32,
     pub cnt: u8,
@@ -50,6 +54,7 @@ pub struct KeepaliveJson {
 impl From<Keepalive> for KeepaliveJson {
     fn from(k: Keepalive) -> Self {
         KeepaliveJson {
+            enabled: true,
             idle_s: k.idle_s,
             intvl_s: k.intvl_s,
             cnt: k.cnt,
@@ -81,6 +86,13 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_unreachable: Option<u32>,
     pub keepalive: KeepaliveJson,
+    /// `settings` only: the configuration before the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<KeepaliveJson>,
+    /// `dead` only: seconds from the peer's last sign of life (idle before the first probe)
+    /// to the kernel giving up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_after_s: Option<f64>,
     /// Hook family that saw the event.
     pub hook: &'static str,
 }
@@ -103,6 +115,8 @@ impl Event {
             errno: None,
             icmp_unreachable: None,
             keepalive: k.into(),
+            previous: None,
+            detected_after_s: None,
             hook,
         }
     }
@@ -112,6 +126,18 @@ impl Event {
         let mut s = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         s.push('\n');
         s
+    }
+}
+
+impl From<crate::inventory::Effective> for KeepaliveJson {
+    fn from(e: crate::inventory::Effective) -> Self {
+        KeepaliveJson {
+            enabled: e.on,
+            idle_s: e.idle_s,
+            intvl_s: e.intvl_s,
+            cnt: e.cnt,
+            user_timeout_ms: e.user_timeout_ms,
+        }
     }
 }
 

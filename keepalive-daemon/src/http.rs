@@ -16,7 +16,7 @@ use axum::{
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::metrics::Metrics;
+use crate::{inventory::Inventory, inventory_metrics, metrics::Metrics, socket_filter::Filter};
 
 /// The kernel's count of events that found the ring buffer full, folded into
 /// `keepalive_events_lost_total{stage="kernel"}` at each scrape.
@@ -45,6 +45,7 @@ pub struct Web {
     pub events: broadcast::Sender<Arc<str>>,
     pub kernel_lost: Mutex<KernelLost>,
     pub telemetry_path: String,
+    pub inventory: Arc<Mutex<Inventory>>,
 }
 
 pub fn router(web: Arc<Web>) -> Router {
@@ -52,6 +53,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/", get(landing))
         .route(&web.telemetry_path.clone(), get(metrics))
         .route("/events", get(events))
+        .route("/sockets", get(sockets))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(web)
 }
@@ -62,6 +64,7 @@ async fn landing(State(web): State<Arc<Web>>) -> Html<String> {
          <h1>keepalive observer</h1><p>TCP keepalive seen from inside the kernel.</p><ul>\
          <li><a href=\"{0}\">{0}</a> Prometheus metrics</li>\
          <li><a href=\"/events\">/events</a> live events, one JSON object per line</li>\
+         <li><a href=\"/sockets\">/sockets</a> every TCP socket's keepalive settings (filters: port, comm, netns, keepalive, at_risk)</li>\
          <li><a href=\"/healthz\">/healthz</a> liveness</li></ul></body></html>",
         web.telemetry_path
     ))
@@ -73,9 +76,26 @@ async fn metrics(State(web): State<Arc<Web>>) -> Response {
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        web.metrics.render(),
+        {
+            let mut text = web.metrics.render();
+            text.push_str(&inventory_metrics::render(&web.inventory.lock().unwrap_or_else(|e| e.into_inner())));
+            text
+        },
     )
         .into_response()
+}
+
+async fn sockets(State(web): State<Arc<Web>>, axum::extract::RawQuery(q): axum::extract::RawQuery) -> Response {
+    let filter = match Filter::parse(q.as_deref().unwrap_or("")) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let inv = web.inventory.lock().unwrap_or_else(|e| e.into_inner());
+    let mut list: Vec<_> = inv.entries().map(|e| inv.view(e)).filter(|v| filter.matches(v)).collect();
+    drop(inv);
+    list.sort_by(|a, b| (a.netns, a.sport, a.dport).cmp(&(b.netns, b.sport, b.dport)));
+    let body = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Decrements the reader gauge however the stream ends (client gone, or dropped as slow).

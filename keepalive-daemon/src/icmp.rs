@@ -25,6 +25,7 @@ use crate::{
     decode::Flow,
     metrics::Metrics,
     netns,
+    pipeline::Input,
     tracker::{IcmpHit, monotonic_ns},
 };
 
@@ -34,7 +35,7 @@ const RESCAN: Duration = Duration::from_secs(1);
 
 /// Watches every namespace, rescanning every second and whenever `rescan` is notified (the
 /// pipeline does so when an event names a namespace not watched yet).
-pub async fn watch(tx: mpsc::Sender<IcmpHit>, rescan: Arc<tokio::sync::Notify>, metrics: Arc<Metrics>) {
+pub async fn watch(tx: mpsc::Sender<Input>, rescan: Arc<tokio::sync::Notify>, metrics: Arc<Metrics>) {
     let mut watched: HashMap<u32, Vec<JoinHandle<()>>> = HashMap::new();
     loop {
         let found = tokio::task::spawn_blocking(netns::discover).await.unwrap_or_default();
@@ -127,7 +128,7 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<(
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-async fn read_loop(fd: OwnedFd, v6: bool, netns: u32, tx: mpsc::Sender<IcmpHit>, metrics: Arc<Metrics>) {
+async fn read_loop(fd: OwnedFd, v6: bool, netns: u32, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
     // the AsyncFd's whole life.
     let Ok(afd) = (unsafe { AsyncFd::register(fd) }) else { return };
@@ -149,7 +150,7 @@ async fn read_loop(fd: OwnedFd, v6: bool, netns: u32, tx: mpsc::Sender<IcmpHit>,
         let flow = if v6 { parse_v6(packet, netns) } else { parse_v4(packet, netns) };
         if let Some(flow) = flow {
             metrics.icmp_unreachable.inc();
-            if tx.try_send(IcmpHit { flow, mono_ns: monotonic_ns() }).is_err() {
+            if tx.try_send(Input::Icmp(IcmpHit { flow, mono_ns: monotonic_ns() })).is_err() {
                 metrics.lost.with_label_values(&["icmp"]).inc();
             }
         }

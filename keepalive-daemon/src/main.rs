@@ -11,16 +11,34 @@ mod error;
 mod event;
 mod http;
 mod icmp;
+mod inventory;
+mod inventory_metrics;
+mod inventory_offsets;
 mod kernel;
 mod metrics;
 mod netns;
 mod offsets;
 mod owners;
 mod pipeline;
+mod sinks;
+mod socket_filter;
+mod sockets_cmd;
+mod sysctl;
+mod tracefs;
 mod tracker;
 
 fn main() -> ExitCode {
     let opts = cli::Options::parse();
+    if let Some(cli::Command::Sockets(args)) = &opts.command {
+        return match sockets_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keepalive-daemon sockets: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        };
+    }
+    let opts = opts.run;
     env_logger::Builder::new()
         .filter_level(opts.log_level)
         .format(|buf, record| {

@@ -1,7 +1,8 @@
 //! Prometheus metrics. Every label has a fixed, small set of values (listed per metric), so
 //! the series count does not grow with connections, peers or processes.
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::{attach::HookStatus, event::Cause};
@@ -23,7 +24,14 @@ pub struct Metrics {
     /// `hook`: keepalive_timer | probe_sent | death | state_change | reset;
     /// `mode`: fentry | kprobe | tracepoint.
     pub hook_mode: IntGaugeVec,
+    /// Measured seconds from the peer's last sign of life to the `dead` event.
+    pub detect_seconds: Histogram,
+    pub settings_changes: IntCounter,
 }
+
+/// Bucket bounds shared by the time histograms: the keepalive settings operators use, and the
+/// middlebox idle timeouts they must stay under (350 s AWS, 240 s Azure, 600 s GCE).
+pub const TIME_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0, 7875.0, 14400.0];
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
@@ -72,7 +80,18 @@ impl Metrics {
         r.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
+        let detect_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "keepalive_dead_detection_seconds",
+                "Measured time from the peer's last sign of life to keepalive declaring it dead.",
+            )
+            .buckets(TIME_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        r.register(Box::new(detect_seconds.clone())).expect("unique metric");
         Metrics {
+            detect_seconds,
+            settings_changes: counter(&r, "keepalive_settings_changes_total", "Changes of a socket's effective keepalive configuration."),
             probes: counter(&r, "keepalive_probes_total", "Keepalive probes sent that were not yet answered when sent."),
             answered: counter(&r, "keepalive_probes_answered_total", "Probe runs the peer answered."),
             dead,

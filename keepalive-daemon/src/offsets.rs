@@ -17,7 +17,7 @@ use crate::{
 const FIXED_WIDTHS: &[(&str, &str, u32)] = &[
     ("sock", "__sk_common.skc_family", 2),
     ("sock", "__sk_common.skc_state", 1),
-    ("sock", "__sk_common.skc_num", 2),
+    ("inet_sock", "inet_sport", 2),
     ("sock", "__sk_common.skc_dport", 2),
     ("sock", "__sk_common.skc_rcv_saddr", 4),
     ("sock", "__sk_common.skc_daddr", 4),
@@ -48,7 +48,7 @@ pub fn resolve(btf: &Btf) -> Result<Offsets> {
     let offsets = Offsets {
         skc_family: sk("skc_family")?,
         skc_state: sk("skc_state")?,
-        skc_num: sk("skc_num")?,
+        inet_sport: need(btf, "inet_sock", "inet_sport")?,
         skc_dport: sk("skc_dport")?,
         skc_rcv_saddr: sk("skc_rcv_saddr")?,
         skc_daddr: sk("skc_daddr")?,
@@ -77,6 +77,8 @@ pub fn resolve(btf: &Btf) -> Result<Offsets> {
             .ok_or_else(|| Error::MissingType("socket_alloc.vfs_inode after .socket".into()))?,
         inode_ino: need(btf, "inode", "i_ino")?,
         timer_function: need(btf, "timer_list", "function")?,
+        // The inventory's fields: see inventory_offsets.rs.
+        ..Offsets::default()
     };
 
     for &(outer, path, size) in FIXED_WIDTHS {
@@ -272,7 +274,7 @@ mod tests {
         let want = Offsets {
             skc_family: sk("skc_family"),
             skc_state: sk("skc_state"),
-            skc_num: sk("skc_num"),
+            inet_sport: need("inet_sock", "inet_sport"),
             skc_dport: sk("skc_dport"),
             skc_rcv_saddr: sk("skc_rcv_saddr"),
             skc_daddr: sk("skc_daddr"),
@@ -295,6 +297,7 @@ mod tests {
             socket_to_inode: need("socket_alloc", "vfs_inode") - need("socket_alloc", "socket"),
             inode_ino: need("inode", "i_ino"),
             timer_function: need("timer_list", "function"),
+            ..Offsets::default()
         };
         println!("{got:#?}");
         assert_eq!(got, want);

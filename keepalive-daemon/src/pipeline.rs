@@ -1,7 +1,6 @@
-//! attach → decode → per-socket state → sinks (stdout JSON, /events, /metrics).
+//! attach → decode → per-socket state → sinks (stdout JSON, /events, /metrics, /sockets).
 use std::{
-    collections::HashSet,
-    io::Write as _,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -18,21 +17,39 @@ use tokio::{
 use crate::{
     attach::{self, LoadParams},
     btf::Btf,
-    cli::{HookMode, Options},
-    decode::{self, KernelEvent},
+    cli::{HookMode, RunArgs},
+    decode::{self, KernelEvent, Kind},
     error::{Error, Result},
-    event::EventKind,
     http::{self, KernelLost, Web},
-    icmp, kernel,
+    icmp, inventory::{Inventory, NsDefaults}, inventory_offsets, kernel,
     metrics::Metrics,
-    offsets,
-    owners::Owners,
-    tracker::{self, IcmpHit, Outcome, Tracker},
+    netns, offsets,
+    sinks::Sinks,
+    sysctl, tracefs,
+    tracker::{self, IcmpHit, Tracker},
 };
 
-pub async fn run(opts: Options) -> Result<()> {
+/// Everything the event loop hears about besides the ring buffer.
+pub enum Input {
+    Icmp(IcmpHit),
+    Defaults(HashMap<u32, NsDefaults>),
+}
+
+pub async fn run(opts: RunArgs) -> Result<()> {
+    // Before anything is attached: a SIGTERM at any point must take the orderly way out.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Config(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Config(e.to_string()))?;
     let btf = Btf::from_file(&opts.btf_path)?;
-    let offsets = offsets::resolve(&btf)?;
+    let mut offsets = offsets::resolve(&btf)?;
+    inventory_offsets::fill(&btf, &mut offsets)?;
+    tracefs::ensure_mounted();
+    let settings_hooks = match tracefs::fill(&mut offsets) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("{e}: keepalive options set after a connection opens will not be seen");
+            false
+        }
+    };
     let timer_fn = match (opts.hook_mode, kernel::keepalive_timer_address()) {
         (_, Ok(addr)) => addr,
         // Only the tracepoint rung filters on the address; forced fentry/kprobe can do without.
@@ -42,11 +59,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         (_, Err(e)) => return Err(e),
     };
-    let settings = Settings {
-        keepalive_timer_fn: timer_fn,
-        mib_keepalive: offsets::mib_keepalive(&btf)?,
-        _pad: 0,
-    };
+    let settings = Settings { keepalive_timer_fn: timer_fn, mib_keepalive: offsets::mib_keepalive(&btf)?, _pad: 0 };
     let hz = kernel::hz()?;
     info!("kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}", offsets.keepalive_timer);
 
@@ -62,6 +75,7 @@ pub async fn run(opts: Options) -> Result<()> {
         btf_path: &opts.btf_path,
         has_done_with_error: offsets::has_done_with_error(&btf),
         mode: opts.hook_mode,
+        settings_hooks,
     })?;
     drop(btf);
 
@@ -69,28 +83,47 @@ pub async fn run(opts: Options) -> Result<()> {
     metrics.set_hooks(&attached.hooks);
     let mut take = |name: &str| attached.ebpf.take_map(name).ok_or_else(|| Error::Load(format!("map {name} missing")));
     let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| Error::Load(e.to_string()))?;
-    let lost: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(take("LOST")?).map_err(|e| Error::Load(e.to_string()))?;
+    let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(take("LOST")?).map_err(|e| Error::Load(e.to_string()))?;
 
+    let inventory = Arc::new(Mutex::new(Inventory::new(opts.idle_budget)));
     let (events_tx, _) = broadcast::channel(opts.events_buffer as usize);
+    let mut sinks = Sinks::new(opts.json, events_tx.clone(), metrics.clone());
+
+    // Hooks first, then the walk: a socket born in between is reported by both, harmlessly.
+    match attach::inventory(&mut attached.ebpf) {
+        Ok(buf) => {
+            let mut inv = inventory.lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = 0;
+            for rec in decode::records(&buf) {
+                if let Ok(ev) = decode::decode(rec, hz) {
+                    let owner = sinks.owners.lookup(ev.ino);
+                    inv.apply(&ev, owner);
+                    n += 1;
+                }
+            }
+            info!("inventory: {n} TCP sockets at startup");
+        }
+        Err(e) => warn!("startup inventory failed: {e}"),
+    }
+
     let web = Arc::new(Web {
         metrics: metrics.clone(),
-        events: events_tx.clone(),
+        events: events_tx,
         kernel_lost: Mutex::new(KernelLost::new(lost)),
         telemetry_path: opts.telemetry_path.clone(),
+        inventory: inventory.clone(),
     });
     let server = tokio::spawn(async move { axum::serve(listener, http::router(web)).await });
 
-    let (icmp_tx, icmp_rx) = mpsc::channel(4096);
+    let (input_tx, input_rx) = mpsc::channel(4096);
     let rescan = Arc::new(Notify::new());
-    tokio::spawn(icmp::watch(icmp_tx, rescan.clone(), metrics.clone()));
+    tokio::spawn(icmp::watch(input_tx.clone(), rescan.clone(), metrics.clone()));
+    tokio::spawn(poll_defaults(inventory.clone(), input_tx));
 
-    let sinks = Sinks { json: opts.json, events: events_tx, metrics: metrics.clone(), owners: Owners::default() };
-    let events = tokio::spawn(event_loop(ring, hz, icmp_rx, rescan, sinks));
+    let state = LoopState { hz, tracker: Tracker::new(tracker::realtime_offset_ns()), inventory, sinks, rescan, namespaces: HashSet::new() };
+    let events = tokio::spawn(event_loop(ring, input_rx, state));
     info!("attached; serving on http://{}", opts.listen);
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Config(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Config(e.to_string()))?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: detaching"),
         _ = int.recv() => info!("SIGINT: detaching"),
@@ -102,22 +135,16 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-struct Sinks {
-    json: bool,
-    events: broadcast::Sender<Arc<str>>,
-    metrics: Arc<Metrics>,
-    owners: Owners,
+struct LoopState {
+    hz: u32,
+    tracker: Tracker,
+    inventory: Arc<Mutex<Inventory>>,
+    sinks: Sinks,
+    rescan: Arc<Notify>,
+    namespaces: HashSet<u32>,
 }
 
-async fn event_loop(
-    ring: RingBuf<MapData>,
-    hz: u32,
-    mut icmp_rx: mpsc::Receiver<IcmpHit>,
-    rescan: Arc<Notify>,
-    mut sinks: Sinks,
-) {
-    let mut tracker = Tracker::new(tracker::realtime_offset_ns());
-    let mut namespaces: HashSet<u32> = HashSet::new();
+async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mut st: LoopState) {
     // SAFETY: the AsyncFd owns the ring buffer map and with it its descriptor.
     let mut ring = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
         Ok(fd) => fd,
@@ -129,54 +156,91 @@ async fn event_loop(
                 let Ok(mut guard) = ready else { return };
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    match decode::decode(&item, hz) {
-                        Ok(ev) => {
-                            if namespaces.insert(ev.flow.netns) {
-                                rescan.notify_one();
-                            }
-                            publish(&mut tracker, &ev, &mut sinks);
-                        }
+                    match decode::decode(&item, st.hz) {
+                        Ok(ev) => st.dispatch(&ev),
                         Err(e) => {
                             warn!("malformed kernel record: {e:?}");
-                            sinks.metrics.lost.with_label_values(&["decode"]).inc();
+                            st.sinks.metrics.lost.with_label_values(&["decode"]).inc();
                         }
                     }
                 }
                 guard.clear_ready();
             }
-            Some(hit) = icmp_rx.recv() => tracker.icmp(hit),
+            Some(msg) = input.recv() => match msg {
+                Input::Icmp(hit) => st.tracker.icmp(hit),
+                Input::Defaults(all) => st.defaults(all),
+            },
         }
     }
 }
 
-fn publish(tracker: &mut Tracker, ev: &KernelEvent, sinks: &mut Sinks) {
-    let Outcome::Publish(mut out) = tracker.handle(ev) else {
-        sinks.metrics.probing_sockets.set(tracker.probing() as i64);
-        return;
-    };
-    sinks.metrics.probing_sockets.set(tracker.probing() as i64);
-    match out.event {
-        EventKind::Probe => sinks.metrics.probes.inc(),
-        EventKind::Answered => sinks.metrics.answered.inc(),
-        EventKind::Dead => {
-            if let Some(cause) = out.cause {
-                sinks.metrics.dead.with_label_values(&[cause.as_str()]).inc();
+impl LoopState {
+    fn dispatch(&mut self, ev: &KernelEvent) {
+        if self.namespaces.insert(ev.flow.netns) {
+            self.rescan.notify_one();
+        }
+        match ev.kind {
+            Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked => {
+                let owner = self.sinks.owners.lookup(ev.ino);
+                let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((before, after)) = inv.apply(ev, owner) {
+                    let entry = inv.get(ev.sk).cloned();
+                    drop(inv);
+                    if let Some(e) = entry {
+                        self.sinks.settings(&e, before, after, self.tracker.wall_clock(ev.ts_ns));
+                    }
+                }
+            }
+            _ => {
+                let out = self.tracker.handle(ev);
+                self.sinks.metrics.probing_sockets.set(self.tracker.probing() as i64);
+                self.sinks.publish(out, ev.ino);
             }
         }
     }
-    if let Some(owner) = sinks.owners.lookup(ev.ino) {
-        out.pid = Some(owner.pid);
-        out.comm = Some(owner.comm);
-    }
-    let line: Arc<str> = out.to_line().into();
-    if sinks.json {
-        let mut stdout = std::io::stdout().lock();
-        if let Err(e) = stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()) {
-            // A closed stdout (reader gone) must not stop metrics or /events.
-            error!("stdout: {e}; JSON output disabled");
-            sinks.json = false;
+
+    fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
+        self.resolve_owners();
+        let now = self.tracker.wall_clock(tracker::monotonic_ns());
+        for (netns, d) in all {
+            let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = inv.set_defaults(netns, d);
+            let entries: Vec<_> = changed.iter().filter_map(|(sk, b, a)| Some((inv.get(*sk)?.clone(), *b, *a))).collect();
+            drop(inv);
+            for (e, before, after) in entries {
+                self.sinks.settings(&e, before, after, now.clone());
+            }
         }
     }
-    // No receivers is normal: nobody is reading /events.
-    let _ = sinks.events.send(line);
+}
+
+impl LoopState {
+    /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner
+    /// lookup hit the rescan rate limit. Runs with each sysctl poll.
+    fn resolve_owners(&mut self) {
+        let unowned = self.inventory.lock().unwrap_or_else(|e| e.into_inner()).unowned();
+        let found: Vec<_> = unowned.into_iter().filter_map(|(sk, ino)| Some((sk, self.sinks.owners.lookup(ino)?))).collect();
+        let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+        for (sk, owner) in found {
+            inv.set_owner(sk, owner);
+        }
+    }
+}
+
+/// Re-reads the keepalive sysctls of every namespace that has sockets, twice a second.
+async fn poll_defaults(inventory: Arc<Mutex<Inventory>>, tx: mpsc::Sender<Input>) {
+    loop {
+        tokio::time::sleep(sysctl::POLL).await;
+        let wanted = inventory.lock().unwrap_or_else(|e| e.into_inner()).namespaces();
+        let read = tokio::task::spawn_blocking(move || {
+            let paths = netns::discover();
+            let list = wanted.into_iter().filter_map(|ns| Some((ns, paths.get(&ns)?.clone()))).collect();
+            sysctl::read_all(list)
+        })
+        .await
+        .unwrap_or_default();
+        if !read.is_empty() && tx.send(Input::Defaults(read)).await.is_err() {
+            return;
+        }
+    }
 }

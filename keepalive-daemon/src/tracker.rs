@@ -94,8 +94,8 @@ impl Tracker {
                 Outcome::Publish(Event::new(EventKind::Answered, ts, &ev.flow, ev.probes, ev.keepalive, ev.hook))
             }
             Kind::Timeout | Kind::Reset => {
-                let run = self.sockets.remove(&ev.sk);
-                let icmp = self.icmp_during_run(&ev.flow, run.map(|r| r.run_start_ns));
+                let run_start = self.sockets.remove(&ev.sk).map(|r| r.run_start_ns);
+                let icmp = self.icmp_during_run(&ev.flow, run_start);
                 let cause = match (ev.kind, icmp) {
                     (Kind::Reset, _) => Cause::Reset,
                     (_, n) if n > 0 => Cause::Unreachable,
@@ -106,8 +106,12 @@ impl Tracker {
                 out.cause = Some(cause);
                 out.errno = Some(errno_name(ev.errno));
                 out.icmp_unreachable = Some(icmp);
+                out.detected_after_s = run_start.map(|start| {
+                    (ev.ts_ns.saturating_sub(start)) as f64 / 1e9 + f64::from(ev.keepalive.idle_s)
+                });
                 Outcome::Publish(out)
             }
+            Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked => Outcome::Nothing,
             Kind::Closed => {
                 debug!("{:?} closed with {} probes out, not by keepalive", ev.flow, ev.probes);
                 self.sockets.remove(&ev.sk);
@@ -125,7 +129,7 @@ impl Tracker {
             .map_or(0, |seen| seen.hits.iter().filter(|&&t| t >= start).count() as u32)
     }
 
-    fn wall_clock(&self, mono_ns: u64) -> String {
+    pub fn wall_clock(&self, mono_ns: u64) -> String {
         let ns = mono_ns as i128 + self.realtime_offset_ns;
         let dt = chrono::DateTime::from_timestamp_nanos(ns as i64);
         dt.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -176,6 +180,17 @@ mod tests {
             errno,
             flow: flow(),
             keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
+            info: crate::decode::SocketInfo {
+                keepalive_on: true,
+                state: 1,
+                probes_out: probes,
+                sources: Default::default(),
+                ns_idle_s: 7200,
+                ns_intvl_s: 75,
+                ns_cnt: 9,
+                next_timer_ms: None,
+                cgroup: 0,
+            },
         }
     }
 

@@ -33,12 +33,15 @@ fn get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
-/// Our programs still loaded in the kernel (names are truncated to 15 characters there).
-/// The kernel frees released programs after an RCU grace period, so give it up to 3 s.
-fn leftover_programs() -> Vec<String> {
+/// Our programs loaded in the kernel that no process holds: what a crashed or careless
+/// daemon leaves attached. Programs of other daemons running on the host (a developer's, a
+/// test's) are held by their process and do not count. The kernel frees released programs
+/// after an RCU grace period, so this waits up to 3 s for them to go.
+fn leftover_programs() -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let left = loaded_programs();
+        let held = held_program_ids();
+        let left: Vec<u64> = loaded_programs().into_iter().filter(|id| !held.contains(id)).collect();
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }
@@ -46,13 +49,28 @@ fn leftover_programs() -> Vec<String> {
     }
 }
 
-fn loaded_programs() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(" name ka_"))
-        .map(str::to_string)
+/// Ids of our programs (names start with `ka_`) loaded now.
+fn loaded_programs() -> Vec<u64> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("ka_")))
+        .filter_map(|p| p["id"].as_u64())
         .collect()
+}
+
+/// Program ids referenced by any process's program or link descriptors.
+fn held_program_ids() -> Vec<u64> {
+    let mut ids = Vec::new();
+    for proc in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        for fd in std::fs::read_dir(proc.path().join("fdinfo")).into_iter().flatten().flatten() {
+            if let Ok(text) = std::fs::read_to_string(fd.path()) {
+                ids.extend(text.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()));
+            }
+        }
+    }
+    ids
 }
 
 fn run_to_exit(args: &[&str]) -> Output {

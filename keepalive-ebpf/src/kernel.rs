@@ -4,7 +4,9 @@
 //! `base + OFFSETS.<field>`. A failed read yields zero, which the callers treat as "unknown";
 //! a socket that vanished under us produces a harmless, zero-filled event at worst.
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::map, maps::Array};
-use keepalive_common::{ABSENT, FLAG_COUNT, Offsets, RawEvent, Settings};
+use keepalive_common::{
+    ABSENT, FLAG_COUNT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, Offsets, RawEvent, Settings,
+};
 
 /// Filled by the daemon with `EbpfLoader::set_global` before load.
 #[unsafe(no_mangle)]
@@ -14,11 +16,14 @@ static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = unsafe { core::mem::zeroed() };
 
+pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_CLOSE: u8 = 7;
+pub const TCP_LISTEN: u8 = 10;
 pub const EPIPE: i32 = 32;
 pub const ECONNRESET: i32 = 104;
 
@@ -74,7 +79,7 @@ pub fn describe(sk: u64, ev: &mut RawEvent) {
     ev.sk = sk;
     ev.family = read::<u16>(sk, o.skc_family);
     ev.state = read::<u8>(sk, o.skc_state);
-    ev.sport = read::<u16>(sk, o.skc_num);
+    ev.sport = u16::from_be(read::<u16>(sk, o.inet_sport));
     ev.dport = u16::from_be(read::<u16>(sk, o.skc_dport));
     if ev.family == AF_INET6 {
         ev.saddr = read::<[u8; 16]>(sk, o.skc_v6_rcv_saddr);
@@ -101,4 +106,28 @@ pub fn describe(sk: u64, ev: &mut RawEvent) {
     if socket != 0 {
         ev.ino = read::<u64>(socket + o.socket_to_inode as u64, o.inode_ino);
     }
+
+    ev.probes_out = read::<u8>(sk, o.icsk_probes_out);
+    let sk_flags = read::<u64>(sk, o.sk_flags);
+    if o.sock_keepopen_bit < 64 && sk_flags & (1u64 << o.sock_keepopen_bit) != 0 {
+        ev.flags |= FLAG_KEEPALIVE_ON;
+    }
+    let timer = sk + o.keepalive_timer as u64;
+    let pending = read::<u64>(timer, o.timer_pprev) != 0;
+    if pending && read::<u64>(timer, o.timer_function) == settings().keepalive_timer_fn {
+        ev.flags |= FLAG_TIMER_PENDING;
+        ev.timer_expires = read::<u64>(timer, o.timer_expires);
+    }
+    ev.jiffies = unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() };
+    let cgroup = read::<u64>(sk, o.sk_cgroup);
+    let kn = read::<u64>(cgroup, o.cgroup_kn);
+    ev.cgroup = read::<u64>(kn, o.kernfs_id);
+}
+
+/// Whether `sk` is a TCP socket (SO_KEEPALIVE can be set on any socket type).
+#[inline(always)]
+pub fn is_tcp(sk: u64) -> bool {
+    let o = offsets();
+    let family = read::<u16>(sk, o.skc_family);
+    (family == AF_INET || family == AF_INET6) && read::<u16>(sk, o.sk_protocol) == IPPROTO_TCP
 }

@@ -12,7 +12,9 @@ mod state;
 
 mod hooks {
     pub mod fentry;
+    pub mod iter;
     pub mod kprobe;
+    pub mod syscalls;
     pub mod tracepoint;
 }
 

@@ -13,12 +13,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_RESET, EV_TIMEOUT, FLAG_DEATH_VIA_DONE,
+    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE, EV_SOCK_OPEN,
+    EV_TIMEOUT, FLAG_DEATH_VIA_DONE,
     FLAG_PROBE_VIA_WAKEUP, RawEvent,
 };
 
 use crate::kernel::{
-    self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2,
+    self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
 };
 
 /// Events for the daemon. Size set by the daemon (`--ring-buffer-bytes`).
@@ -76,17 +77,45 @@ pub fn pending_wakeup() -> Option<&'static mut TimerRun> {
     }
 }
 
-fn emit(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32) {
+#[inline(always)]
+pub fn emit(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32) {
+    emit_packed(sk, pack(kind, hook, probes, 0), errno);
+}
+
+/// `state` overrides the socket's state when non-zero: `inet_sock_set_state` fires before the
+/// new state is stored, so the socket still shows the old one there.
+#[inline(always)]
+fn emit_in_state(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32, state: u8) {
+    emit_packed(sk, pack(kind, hook, probes, state), errno);
+}
+
+#[inline(always)]
+fn pack(kind: u8, hook: u8, probes: u8, state: u8) -> u32 {
+    u32::from_le_bytes([kind, hook, probes, state])
+}
+
+/// One out-of-line copy (BPF calls take at most five arguments, hence the packing), filling
+/// the ring-buffer slot in place: a 128-byte record per inlined call site would overflow the
+/// 512-byte BPF stack.
+#[inline(never)]
+fn emit_packed(sk: u64, meta: u32, errno: i32) {
+    let [kind, hook, probes, state] = meta.to_le_bytes();
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut slot) => {
-            let mut ev: RawEvent = unsafe { core::mem::zeroed() };
+            let ev = unsafe {
+                let p = slot.as_mut_ptr();
+                core::ptr::write_bytes(p, 0, 1);
+                &mut *p
+            };
             ev.ts_ns = unsafe { bpf_ktime_get_ns() };
             ev.kind = kind;
             ev.hook = hook;
             ev.probes = probes;
             ev.errno = errno;
-            kernel::describe(sk, &mut ev);
-            slot.write(ev);
+            kernel::describe(sk, ev);
+            if state != 0 {
+                ev.state = state;
+            }
             slot.submit(0);
         }
         None => {
@@ -170,23 +199,41 @@ pub fn dying<C: EbpfContext>(ctx: &C, sk: u64, err: i32, from_done: bool) {
     }
 }
 
-/// `sock:inet_sock_set_state`: deaths in tracepoint mode (CLOSE inside the keepalive timer), and
-/// cleanup of sockets that leave the keepalive states mid-probe for any other reason (the
-/// application closed them, retransmission gave up).
+/// `sock:inet_sock_set_state`: the inventory's births and deaths, keepalive deaths in
+/// tracepoint mode (CLOSE inside the keepalive timer), and cleanup of sockets that leave the
+/// keepalive states mid-probe for any other reason (the application closed them,
+/// retransmission gave up).
 #[inline(always)]
 pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
+    if newstate == TCP_ESTABLISHED || newstate == TCP_LISTEN {
+        if kernel::is_tcp(sk) {
+            emit_in_state(EV_SOCK_OPEN, hook, sk, 0, 0, newstate);
+        }
+        return;
+    }
     if keepalive_state(newstate) {
         return;
     }
-    if newstate == TCP_CLOSE && current_for(sk).is_some() {
-        let err = kernel::read::<i32>(sk, kernel::offsets().sk_err);
-        dying(ctx, sk, err, false);
-        return;
+    if newstate == TCP_CLOSE {
+        if current_for(sk).is_some() {
+            let err = kernel::read::<i32>(sk, kernel::offsets().sk_err);
+            dying(ctx, sk, err, false);
+        }
+        emit(EV_SOCK_CLOSE, hook, sk, 0, 0);
     }
     if let Some(sent) = unsafe { PROBING.get(&sk) } {
         let sent = *sent;
         let _ = PROBING.remove(&sk);
         emit(EV_CLOSED, hook, sk, sent, 0);
+    }
+}
+
+/// A setsockopt of a keepalive option succeeded, or accept() gave the socket a file: describe
+/// the socket again so the inventory has its settings and owner.
+#[inline(always)]
+pub fn settings_changed(sk: u64, hook: u8) {
+    if kernel::is_tcp(sk) {
+        emit(EV_SETTINGS, hook, sk, 0, 0);
     }
 }
 

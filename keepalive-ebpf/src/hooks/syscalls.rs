@@ -1,0 +1,91 @@
+//! Syscall tracepoints: settings changes and owners, on every rung of the ladder.
+//!
+//! TCP_KEEPINTVL, TCP_KEEPCNT and TCP_USER_TIMEOUT are set inline in `do_tcp_setsockopt` before
+//! 6.6, so no kernel function marks them on every kernel; the setsockopt syscall does, once per
+//! call. Field offsets come from the tracepoints' `format` files (see the daemon's tracefs.rs).
+//! Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12 (QEMU).
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use keepalive_common::HOOK_TRACEPOINT;
+
+use crate::{kernel, state};
+
+const SOL_SOCKET: u64 = 1;
+const SO_KEEPALIVE: u64 = 9;
+const IPPROTO_TCP: u64 = 6;
+const TCP_KEEPIDLE: u64 = 4;
+const TCP_KEEPINTVL: u64 = 5;
+const TCP_KEEPCNT: u64 = 6;
+const TCP_USER_TIMEOUT: u64 = 18;
+
+/// Thread → fd of a keepalive setsockopt in progress. Bounded; a thread has one call at a time.
+#[map]
+static SETSOCKOPT: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
+fn keepalive_option(level: u64, optname: u64) -> bool {
+    (level == SOL_SOCKET && optname == SO_KEEPALIVE)
+        || (level == IPPROTO_TCP
+            && matches!(optname, TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT | TCP_USER_TIMEOUT))
+}
+
+fn field(ctx: &TracePointContext, off: u32) -> u64 {
+    unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(u64::MAX)
+}
+
+/// `syscalls:sys_enter_setsockopt` (int fd, int level, int optname, char *optval, int optlen)
+#[tracepoint]
+pub fn ka_sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
+    let o = kernel::offsets();
+    let level = field(&ctx, o.tp_setsockopt_level) as u32 as u64;
+    let optname = field(&ctx, o.tp_setsockopt_optname) as u32 as u64;
+    if keepalive_option(level, optname) {
+        let fd = field(&ctx, o.tp_setsockopt_fd) as u32 as u64;
+        let _ = SETSOCKOPT.insert(&bpf_get_current_pid_tgid(), &fd, 0);
+    }
+    0
+}
+
+/// `syscalls:sys_exit_setsockopt` (long ret)
+#[tracepoint]
+pub fn ka_sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid();
+    let Some(fd) = (unsafe { SETSOCKOPT.get(&tid) }).copied() else { return 0 };
+    let _ = SETSOCKOPT.remove(&tid);
+    if field(&ctx, kernel::offsets().tp_setsockopt_ret) == 0 {
+        state::settings_changed(socket_of_fd(fd), HOOK_TRACEPOINT);
+    }
+    0
+}
+
+/// `syscalls:sys_exit_accept4` and `sys_exit_accept` (long ret = the new fd): an accepted
+/// socket gets its file (and so its owner) only here, after its ESTABLISHED transition.
+#[tracepoint]
+pub fn ka_sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let fd = field(&ctx, kernel::offsets().tp_setsockopt_ret) as i64;
+    if fd >= 0 {
+        state::settings_changed(socket_of_fd(fd as u64), HOOK_TRACEPOINT);
+    }
+    0
+}
+
+/// current->files->fdt->fd[fd]->private_data->sk; 0 when anything on the way is missing.
+fn socket_of_fd(fd: u64) -> u64 {
+    if fd >= 1 << 20 {
+        return 0;
+    }
+    let o = kernel::offsets();
+    let task = unsafe { bpf_get_current_task() };
+    let files = kernel::read::<u64>(task, o.task_files);
+    let fdt = kernel::read::<u64>(files, o.files_fdt);
+    let array = kernel::read::<u64>(fdt, o.fdtable_fd);
+    if array == 0 {
+        return 0;
+    }
+    let file = kernel::read::<u64>(array + fd * 8, 0);
+    let socket = kernel::read::<u64>(file, o.file_private_data);
+    kernel::read::<u64>(socket, o.socket_sk)
+}

@@ -1,0 +1,178 @@
+//! keepalive-scenarios: the real-kernel scenario suite for the keepalive observer.
+//!
+//! Builds client — router — server network namespaces, opens real keepalive connections,
+//! breaks the path with nftables in the router, and compares what the daemon under test reports
+//! with what the kernel itself reports (application errno, nstat counters, timing).
+
+mod cleanup;
+mod cmd;
+mod daemon;
+mod event;
+mod http;
+mod nft;
+mod nstat;
+mod report;
+mod scenarios;
+mod sock;
+mod topology;
+mod verify;
+
+use anyhow::{Result, bail};
+use clap::{Parser, ValueEnum};
+use scenarios::{ALL, Env, Kind};
+use std::io::Write;
+use std::path::PathBuf;
+use topology::Family;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FamilyArg {
+    Ipv4,
+    Ipv6,
+    Both,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keepalive-scenarios",
+    about = "Real-kernel TCP keepalive scenarios checked against the daemon"
+)]
+struct Cli {
+    /// Daemon binary under test (started once, shared by all scenarios).
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["no_daemon", "list"], conflicts_with = "no_daemon")]
+    daemon: Option<PathBuf>,
+    /// Check only the kernel side (application errno, timing, nstat), without a daemon.
+    #[arg(long)]
+    no_daemon: bool,
+    /// Passed to the daemon as --hook-mode, and printed as mode= in the result lines.
+    #[arg(long, default_value = "auto")]
+    hook_mode: String,
+    /// Scenario to run (repeatable); default all. See --list.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    #[arg(long, value_enum, default_value_t = FamilyArg::Both)]
+    family: FamilyArg,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    #[arg(long, value_name = "PATH", default_value = "ip")]
+    ip_bin: String,
+    #[arg(long, value_name = "PATH", default_value = "nft")]
+    nft_bin: String,
+    #[arg(long, value_name = "PATH", default_value = "nstat")]
+    nstat_bin: String,
+    /// Extra argument for the daemon (repeatable).
+    #[arg(long = "daemon-arg", value_name = "ARG", allow_hyphen_values = true)]
+    daemon_args: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => {
+            println!("success");
+            std::process::exit(0);
+        }
+        Ok(false) => {
+            println!("failure");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            println!("failure");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<bool> {
+    if cli.list {
+        for k in ALL {
+            println!("{:<22} {}", k.name(), k.describe());
+        }
+        std::process::exit(0);
+    }
+    let kinds: Vec<Kind> = if cli.scenarios.is_empty() {
+        ALL.to_vec()
+    } else {
+        let mut v = Vec::new();
+        for name in &cli.scenarios {
+            match Kind::parse(name) {
+                Some(k) => v.push(k),
+                None => bail!("unknown scenario {name:?} (see --list)"),
+            }
+        }
+        v
+    };
+    let families = match cli.family {
+        FamilyArg::Ipv4 => vec![Family::Ipv4],
+        FamilyArg::Ipv6 => vec![Family::Ipv6],
+        FamilyArg::Both => vec![Family::Ipv4, Family::Ipv6],
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must run as root (network namespaces, nftables)");
+    }
+    cleanup::install_signal_thread(&cli.ip_bin)?;
+
+    let env = Env {
+        ip_bin: cli.ip_bin.clone(),
+        nft_bin: cli.nft_bin.clone(),
+        nstat_bin: cli.nstat_bin.clone(),
+        mode: if cli.no_daemon {
+            "none".to_owned()
+        } else {
+            cli.hook_mode.clone()
+        },
+        prefix: format!("kat{}", std::process::id()),
+    };
+    let mut daemon = match &cli.daemon {
+        Some(path) => Some(daemon::Daemon::start(
+            path,
+            &cli.hook_mode,
+            &cli.daemon_args,
+        )?),
+        None => None,
+    };
+    if let Some(d) = &daemon {
+        let err = d.stderr_path();
+        let out = err.with_extension("stdout");
+        eprintln!(
+            "daemon ready on {} (stderr: {}, stdout copy: {})",
+            d.addr,
+            err.display(),
+            out.display()
+        );
+    }
+
+    let mut all_ok = true;
+    let mut seq = 0;
+    for kind in &kinds {
+        for family in &families {
+            seq += 1;
+            // A panic is a failed scenario, not the end of the suite; the topology's Drop has
+            // already removed its namespaces while unwinding.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                scenarios::run(*kind, *family, seq, &env, daemon.as_mut())
+            }));
+            let line = attempt.unwrap_or_else(|_| {
+                let mut l = report::Line::new(kind.name(), family.name(), &env.mode);
+                l.failures
+                    .push("the scenario panicked (see stderr)".to_owned());
+                l
+            });
+            println!("{}", line.render());
+            let _ = std::io::stdout().flush();
+            for note in &line.notes {
+                eprintln!("  note {} {}: {note}", line.scenario, line.family);
+            }
+            if !line.success() {
+                all_ok = false;
+                if let Some(d) = &daemon {
+                    eprintln!("  daemon stderr tail:\n{}", d.stderr_tail(15));
+                }
+            }
+        }
+    }
+    drop(daemon.take());
+    Ok(all_ok)
+}

@@ -1,0 +1,315 @@
+//! Daemon-side checks: its events for each flow against the expectation, its events against the
+//! kernel's TCPKeepAlive counter, and its /metrics deltas against its own JSON stream.
+
+use crate::daemon::Daemon;
+use crate::event::{CAUSES, Event, Metrics};
+use crate::scenarios::{Expect, Flow};
+use anyhow::Result;
+use std::time::SystemTime;
+
+pub struct Outcome {
+    pub probes: usize,
+    pub detect: Option<f64>,
+    pub failures: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// `start` is the daemon snapshot taken before the scenario; `inodes` are the scenario's client,
+/// router and server namespaces (events there that match no flow are unexpected).
+pub fn daemon(
+    d: &mut Daemon,
+    start: (Metrics, usize, bool),
+    flows: &[Flow],
+    inodes: [u64; 3],
+    nstat_keepalive: u64,
+) -> Result<Outcome> {
+    let mut out = Outcome {
+        probes: 0,
+        detect: None,
+        failures: Vec::new(),
+        notes: Vec::new(),
+    };
+    if let Some(status) = d.exited() {
+        out.failures.push(format!(
+            "daemon exited ({status}); stderr: {}",
+            d.stderr_tail(10)
+        ));
+        return Ok(out);
+    }
+    let end = d.snapshot()?;
+    if !start.2 || !end.2 {
+        out.failures.push(
+            "daemon metrics/events never went quiet for 150 ms: window comparison unreliable"
+                .into(),
+        );
+    }
+    let mut events = Vec::new();
+    for r in d.received(start.1..end.1) {
+        match r.event {
+            Ok(e) => events.push(e),
+            Err(err) => out
+                .failures
+                .push(format!("malformed JSON line {:?}: {err}", r.line)),
+        }
+    }
+    check_metrics(&events, &start.0, &end.0, &mut out.failures);
+
+    let me = Me::current();
+    for flow in flows {
+        let (settings, evs): (Vec<&Event>, Vec<&Event>) = events
+            .iter()
+            .filter(|e| e.is_flow(flow.local, flow.peer))
+            .partition(|e| e.event == "settings");
+        check_settings(flow, &settings, &mut out.failures);
+        out.notes.push(format!(
+            "daemon {} {}->{}: [{}]",
+            flow.label,
+            flow.local,
+            flow.peer,
+            evs.iter().map(|e| e.brief()).collect::<Vec<_>>().join(" ")
+        ));
+        out.probes += evs.iter().filter(|e| e.event == "probe").count();
+        let detect = check_flow(flow, &evs, inodes[0], &me, &mut out.failures);
+        out.detect = out.detect.or(detect);
+    }
+    for e in &events {
+        if inodes.contains(&e.netns) && !flows.iter().any(|f| e.is_flow(f.local, f.peer)) {
+            out.failures.push(format!(
+                "unexpected event {} {} in a scenario namespace",
+                e.brief(),
+                e.endpoints()
+            ));
+        }
+    }
+    if out.probes as u64 != nstat_keepalive {
+        out.failures.push(format!(
+            "daemon probe events {} != kernel TCPKeepAlive delta {nstat_keepalive}",
+            out.probes
+        ));
+    }
+    Ok(out)
+}
+
+/// Every counter increment must have exactly one JSON event and vice versa, over all flows.
+fn check_metrics(events: &[Event], m0: &Metrics, m1: &Metrics, failures: &mut Vec<String>) {
+    let count = |kind: &str, cause: Option<&str>| {
+        events
+            .iter()
+            .filter(|e| e.event == kind && (cause.is_none() || e.cause.as_deref() == cause))
+            .count() as f64
+    };
+    let mut pairs = vec![
+        (
+            "keepalive_probes_total",
+            m1.probes - m0.probes,
+            count("probe", None),
+        ),
+        (
+            "keepalive_probes_answered_total",
+            m1.answered - m0.answered,
+            count("answered", None),
+        ),
+    ];
+    for cause in CAUSES {
+        pairs.push((
+            "keepalive_dead_connections_total",
+            m1.dead(cause) - m0.dead(cause),
+            count("dead", Some(cause)),
+        ));
+    }
+    for (i, (name, delta, json)) in pairs.into_iter().enumerate() {
+        let label = if i >= 2 {
+            format!("{name}{{cause={}}}", CAUSES[i - 2])
+        } else {
+            name.to_owned()
+        };
+        if delta != json {
+            failures.push(format!(
+                "/metrics {label} delta {delta} but {json} JSON events"
+            ));
+        }
+    }
+    let lost = m1.lost - m0.lost;
+    if lost != 0.0 {
+        failures.push(format!("keepalive_events_lost_total grew by {lost}"));
+    }
+    for e in events {
+        if !matches!(e.event.as_str(), "probe" | "answered" | "dead" | "settings") {
+            failures.push(format!("unknown event type {:?}", e.event));
+        }
+    }
+}
+
+/// The client sets its keepalive options after connecting, so the daemon must report the
+/// change, and its last `settings` event must be the configuration the socket ended with.
+/// A socket that sets nothing must cause no `settings` event.
+fn check_settings(flow: &Flow, settings: &[&Event], failures: &mut Vec<String>) {
+    let l = flow.label;
+    let Some(ka) = flow.ka else {
+        if !settings.is_empty() {
+            failures.push(format!("{l}: {} settings events for a socket that set no option", settings.len()));
+        }
+        return;
+    };
+    let want = (Some(true), Some(u64::from(ka.idle)), Some(u64::from(ka.intvl)), Some(u64::from(ka.cnt)), Some(0));
+    match settings.last().and_then(|e| e.keepalive.as_ref()) {
+        Some(k) if (k.enabled, k.idle_s, k.intvl_s, k.cnt, k.user_timeout_ms) == want => {}
+        other => failures.push(format!("{l}: last settings event {other:?}, socket has {ka:?} with SO_KEEPALIVE")),
+    }
+}
+
+struct Me {
+    pid: u32,
+    comm: String,
+}
+
+impl Me {
+    fn current() -> Me {
+        let comm = std::fs::read_to_string("/proc/self/comm")
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned();
+        Me {
+            pid: std::process::id(),
+            comm,
+        }
+    }
+}
+
+/// Checks one flow's events; returns the detection time (dead.ts − last received packet).
+fn check_flow(
+    flow: &Flow,
+    evs: &[&Event],
+    client_ns: u64,
+    me: &Me,
+    failures: &mut Vec<String>,
+) -> Option<f64> {
+    let l = flow.label;
+    let mut fail = |m: String| failures.push(format!("{l}: {m}"));
+    let family = if flow.local.is_ipv4() { "ipv4" } else { "ipv6" };
+    let mut run = 0u32; // probes sent in the current unanswered run
+    let mut prev: Option<SystemTime> = None;
+    for (i, e) in evs.iter().enumerate() {
+        let what = e.brief();
+        if e.netns != client_ns {
+            fail(format!(
+                "{what} netns {} != client netns {client_ns}",
+                e.netns
+            ));
+        }
+        if e.family != family {
+            fail(format!("{what} family {} != {family}", e.family));
+        }
+        if e.pid.is_some_and(|p| p != me.pid) {
+            fail(format!("{what} pid {:?} != runner pid {}", e.pid, me.pid));
+        }
+        if e.comm.as_ref().is_some_and(|c| *c != me.comm) {
+            fail(format!("{what} comm {:?} != {:?}", e.comm, me.comm));
+        }
+        if let Some(ka) = flow.ka {
+            let want = (
+                Some(u64::from(ka.idle)),
+                Some(u64::from(ka.intvl)),
+                Some(u64::from(ka.cnt)),
+                Some(0),
+            );
+            match &e.keepalive {
+                Some(k) if (k.idle_s, k.intvl_s, k.cnt, k.user_timeout_ms) == want => {}
+                other => fail(format!("{what} keepalive {other:?}, socket has {ka:?}")),
+            }
+        }
+        match e.time() {
+            None => fail(format!("{what} bad ts {:?}", e.ts)),
+            Some(t) => {
+                if prev.is_some_and(|p| t < p) {
+                    fail(format!(
+                        "{what} ts {} earlier than the previous event",
+                        e.ts
+                    ));
+                }
+                prev = Some(t);
+            }
+        }
+        // Probe numbering: 1.. within a run; answered/dead carry the run's count.
+        match e.event.as_str() {
+            "probe" => {
+                if e.probes != Some(run + 1) {
+                    fail(format!(
+                        "probe numbered {:?}, expected {}",
+                        e.probes,
+                        run + 1
+                    ));
+                }
+                run = e.probes.unwrap_or(run + 1);
+            }
+            "answered" | "dead" => {
+                if e.probes != Some(run) {
+                    fail(format!(
+                        "{} with probes {:?}, but {run} probes were out",
+                        e.event, e.probes
+                    ));
+                }
+                run = 0;
+                if e.event == "dead" && i + 1 != evs.len() {
+                    fail("events after dead".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    let n = |k: &str| evs.iter().filter(|e| e.event == k).count();
+    let (probes, answered, dead) = (n("probe"), n("answered"), n("dead"));
+    match flow.expect {
+        Expect::Silent => {
+            if !evs.is_empty() {
+                fail(format!("expected no events, got {}", evs.len()));
+            }
+            None
+        }
+        Expect::Alive {
+            min_probes,
+            min_answered,
+        } => {
+            if probes < min_probes || answered < min_answered || answered > probes || dead > 0 {
+                fail(format!(
+                    "expected >= {min_probes} probes, >= {min_answered} answered, no dead; got {probes}/{answered}/{dead}"
+                ));
+            }
+            None
+        }
+        Expect::Dead {
+            probes: want,
+            cause,
+            errno,
+            detect,
+        } => {
+            if probes != want as usize || answered != 0 || dead != 1 {
+                fail(format!(
+                    "expected {want} probes, 0 answered, 1 dead; got {probes}/{answered}/{dead}"
+                ));
+            }
+            let d = evs.iter().find(|e| e.event == "dead")?;
+            if d.cause.as_deref() != Some(cause) || d.errno.as_deref() != Some(errno) {
+                fail(format!(
+                    "dead cause {:?} errno {:?}, expected {cause}/{errno}",
+                    d.cause, d.errno
+                ));
+            }
+            // A bad ts was reported above; a ts before the last packet gives a negative value.
+            let secs = match d.time()?.duration_since(flow.last_recv.wall) {
+                Ok(x) => x.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            if secs < detect.0 || secs > detect.1 {
+                fail(format!(
+                    "dead {secs:.2}s after last packet, expected {:.2}..{:.2}s",
+                    detect.0, detect.1
+                ));
+            }
+            Some(secs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
