@@ -90,18 +90,25 @@ pub async fn run(opts: RunArgs) -> Result<()> {
     let mut sinks = Sinks::new(opts.json, events_tx.clone(), metrics.clone());
 
     // Hooks first, then the walk: a socket born in between is reported by both, harmlessly.
+    let mut probing: aya::maps::HashMap<MapData, u64, u8> =
+        aya::maps::HashMap::try_from(take("PROBING")?).map_err(|e| Error::Load(e.to_string()))?;
     match attach::inventory(&mut attached.ebpf) {
         Ok(buf) => {
             let mut inv = inventory.lock().unwrap_or_else(|e| e.into_inner());
-            let mut n = 0;
+            let (mut n, mut mid_probe) = (0, 0);
             for rec in decode::records(&buf) {
                 if let Ok(ev) = decode::decode(rec, hz) {
+                    // A restart must not lose a run in progress: the kernel side reports the
+                    // answer (or the next probe) only for sockets it knows are being probed.
+                    if ev.info.keepalive_on && ev.info.probes_out > 0 && probing.insert(ev.sk, ev.info.probes_out, 0).is_ok() {
+                        mid_probe += 1;
+                    }
                     let owner = sinks.owners.lookup(ev.ino);
                     inv.apply(&ev, owner);
                     n += 1;
                 }
             }
-            info!("inventory: {n} TCP sockets at startup");
+            info!("inventory: {n} TCP sockets at startup, {mid_probe} in the middle of a probe run");
         }
         Err(e) => warn!("startup inventory failed: {e}"),
     }
@@ -181,6 +188,9 @@ impl LoopState {
         }
         match ev.kind {
             Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked => {
+                if ev.kind == Kind::Gone {
+                    self.tracker.handle(ev);
+                }
                 let owner = self.sinks.owners.lookup(ev.ino);
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((before, after)) = inv.apply(ev, owner) {
@@ -201,6 +211,11 @@ impl LoopState {
 
     fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
         self.resolve_owners();
+        let swept = self.tracker.sweep(tracker::monotonic_ns());
+        if swept > 0 {
+            warn!("{swept} probe runs ended unseen (events lost); forgotten");
+            self.sinks.metrics.probing_sockets.set(self.tracker.probing() as i64);
+        }
         let now = self.tracker.wall_clock(tracker::monotonic_ns());
         for (netns, d) in all {
             let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());

@@ -23,6 +23,10 @@ pub struct IcmpHit {
 struct Probing {
     /// When the first probe of the current run went out (CLOCK_MONOTONIC).
     run_start_ns: u64,
+    /// The last event for the socket, and its probe interval: the kernel reports something at
+    /// least every interval while a run lasts, so a long silence means events were lost.
+    last_ns: u64,
+    intvl_s: u32,
 }
 
 /// Arrival times of recent ICMP errors for one flow. They are matched against the run's start
@@ -83,10 +87,16 @@ impl Tracker {
         let ts = self.wall_clock(ev.ts_ns);
         match ev.kind {
             Kind::Probe => {
-                let run = self.sockets.entry(ev.sk).or_insert(Probing { run_start_ns: ev.ts_ns });
+                let run = self.sockets.entry(ev.sk).or_insert(Probing {
+                    run_start_ns: ev.ts_ns,
+                    last_ns: ev.ts_ns,
+                    intvl_s: ev.keepalive.intvl_s,
+                });
                 if ev.probes <= 1 {
                     run.run_start_ns = ev.ts_ns;
                 }
+                run.last_ns = ev.ts_ns;
+                run.intvl_s = ev.keepalive.intvl_s;
                 Outcome::Publish(Event::new(EventKind::Probe, ts, &ev.flow, ev.probes, ev.keepalive, ev.hook))
             }
             Kind::Answered => {
@@ -111,13 +121,30 @@ impl Tracker {
                 });
                 Outcome::Publish(out)
             }
-            Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked => Outcome::Nothing,
+            // The socket closed: whatever run it was in is over, even if its last event was lost.
+            Kind::Gone => {
+                self.sockets.remove(&ev.sk);
+                Outcome::Nothing
+            }
+            Kind::Open | Kind::Settings | Kind::Walked => Outcome::Nothing,
             Kind::Closed => {
                 debug!("{:?} closed with {} probes out, not by keepalive", ev.flow, ev.probes);
                 self.sockets.remove(&ev.sk);
                 Outcome::Nothing
             }
         }
+    }
+
+    /// Forgets runs the kernel has said nothing about for two intervals and five seconds: their
+    /// answer, death or close was lost (ring buffer full), and keeping them would leave
+    /// sockets "probing" forever. Returns how many were dropped.
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        let before = self.sockets.len();
+        self.sockets.retain(|_, r| {
+            let quiet = u64::from(r.intvl_s) * 2_000_000_000 + 5_000_000_000;
+            now_ns.saturating_sub(r.last_ns) <= quiet
+        });
+        before - self.sockets.len()
     }
 
     /// ICMP errors for `flow` since its current run began (all recorded ones when the run's
@@ -236,6 +263,18 @@ mod tests {
         assert_eq!(dead(&mut t, &ev(Kind::Reset, 1100, 1, libc::ECONNRESET)), (Cause::Reset, "ECONNRESET".into()));
         t.handle(&ev(Kind::Probe, 1000, 1, 0));
         assert!(matches!(t.handle(&ev(Kind::Closed, 1200, 1, 0)), Outcome::Nothing));
+        assert_eq!(t.probing(), 0);
+    }
+
+    #[test]
+    fn lost_endings_are_swept_and_closes_clear_runs() {
+        let mut t = Tracker::new(0);
+        t.handle(&ev(Kind::Probe, 1_000_000_000, 1, 0));
+        assert_eq!(t.sweep(7_000_000_000), 0, "within 2 x intvl + 5 s");
+        assert_eq!(t.sweep(8_000_000_001), 1);
+        assert_eq!(t.probing(), 0);
+        t.handle(&ev(Kind::Probe, 1000, 1, 0));
+        t.handle(&ev(Kind::Gone, 2000, 0, 0));
         assert_eq!(t.probing(), 0);
     }
 
