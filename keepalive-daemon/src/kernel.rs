@@ -31,6 +31,30 @@ fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// Loading tracing programs needs CAP_BPF + CAP_PERFMON (5.8+) or CAP_SYS_ADMIN; checked up
+/// front so a missing capability is named as such, not as a hidden kallsyms or an EPERM from
+/// some map creation.
+pub fn check_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").map_err(|source| Error::Io {
+        path: "/proc/self/status".into(),
+        source,
+    })?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(Error::Privileges)
+    }
+}
+
 /// Kernel HZ, to turn the jiffies stored in sockets into seconds. The kernel config says it;
 /// without one (minimal VMs, custom kernels) it is measured from /proc/timer_list.
 pub fn hz() -> Result<u32> {

@@ -39,6 +39,7 @@ pub async fn run(opts: RunArgs) -> Result<()> {
     // Before anything is attached: a SIGTERM at any point must take the orderly way out.
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Config(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Config(e.to_string()))?;
+    kernel::check_privileges()?;
     let btf = Btf::from_file(&opts.btf_path)?;
     let mut offsets = offsets::resolve(&btf)?;
     inventory_offsets::fill(&btf, &mut offsets)?;
