@@ -30,6 +30,9 @@ pub const EV_SOCK_CLOSE: u8 = 7;
 pub const EV_SETTINGS: u8 = 8;
 /// A record of the startup inventory (the `iter/tcp` program), not a ring-buffer event.
 pub const EV_INVENTORY: u8 = 9;
+/// The keepalive timer fired without sending a probe and re-armed itself: the inventory learns
+/// when it fires next. One per keepalive socket per idle period — the kernel's own pace.
+pub const EV_REARMED: u8 = 10;
 
 /// `RawEvent::flags`: SO_KEEPALIVE is on.
 pub const FLAG_KEEPALIVE_ON: u8 = 1;
@@ -212,6 +215,12 @@ pub struct RawEvent {
     pub jiffies: u64,
     /// cgroup v2 id (kernfs inode) of the socket's cgroup, 0 when unknown.
     pub cgroup: u64,
+    /// The calling process (tgid) for events raised in process context (setsockopt, accept),
+    /// 0 for events from timers and packets, where "current" is whoever was interrupted.
+    pub pid: u32,
+    /// That process's thread name, NUL-padded.
+    pub comm: [u8; 16],
+    pub _pad2: [u8; 4],
 }
 
 impl RawEvent {

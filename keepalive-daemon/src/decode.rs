@@ -2,7 +2,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE,
+    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE,
     EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY, HOOK_KPROBE,
     RawEvent,
 };
@@ -25,6 +25,8 @@ pub enum Kind {
     Settings,
     /// Inventory: a record of the startup walk over every TCP socket.
     Walked,
+    /// The keepalive timer fired without probing and re-armed: when it fires next.
+    Rearmed,
 }
 
 /// A connection as the daemon names it: addresses are the socket's own (local = `saddr`).
@@ -82,6 +84,8 @@ pub struct KernelEvent {
     pub flow: Flow,
     pub keepalive: Keepalive,
     pub info: SocketInfo,
+    /// The process that made the call, for events raised in its syscall (pid, comm).
+    pub task: Option<(u32, String)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +111,7 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
         EV_SOCK_CLOSE => Kind::Gone,
         EV_SETTINGS => Kind::Settings,
         EV_INVENTORY => Kind::Walked,
+        EV_REARMED => Kind::Rearmed,
         other => return Err(DecodeError::Kind(other)),
     };
     let (saddr, daddr) = match raw.family {
@@ -159,6 +164,10 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
             }),
             cgroup: raw.cgroup,
         },
+        task: (raw.pid != 0).then(|| {
+            let end = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
+            (raw.pid, String::from_utf8_lossy(&raw.comm[..end]).into_owned())
+        }),
     })
 }
 
@@ -213,6 +222,9 @@ mod tests {
             timer_expires: 4_294_967_290u64.wrapping_add(500),
             jiffies: 4_294_967_290,
             cgroup: 0,
+            pid: 0,
+            comm: [0; 16],
+            _pad2: [0; 4],
         }
     }
 
@@ -244,6 +256,40 @@ mod tests {
         let ev = decode(&bytes(&r), 250).unwrap();
         assert_eq!(ev.flow.saddr.to_string(), "10.9.8.7");
         assert_eq!(ev.flow.daddr.to_string(), "fd00::1");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// Whatever the kernel (or a corrupted buffer) hands over, decoding returns, never
+        /// panics, and rejects every length but the record size.
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let r = decode(&bytes, 250);
+            if bytes.len() != RawEvent::SIZE {
+                proptest::prop_assert_eq!(r, Err(DecodeError::Length(bytes.len())));
+            }
+        }
+
+        /// Records with a known kind and family always decode, and the flow comes back as sent.
+        #[test]
+        fn valid_records_round_trip(kind in 1u8..=10, v6 in proptest::bool::ANY, sport: u16, dport: u16,
+                                    addr: [u8; 16], hz in 1u32..2000, idle: u32, ns_idle: u32) {
+            let mut r = raw();
+            r.kind = kind;
+            r.family = if v6 { AF_INET6 } else { AF_INET };
+            r.sport = sport;
+            r.dport = dport;
+            r.saddr = addr;
+            r.idle_jiffies = idle;
+            r.ns_idle_jiffies = ns_idle;
+            let ev = decode(&bytes(&r), hz).expect("valid record");
+            proptest::prop_assert_eq!((ev.flow.sport, ev.flow.dport), (sport, dport));
+            proptest::prop_assert_eq!(ev.keepalive.idle_s, if idle != 0 { idle } else { ns_idle } / hz);
+            if !v6 {
+                proptest::prop_assert_eq!(ev.flow.saddr, IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])));
+            }
+        }
     }
 
     #[test]

@@ -73,12 +73,15 @@ pub struct Effective {
 pub struct Inventory {
     sockets: HashMap<u64, Entry>,
     defaults: HashMap<u32, NsDefaults>,
+    /// Sockets per namespace: a namespace's defaults are forgotten with its last socket, since
+    /// the kernel reuses a dead namespace's inode number for a new one.
+    members: HashMap<u32, usize>,
     pub idle_budget: Duration,
 }
 
 impl Inventory {
     pub fn new(idle_budget: Duration) -> Self {
-        Inventory { sockets: HashMap::new(), defaults: HashMap::new(), idle_budget }
+        Inventory { sockets: HashMap::new(), defaults: HashMap::new(), members: HashMap::new(), idle_budget }
     }
 
     pub fn namespaces(&self) -> Vec<u32> {
@@ -97,7 +100,19 @@ impl Inventory {
     pub fn apply(&mut self, ev: &KernelEvent, owner: Option<Owner>) -> Option<(Effective, Effective)> {
         match ev.kind {
             Kind::Gone => {
-                self.sockets.remove(&ev.sk);
+                if let Some(gone) = self.sockets.remove(&ev.sk) {
+                    self.leave(gone.flow.netns);
+                }
+                None
+            }
+            // Probe-path events and re-armed timers refresh what the socket is doing now.
+            Kind::Probe | Kind::Answered | Kind::Rearmed => {
+                if let Some(e) = self.sockets.get_mut(&ev.sk) {
+                    e.info.next_timer_ms = ev.info.next_timer_ms;
+                    e.info.probes_out = ev.info.probes_out;
+                    e.info.state = ev.info.state;
+                    e.seen = std::time::Instant::now();
+                }
                 None
             }
             // Sockets not connected yet (options set before connect) or already closed join
@@ -122,8 +137,18 @@ impl Inventory {
                 let after = self.effective(&new);
                 let keep_owner = new.owner.is_none();
                 let old = self.sockets.insert(ev.sk, new);
-                if let (true, Some(old), Some(e)) = (keep_owner, old, self.sockets.get_mut(&ev.sk)) {
-                    e.owner = old.owner;
+                match old {
+                    None => *self.members.entry(ev.flow.netns).or_default() += 1,
+                    Some(old) if old.flow.netns != ev.flow.netns => {
+                        // The address was reused by a socket elsewhere; the close was lost.
+                        self.leave(old.flow.netns);
+                        *self.members.entry(ev.flow.netns).or_default() += 1;
+                    }
+                    Some(old) => {
+                        if let (true, Some(e)) = (keep_owner, self.sockets.get_mut(&ev.sk)) {
+                            e.owner = old.owner;
+                        }
+                    }
                 }
                 match before {
                     Some(b) if b != after && ev.kind == Kind::Settings => Some((b, after)),
@@ -149,6 +174,16 @@ impl Inventory {
             }
         }
         changed
+    }
+
+    fn leave(&mut self, netns: u32) {
+        if let Some(n) = self.members.get_mut(&netns) {
+            *n -= 1;
+            if *n == 0 {
+                self.members.remove(&netns);
+                self.defaults.remove(&netns);
+            }
+        }
     }
 
     /// Sockets with a file but no known owner yet: (socket, inode).
@@ -206,10 +241,23 @@ impl Inventory {
             cnt_from: from(e.own.cnt != 0),
             user_timeout_ms: eff.user_timeout_ms,
             probes_out: e.info.probes_out,
-            next_probe_ms: e.info.next_timer_ms.filter(|_| eff.on).map(|ms| ms.saturating_sub(elapsed)),
+            next_probe_ms: self.next_probe_ms(e, &eff, elapsed),
             time_to_detect_s: ttd,
             at_risk: self.at_risk(&eff),
         }
+    }
+
+    /// When the keepalive timer fires next. A socket whose options were set before connect
+    /// reports ESTABLISHED just before the kernel arms its timer (to `idle`); until the timer
+    /// first fires, that is the best estimate.
+    fn next_probe_ms(&self, e: &Entry, eff: &Effective, elapsed_ms: u64) -> Option<u64> {
+        if !eff.on {
+            return None;
+        }
+        let armed = e.info.next_timer_ms.or_else(|| {
+            (e.info.state == 1 && e.info.probes_out == 0).then(|| u64::from(eff.idle_s) * 1000)
+        })?;
+        Some(armed.saturating_sub(elapsed_ms))
     }
 
     /// At risk: keepalive off, or its idle longer than the budget (a middlebox on the path with

@@ -25,6 +25,12 @@ pub struct Owners {
 }
 
 impl Owners {
+    /// The owner if already known, without scanning /proc: for the high-volume inventory
+    /// events, whose misses are resolved in batches off the hot path.
+    pub fn cached(&self, ino: u64) -> Option<Owner> {
+        self.by_inode.get(&ino).cloned()
+    }
+
     pub fn lookup(&mut self, ino: u64) -> Option<Owner> {
         if ino == 0 {
             return None;

@@ -126,7 +126,7 @@ impl Tracker {
                 self.sockets.remove(&ev.sk);
                 Outcome::Nothing
             }
-            Kind::Open | Kind::Settings | Kind::Walked => Outcome::Nothing,
+            Kind::Open | Kind::Settings | Kind::Walked | Kind::Rearmed => Outcome::Nothing,
             Kind::Closed => {
                 debug!("{:?} closed with {} probes out, not by keepalive", ev.flow, ev.probes);
                 self.sockets.remove(&ev.sk);
@@ -218,6 +218,7 @@ mod tests {
                 next_timer_ms: None,
                 cgroup: 0,
             },
+            task: None,
         }
     }
 

@@ -7,13 +7,13 @@
 //! and exit (a probe sent, the socket closed by `tcp_write_err`) is keepalive's doing.
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::debug;
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE, EV_SOCK_OPEN,
+    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE, EV_SOCK_OPEN,
     EV_TIMEOUT, FLAG_DEATH_VIA_DONE,
     FLAG_PROBE_VIA_WAKEUP, RawEvent,
 };
@@ -48,7 +48,10 @@ pub struct TimerRun {
     /// The socket died in this run; the death was already reported.
     pub died: u8,
     pub hook: u8,
-    pub _pad: [u8; 3],
+    /// The socket reached CLOSE in this run (keepalive death, or an orphan's FIN_WAIT2
+    /// timeout): it may be freed by the time the timer returns, so nothing is read at exit.
+    pub closed: u8,
+    pub _pad: [u8; 2],
 }
 
 #[map]
@@ -79,14 +82,17 @@ pub fn pending_wakeup() -> Option<&'static mut TimerRun> {
 
 #[inline(always)]
 pub fn emit(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32) {
-    emit_packed(sk, pack(kind, hook, probes, 0), errno);
+    emit_packed(sk, pack(kind, hook, probes, 0), errno, 0);
 }
+
+/// Records the calling process too: only for hooks that run in the socket owner's syscall.
+const WITH_TASK: u32 = 1;
 
 /// `state` overrides the socket's state when non-zero: `inet_sock_set_state` fires before the
 /// new state is stored, so the socket still shows the old one there.
 #[inline(always)]
 fn emit_in_state(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32, state: u8) {
-    emit_packed(sk, pack(kind, hook, probes, state), errno);
+    emit_packed(sk, pack(kind, hook, probes, state), errno, 0);
 }
 
 #[inline(always)]
@@ -98,7 +104,7 @@ fn pack(kind: u8, hook: u8, probes: u8, state: u8) -> u32 {
 /// the ring-buffer slot in place: a 128-byte record per inlined call site would overflow the
 /// 512-byte BPF stack.
 #[inline(never)]
-fn emit_packed(sk: u64, meta: u32, errno: i32) {
+fn emit_packed(sk: u64, meta: u32, errno: i32, opts: u32) {
     let [kind, hook, probes, state] = meta.to_le_bytes();
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut slot) => {
@@ -115,6 +121,10 @@ fn emit_packed(sk: u64, meta: u32, errno: i32) {
             kernel::describe(sk, ev);
             if state != 0 {
                 ev.state = state;
+            }
+            if opts & WITH_TASK != 0 {
+                ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+                ev.comm = bpf_get_current_comm().unwrap_or_default();
             }
             slot.submit(0);
         }
@@ -138,7 +148,8 @@ pub fn timer_enter(sk: u64, hook: u8) {
         wakeup_probe: 0,
         died: 0,
         hook,
-        _pad: [0; 3],
+        closed: 0,
+        _pad: [0; 2],
     };
     if probes == 0 {
         if let Some(sent) = unsafe { PROBING.get(&sk) } {
@@ -158,7 +169,7 @@ pub fn timer_exit() {
         return;
     }
     run.sk = 0;
-    if run.died != 0 {
+    if run.died != 0 || run.closed != 0 {
         return;
     }
     let probes = kernel::probes_out(sk);
@@ -171,6 +182,8 @@ pub fn timer_exit() {
     if sent {
         let _ = PROBING.insert(&sk, &probes, 0);
         emit(EV_PROBE, run.hook, sk, probes, 0);
+    } else {
+        emit(EV_REARMED, run.hook, sk, probes, 0);
     }
 }
 
@@ -193,9 +206,15 @@ pub fn dying<C: EbpfContext>(ctx: &C, sk: u64, err: i32, from_done: bool) {
             return;
         }
         run.died = 1;
+        // Keepalive only gives up with probes out; the same timer also ends orphaned
+        // FIN_WAIT2 sockets (tcp_fin_timeout), which is no keepalive death.
+        let probes = kernel::probes_out(sk);
+        if probes == 0 {
+            return;
+        }
         let _ = PROBING.remove(&sk);
         debug!(ctx, "keepalive gave up on sk {:x}: errno {}", sk, err);
-        emit(EV_TIMEOUT, run.hook, sk, kernel::probes_out(sk), err);
+        emit(EV_TIMEOUT, run.hook, sk, probes, err);
     }
 }
 
@@ -215,7 +234,8 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
         return;
     }
     if newstate == TCP_CLOSE {
-        if current_for(sk).is_some() {
+        if let Some(run) = current_for(sk) {
+            run.closed = 1;
             let err = kernel::read::<i32>(sk, kernel::offsets().sk_err);
             dying(ctx, sk, err, false);
         }
@@ -233,7 +253,7 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
 #[inline(always)]
 pub fn settings_changed(sk: u64, hook: u8) {
     if kernel::is_tcp(sk) {
-        emit(EV_SETTINGS, hook, sk, 0, 0);
+        emit_packed(sk, pack(EV_SETTINGS, hook, 0, 0), 0, WITH_TASK);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Last-resort cleanup: namespaces and the daemon must not outlive the runner.
+//! Last-resort cleanup: namespaces, daemons and the programs scenarios start must not outlive
+//! the runner.
 //!
 //! Drop guards cover errors and panics. A SIGINT/SIGTERM/SIGHUP would skip them, so a handler
 //! forwards the signal number through a pipe to a thread that removes whatever is still
@@ -12,13 +13,14 @@ use std::sync::atomic::{AtomicI32, Ordering};
 struct Registry {
     ip_bin: String,
     netns: Vec<String>,
-    daemon_pid: Option<i32>,
+    /// Daemons under test and the third-party programs the inventory scenarios run.
+    pids: Vec<i32>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     ip_bin: String::new(),
     netns: Vec::new(),
-    daemon_pid: None,
+    pids: Vec::new(),
 });
 
 fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
@@ -35,8 +37,14 @@ pub fn unregister_netns(name: &str) {
     with_registry(|r| r.netns.retain(|n| n != name));
 }
 
-pub fn register_daemon(pid: Option<i32>) {
-    with_registry(|r| r.daemon_pid = pid);
+/// A child to SIGTERM if the runner is interrupted; unregister it once reaped, so a recycled pid
+/// is never signalled.
+pub fn register_pid(pid: i32) {
+    with_registry(|r| r.pids.push(pid));
+}
+
+pub fn unregister_pid(pid: i32) {
+    with_registry(|r| r.pids.retain(|p| *p != pid));
 }
 
 /// Deletes a named namespace; used by the Drop guard and by the signal thread.
@@ -90,15 +98,15 @@ pub fn install_signal_thread(ip_bin: &str) -> anyhow::Result<()> {
         }
         let sig = i32::from(byte);
         eprintln!("signal {sig}: cleaning up");
-        let (ip_bin, names, pid) = with_registry(|r| {
+        let (ip_bin, names, pids) = with_registry(|r| {
             (
                 r.ip_bin.clone(),
                 std::mem::take(&mut r.netns),
-                r.daemon_pid.take(),
+                std::mem::take(&mut r.pids),
             )
         });
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) on a pid we spawned ourselves.
+        for pid in pids {
+            // SAFETY: kill(2) on a pid we spawned ourselves and have not reaped.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         for name in names {

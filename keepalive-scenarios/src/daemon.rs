@@ -32,10 +32,12 @@ fn free_port() -> Result<u16> {
 }
 
 impl Daemon {
-    pub fn start(path: &Path, hook_mode: &str, extra: &[String]) -> Result<Daemon> {
+    /// `tag` names the captured output files (`$TMPDIR/kat<pid>-<tag>.stderr|stdout`), so a
+    /// second daemon started by a scenario does not overwrite the shared one's.
+    pub fn start(path: &Path, hook_mode: &str, extra: &[String], tag: &str) -> Result<Daemon> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let stderr_path =
-            std::env::temp_dir().join(format!("kat{}-daemon.stderr", std::process::id()));
+            std::env::temp_dir().join(format!("kat{}-{tag}.stderr", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path)
             .with_context(|| format!("create {}", stderr_path.display()))?;
         let mut child = Command::new(path)
@@ -52,7 +54,9 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot start daemon {}", path.display()))?;
-        cleanup::register_daemon(i32::try_from(child.id()).ok());
+        if let Ok(pid) = i32::try_from(child.id()) {
+            cleanup::register_pid(pid);
+        }
         let stdout = child.stdout.take().context("daemon stdout")?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&received);
@@ -187,7 +191,9 @@ impl Drop for Daemon {
                 }
             }
         }
-        cleanup::register_daemon(None);
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            cleanup::unregister_pid(pid);
+        }
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

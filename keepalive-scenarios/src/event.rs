@@ -30,6 +30,8 @@ pub struct Event {
     pub comm: Option<String>,
     pub probes: Option<u32>,
     pub keepalive: Option<KeepaliveCfg>,
+    /// `settings` only: the configuration before the change.
+    pub previous: Option<KeepaliveCfg>,
     pub cause: Option<String>,
     pub errno: Option<String>,
 }

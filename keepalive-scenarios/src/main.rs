@@ -9,19 +9,22 @@ mod cmd;
 mod daemon;
 mod event;
 mod http;
+mod inventory;
 mod nft;
 mod nstat;
 mod report;
 mod scenarios;
 mod sock;
+mod suite;
 mod topology;
 mod verify;
 
 use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
-use scenarios::{ALL, Env, Kind};
+use scenarios::Env;
 use std::io::Write;
 use std::path::PathBuf;
+use suite::Scenario;
 use topology::Family;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -43,7 +46,8 @@ struct Cli {
     /// Check only the kernel side (application errno, timing, nstat), without a daemon.
     #[arg(long)]
     no_daemon: bool,
-    /// Passed to the daemon as --hook-mode, and printed as mode= in the result lines.
+    /// Passed to the daemon as --hook-mode (also to the extra daemons some inventory scenarios
+    /// start), and printed as mode= in the result lines.
     #[arg(long, default_value = "auto")]
     hook_mode: String,
     /// Scenario to run (repeatable); default all. See --list.
@@ -86,17 +90,17 @@ fn main() {
 
 fn run(cli: &Cli) -> Result<bool> {
     if cli.list {
-        for k in ALL {
+        for k in suite::all() {
             println!("{:<22} {}", k.name(), k.describe());
         }
         std::process::exit(0);
     }
-    let kinds: Vec<Kind> = if cli.scenarios.is_empty() {
-        ALL.to_vec()
+    let kinds: Vec<Scenario> = if cli.scenarios.is_empty() {
+        suite::all()
     } else {
         let mut v = Vec::new();
         for name in &cli.scenarios {
-            match Kind::parse(name) {
+            match Scenario::parse(name) {
                 Some(k) => v.push(k),
                 None => bail!("unknown scenario {name:?} (see --list)"),
             }
@@ -124,12 +128,16 @@ fn run(cli: &Cli) -> Result<bool> {
             cli.hook_mode.clone()
         },
         prefix: format!("kat{}", std::process::id()),
+        daemon_bin: cli.daemon.clone(),
+        daemon_args: cli.daemon_args.clone(),
+        hook_mode: cli.hook_mode.clone(),
     };
     let mut daemon = match &cli.daemon {
         Some(path) => Some(daemon::Daemon::start(
             path,
             &cli.hook_mode,
             &cli.daemon_args,
+            "daemon",
         )?),
         None => None,
     };
@@ -149,10 +157,11 @@ fn run(cli: &Cli) -> Result<bool> {
     for kind in &kinds {
         for family in &families {
             seq += 1;
+            let started = std::time::Instant::now();
             // A panic is a failed scenario, not the end of the suite; the topology's Drop has
             // already removed its namespaces while unwinding.
             let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                scenarios::run(*kind, *family, seq, &env, daemon.as_mut())
+                kind.run(*family, seq, &env, daemon.as_mut())
             }));
             let line = attempt.unwrap_or_else(|_| {
                 let mut l = report::Line::new(kind.name(), family.name(), &env.mode);
@@ -162,8 +171,17 @@ fn run(cli: &Cli) -> Result<bool> {
             });
             println!("{}", line.render());
             let _ = std::io::stdout().flush();
+            eprintln!(
+                "  took {} {}: {:.1}s",
+                line.scenario,
+                line.family,
+                started.elapsed().as_secs_f64()
+            );
             for note in &line.notes {
                 eprintln!("  note {} {}: {note}", line.scenario, line.family);
+            }
+            if let (Some(why), true) = (&line.skipped, line.success()) {
+                eprintln!("  skipped {} {}: {why}", line.scenario, line.family);
             }
             if !line.success() {
                 all_ok = false;

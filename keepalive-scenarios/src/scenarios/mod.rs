@@ -54,10 +54,6 @@ impl Kind {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Kind> {
-        ALL.into_iter().find(|k| k.name() == name)
-    }
-
     pub fn describe(self) -> &'static str {
         match self {
             Kind::Alive => "peer alive: probes answered, no death",
@@ -95,6 +91,11 @@ pub struct Env {
     pub mode: String,
     /// `kat<pid>`: namespace names are unique per run.
     pub prefix: String,
+    /// The daemon under test, for scenarios that start one of their own or run its `sockets`
+    /// subcommand; None with --no-daemon.
+    pub daemon_bin: Option<std::path::PathBuf>,
+    pub daemon_args: Vec<String>,
+    pub hook_mode: String,
 }
 
 /// What the daemon must report for one connection.
