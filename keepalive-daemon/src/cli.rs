@@ -1,9 +1,15 @@
 //! Command line, following Prometheus exporter habits (`--web.listen-address`, `--log.level`).
-use std::{net::SocketAddr, path::PathBuf};
+//! Every run flag also has a key in the `--config.file` TOML file (see `config.rs`); a flag given
+//! on the command line wins over the file.
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf};
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{
+    ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
+    error::{ContextKind, ContextValue, ErrorKind},
+    parser::ValueSource,
+};
 
 /// Default port: the Prometheus exporter range 9100-9999 is fully allocated, so we sit outside
 /// it on a port no well-known exporter or IANA-registered service uses.
@@ -29,11 +35,21 @@ impl HookMode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// key=value pairs, as Prometheus exporters write them.
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "keepalive-daemon",
     version,
-    about = "Watches TCP keepalive from inside the kernel: probes, answers, deaths and their causes."
+    about = "Watches TCP keepalive from inside the kernel: probes, answers, deaths and their causes.",
+    after_help = "Every flag but --config.* can also be set in the --config.file TOML file; \
+                  flags given here win over the file. Operators' guide: docs/operations.md."
 )]
 pub struct Options {
     #[command(subcommand)]
@@ -73,7 +89,7 @@ pub struct SocketsArgs {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Write every event as one JSON object per line on stdout.
     #[arg(long)]
@@ -93,8 +109,28 @@ pub struct RunArgs {
     pub telemetry_path: String,
 
     /// error, warn, info, debug or trace.
-    #[arg(long = "log.level", default_value = "info")]
+    #[arg(long = "log.level", default_value = "info", value_parser = parse_log_level)]
     pub log_level: log::LevelFilter,
+
+    /// Log line format. Under systemd (JOURNAL_STREAM set) lines carry no timestamp (the journal
+    /// adds its own) and a syslog priority prefix.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    pub log_format: LogFormat,
+
+    /// Web configuration (TLS, client certificates, basic auth) in the Prometheus
+    /// exporter-toolkit format (YAML). Without it the endpoints are plain HTTP without auth.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// TOML configuration file; flags given on the command line win over its keys.
+    #[arg(long = "config.file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// Check the configuration, the web configuration, kernel support (BTF, each hook mode) and
+    /// privileges without attaching anything; print one line per problem and exit non-zero if
+    /// there is any.
+    #[arg(long = "config.check")]
+    pub config_check: bool,
 
     /// Kernel BTF to read structure offsets from.
     #[arg(long = "btf.path", default_value = "/sys/kernel/btf/vmlinux")]
@@ -102,7 +138,7 @@ pub struct RunArgs {
 
     /// Size of the kernel → daemon ring buffer in bytes (power of two, multiple of the page
     /// size). Events that find it full are counted in keepalive_events_lost_total.
-    #[arg(long = "ring-buffer-bytes", default_value_t = 256 * 1024, value_parser = parse_ring_size)]
+    #[arg(long = "ring-buffer-bytes", default_value_t = 1024 * 1024, value_parser = parse_ring_size)]
     pub ring_bytes: u32,
 
     /// Events buffered per /events reader before a slow reader is disconnected.
@@ -113,6 +149,77 @@ pub struct RunArgs {
     /// NLB or NAT gateway, 4m for Azure, 10m for GCE). Units: s, m, h; bare numbers are seconds.
     #[arg(long = "idle-budget", default_value = "350s", value_parser = parse_duration)]
     pub idle_budget: Duration,
+}
+
+/// What the command line said, and which run flags it said explicitly (those win over the
+/// config file).
+pub struct Parsed {
+    pub options: Options,
+    matches: ArgMatches,
+}
+
+impl Parsed {
+    /// True when the run flag whose field is `id` was given on the command line.
+    pub fn explicit(&self, id: &str) -> bool {
+        matches!(self.matches.value_source(id), Some(ValueSource::CommandLine))
+    }
+}
+
+/// Parses the command line. `--help` and `--version` print and exit 0; anything wrong is one
+/// line that names the problem (and the allowed values), a usage hint, and exit code 2.
+pub fn parse() -> Parsed {
+    match try_parse(std::env::args_os()) {
+        Ok(p) => p,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        Err(e) => {
+            eprintln!("keepalive-daemon: {}", one_line(&e));
+            eprintln!("Usage: keepalive-daemon [OPTIONS] [COMMAND]; try 'keepalive-daemon --help'.");
+            std::process::exit(2);
+        }
+    }
+}
+
+pub fn try_parse<I, T>(args: I) -> Result<Parsed, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = Options::command().try_get_matches_from(args)?;
+    let options = Options::from_arg_matches(&matches)?;
+    Ok(Parsed { options, matches })
+}
+
+/// clap's message, on one line, with the context it otherwise prints below it.
+pub fn one_line(e: &clap::Error) -> String {
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or("bad command line");
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).trim().to_string();
+    let strs = |v: &ContextValue| match v {
+        ContextValue::String(s) => vec![s.clone()],
+        ContextValue::Strings(v) => v.clone(),
+        _ => Vec::new(),
+    };
+    if let Some(valid) = e.get(ContextKind::ValidValue).map(strs).filter(|v| !v.is_empty())
+        && !line.contains("possible values")
+    {
+        line.push_str(&format!(" (possible values: {})", valid.join(", ")));
+    }
+    if let Some(sugg) = e.get(ContextKind::SuggestedArg).map(strs).filter(|v| !v.is_empty()) {
+        line.push_str(&format!(" (did you mean '{}'?)", sugg.join("' or '")));
+    }
+    line
+}
+
+pub fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" | "warning" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        "trace" => Ok(log::LevelFilter::Trace),
+        _ => Err(format!("{s:?} is not one of error, warn, info, debug, trace")),
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -130,7 +237,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn parse_ring_size(s: &str) -> Result<u32, String> {
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("not a number: {e}"))?;
     if n < 4096 || !n.is_power_of_two() {
         return Err("must be a power of two of at least 4096".into());
@@ -141,6 +248,39 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line_for(args: &[&str]) -> String {
+        let mut argv = vec!["keepalive-daemon"];
+        argv.extend_from_slice(args);
+        match try_parse(argv) {
+            Ok(_) => panic!("{args:?} parsed"),
+            Err(e) => one_line(&e),
+        }
+    }
+
+    /// The one line printed for a bad command line names the flag and what would be right.
+    #[test]
+    fn bad_flags_make_one_self_sufficient_line() {
+        let l = line_for(&["--hook-mode", "sideways"]);
+        assert!(l.contains("sideways") && l.contains("--hook-mode") && l.contains("fentry, kprobe, tracepoint"), "{l}");
+        let l = line_for(&["--web.listen-adress", "x"]);
+        assert!(l.contains("--web.listen-adress") && l.contains("did you mean '--web.listen-address'"), "{l}");
+        let l = line_for(&["--ring-buffer-bytes", "1000"]);
+        assert!(l.contains("--ring-buffer-bytes") && l.contains("power of two"), "{l}");
+        let l = line_for(&["--log.format", "xml"]);
+        assert!(l.contains("logfmt, json"), "{l}");
+        let l = line_for(&["--log.level", "loud"]);
+        assert!(l.contains("--log.level") && l.contains("error, warn, info"), "{l}");
+        assert!(!line_for(&["--idle-budget"]).is_empty());
+    }
+
+    #[test]
+    fn explicit_flags_are_told_apart_from_defaults() {
+        let p = try_parse(["keepalive-daemon", "--log.level", "debug"]).unwrap();
+        assert!(p.explicit("log_level"));
+        assert!(!p.explicit("listen"));
+        assert_eq!(p.options.run.listen.port(), DEFAULT_PORT);
+    }
 
     #[test]
     fn durations() {

@@ -22,6 +22,8 @@ pub enum Error {
     Load(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: io::Error },
+    #[error("cannot drop capabilities after attaching: {0}")]
+    Caps(String),
 }
 
 impl Error {
@@ -30,7 +32,7 @@ impl Error {
         match self {
             Error::Config(_) => 2,
             Error::Btf { .. } | Error::MissingType(_) => 3,
-            Error::Privileges => 4,
+            Error::Privileges | Error::Caps(_) => 4,
             Error::HookRefused { .. } | Error::NoTimerSymbol | Error::Load(_) => 5,
             Error::Listen { .. } => 6,
             Error::Io { .. } => 7,

@@ -1,11 +1,12 @@
 //! keepalive-daemon: TCP keepalive seen from inside the kernel.
-use std::{io::Write as _, process::ExitCode};
-
-use clap::Parser as _;
+use std::process::ExitCode;
 
 mod attach;
 mod btf;
+mod caps;
+mod check;
 mod cli;
+mod config;
 mod decode;
 mod error;
 mod event;
@@ -15,8 +16,10 @@ mod inventory;
 mod inventory_metrics;
 mod inventory_offsets;
 mod kernel;
+mod logging;
 mod metrics;
 mod netns;
+mod notify;
 mod offsets;
 mod owners;
 mod pipeline;
@@ -26,10 +29,11 @@ mod sockets_cmd;
 mod sysctl;
 mod tracefs;
 mod tracker;
+mod webconfig;
 
 fn main() -> ExitCode {
-    let opts = cli::Options::parse();
-    if let Some(cli::Command::Sockets(args)) = &opts.command {
+    let parsed = cli::parse();
+    if let Some(cli::Command::Sockets(args)) = &parsed.options.command {
         return match sockets_cmd::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -38,14 +42,28 @@ fn main() -> ExitCode {
             }
         };
     }
-    let opts = opts.run;
-    env_logger::Builder::new()
-        .filter_level(opts.log_level)
-        .format(|buf, record| {
-            writeln!(buf, "{} {:<5} {}", buf.timestamp_millis(), record.level(), record.args())
-        })
-        .target(env_logger::Target::Stderr)
-        .init();
+    // Order: configuration (flags over file), then its checks, then bind, attach, drop
+    // capabilities and tell systemd READY (pipeline::run).
+    let opts = match config::resolve(&parsed) {
+        Ok(opts) => opts,
+        Err(e) => {
+            logging::fatal(&e);
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    logging::init(opts.log_level, opts.log_format);
+    log::debug!("effective configuration: {opts:?}");
+    if opts.config_check {
+        return check::run(&opts);
+    }
+    let web = match opts.web_config_file.as_deref().map(webconfig::Watched::load).transpose() {
+        Ok(web) => web,
+        Err(e) => {
+            let e = error::Error::Config(e);
+            logging::fatal(&e);
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -54,14 +72,15 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("keepalive-daemon: cannot start the async runtime: {e}");
+            logging::fatal(format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(pipeline::run(opts)) {
+    match runtime.block_on(pipeline::run(opts, web)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keepalive-daemon: {e}");
+            notify::stopping(&e.to_string());
+            logging::fatal(&e);
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -35,10 +35,11 @@ pub enum Input {
     Defaults(HashMap<u32, NsDefaults>),
 }
 
-pub async fn run(opts: RunArgs) -> Result<()> {
+pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched>>) -> Result<()> {
     // Before anything is attached: a SIGTERM at any point must take the orderly way out.
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Config(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Config(e.to_string()))?;
+    crate::notify::status("reading kernel BTF and attaching hooks");
     kernel::check_privileges()?;
     let btf = Btf::from_file(&opts.btf_path)?;
     let mut offsets = offsets::resolve(&btf)?;
@@ -114,14 +115,20 @@ pub async fn run(opts: RunArgs) -> Result<()> {
         Err(e) => warn!("startup inventory failed: {e}"),
     }
 
+    // Attached and walked: from here on only what caps::KEPT lists is needed.
+    let kept = crate::caps::drop_after_attach()?;
+    info!("capabilities kept: {}", crate::caps::names(kept).join(" "));
+
     let web = Arc::new(Web {
         metrics: metrics.clone(),
         events: events_tx,
         kernel_lost: Mutex::new(KernelLost::new(lost)),
         telemetry_path: opts.telemetry_path.clone(),
         inventory: inventory.clone(),
+        events_buffer: opts.events_buffer as usize,
     });
-    let server = tokio::spawn(async move { axum::serve(listener, http::router(web)).await });
+    let scheme = if web_config.as_ref().is_some_and(|w| w.tls_at_start) { "https" } else { "http" };
+    let server = tokio::spawn(http::serve(listener, http::router(web), web_config));
 
     let (input_tx, input_rx) = mpsc::channel(4096);
     let rescan = Arc::new(Notify::new());
@@ -130,7 +137,9 @@ pub async fn run(opts: RunArgs) -> Result<()> {
 
     let state = LoopState { hz, tracker: Tracker::new(tracker::realtime_offset_ns()), inventory, sinks, rescan, namespaces: HashSet::new() };
     let events = tokio::spawn(event_loop(ring, input_rx, state));
-    info!("attached; serving on http://{}", opts.listen);
+    info!("attached; serving on {scheme}://{}", opts.listen);
+    let hooks: Vec<String> = attached.hooks.iter().map(|h| format!("{}={}", h.hook, h.mode)).collect();
+    crate::notify::ready(&format!("serving on {scheme}://{}; hooks {}", opts.listen, hooks.join(" ")));
 
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: detaching"),
@@ -138,6 +147,7 @@ pub async fn run(opts: RunArgs) -> Result<()> {
         r = server => error!("HTTP server stopped: {r:?}"),
         r = events => error!("event loop stopped: {r:?}"),
     }
+    crate::notify::stopping("detaching");
     // Dropping the object detaches every program and frees every map.
     drop(attached);
     Ok(())
@@ -188,11 +198,16 @@ impl LoopState {
             self.rescan.notify_one();
         }
         match ev.kind {
-            Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked => {
+            Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked | Kind::Rearmed => {
                 if ev.kind == Kind::Gone {
                     self.tracker.handle(ev);
                 }
-                let owner = self.sinks.owners.lookup(ev.ino);
+                // The caller itself when the event came from its syscall; otherwise never a
+                // /proc scan per connection: misses are resolved with the next poll.
+                let owner = match &ev.task {
+                    Some((pid, comm)) => Some(crate::owners::Owner { pid: *pid, comm: comm.clone() }),
+                    None => self.sinks.owners.cached(ev.ino),
+                };
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((before, after)) = inv.apply(ev, owner) {
                     let entry = inv.get(ev.sk).cloned();
@@ -203,6 +218,7 @@ impl LoopState {
                 }
             }
             _ => {
+                self.inventory.lock().unwrap_or_else(|e| e.into_inner()).apply(ev, None);
                 let out = self.tracker.handle(ev);
                 self.sinks.metrics.probing_sockets.set(self.tracker.probing() as i64);
                 self.sinks.publish(out, ev.ino);
