@@ -1,5 +1,4 @@
 use super::*;
-mod tests {
 
 fn p(text: &str) -> Result<WebConfig, String> {
     parse(text, Path::new("/nonexistent"), Path::new("/nonexistent/web.yml"))
