@@ -50,7 +50,9 @@ fn capabilities_are_dropped_in_every_thread_after_attaching() {
     // Still serving, and scraping (which reads a BPF map) still works without CAP_BPF.
     let (code, page) = http_get(d.port, "/metrics");
     assert_eq!(code, 200);
-    assert!(page.contains("keepalive_events_lost_total{stage=\"kernel\"} 0"), "{page}");
+    // The value depends on what else the host is doing; that it is read at all is the point.
+    let lost = page.lines().find_map(|l| l.strip_prefix("keepalive_events_lost_total{stage=\"kernel\"} "));
+    assert!(lost.is_some_and(|v| v.parse::<u64>().is_ok()), "{page}");
     d.stop();
 }
 
