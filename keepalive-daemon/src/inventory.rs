@@ -121,11 +121,14 @@ impl Inventory {
             Kind::Open | Kind::Settings | Kind::Walked => {
                 // The kernel read the namespace defaults too; they are fresh unless a sysctl
                 // poll already knows better.
-                self.defaults.entry(ev.flow.netns).or_insert(NsDefaults {
-                    idle_s: ev.info.ns_idle_s,
-                    intvl_s: ev.info.ns_intvl_s,
-                    cnt: ev.info.ns_cnt,
-                });
+                // A namespace's first socket brings the kernel's own reading of its defaults;
+                // later a sysctl poll may know better.
+                let fresh = NsDefaults { idle_s: ev.info.ns_idle_s, intvl_s: ev.info.ns_intvl_s, cnt: ev.info.ns_cnt };
+                if self.members.contains_key(&ev.flow.netns) {
+                    self.defaults.entry(ev.flow.netns).or_insert(fresh);
+                } else {
+                    self.defaults.insert(ev.flow.netns, fresh);
+                }
                 let own = Keepalive {
                     idle_s: if ev.info.sources.idle { ev.keepalive.idle_s } else { 0 },
                     intvl_s: if ev.info.sources.intvl { ev.keepalive.intvl_s } else { 0 },
@@ -161,6 +164,11 @@ impl Inventory {
 
     /// Records a namespace's sysctl values; returns the sockets whose effective config changed.
     pub fn set_defaults(&mut self, netns: u32, d: NsDefaults) -> Vec<(u64, Effective, Effective)> {
+        // A poll that raced the namespace's last close must not leave defaults behind for a
+        // new namespace that reuses the inode number.
+        if !self.members.contains_key(&netns) {
+            return Vec::new();
+        }
         let Some(old) = self.defaults.insert(netns, d) else { return Vec::new() };
         if old == d {
             return Vec::new();
