@@ -26,7 +26,8 @@ pub struct Entry {
     pub own: Keepalive,
     pub info: SocketInfo,
     pub owner: Option<Owner>,
-    /// Owner lookups tried after the first; bounded so sockets no process holds (listener
+    /// Polls since the socket appeared without an owner; lookups back off and stop so sockets
+    /// no process holds (listener
     /// backlogs, kernel sockets) do not cost a /proc scan every poll forever.
     pub owner_tries: u8,
     /// When `info.next_timer_ms` was measured, to age it at query time.
@@ -196,11 +197,15 @@ impl Inventory {
 
     /// Sockets with a file but no known owner yet: (socket, inode).
     pub fn unowned(&mut self) -> Vec<(u64, u64)> {
-        const MAX_TRIES: u8 = 4;
+        // Looked up at polls 1, 2, 4, … 64 after the socket appeared: quick for the common case,
+        // and a host whose /proc is slow to scan is not rescanned for the same socket forever.
+        const LAST_POLL: u8 = 128;
         let mut out = Vec::new();
-        for (sk, e) in self.sockets.iter_mut().filter(|(_, e)| e.owner.is_none() && e.ino != 0 && e.owner_tries < MAX_TRIES) {
+        for (sk, e) in self.sockets.iter_mut().filter(|(_, e)| e.owner.is_none() && e.ino != 0 && e.owner_tries < LAST_POLL) {
             e.owner_tries += 1;
-            out.push((*sk, e.ino));
+            if e.owner_tries.is_power_of_two() {
+                out.push((*sk, e.ino));
+            }
         }
         out
     }
