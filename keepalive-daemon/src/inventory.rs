@@ -27,8 +27,8 @@ pub struct Entry {
     pub info: SocketInfo,
     pub owner: Option<Owner>,
     /// Polls since the socket appeared without an owner; lookups back off and stop so sockets
-    /// no process holds (listener
-    /// backlogs, kernel sockets) do not cost a /proc scan every poll forever.
+    /// no process holds (listener backlogs, kernel sockets) do not cost a /proc scan every
+    /// poll forever.
     pub owner_tries: u8,
     /// When `info.next_timer_ms` was measured, to age it at query time.
     pub seen: std::time::Instant,
