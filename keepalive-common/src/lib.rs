@@ -73,6 +73,8 @@ pub struct Offsets {
     pub skc_net: u32,
     /// `sock.sk_err` (int).
     pub sk_err: u32,
+    /// `sock.sk_err_soft` (int): what `tcp_write_err` reports instead of ETIMEDOUT when set.
+    pub sk_err_soft: u32,
     /// `sock.sk_socket` (pointer to `struct socket`).
     pub sk_socket: u32,
     /// Offset of the keepalive `timer_list` inside the socket: `icsk_keepalive_timer` on kernels

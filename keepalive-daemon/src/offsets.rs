@@ -22,6 +22,7 @@ const FIXED_WIDTHS: &[(&str, &str, u32)] = &[
     ("sock", "__sk_common.skc_rcv_saddr", 4),
     ("sock", "__sk_common.skc_daddr", 4),
     ("sock", "sk_err", 4),
+    ("sock", "sk_err_soft", 4),
     ("inet_connection_sock", "icsk_probes_out", 1),
     ("inet_connection_sock", "icsk_user_timeout", 4),
     ("tcp_sock", "keepalive_time", 4),
@@ -56,6 +57,7 @@ pub fn resolve(btf: &Btf) -> Result<Offsets> {
         skc_v6_daddr: sk_v6("skc_v6_daddr"),
         skc_net: sk("skc_net")?,
         sk_err: need(btf, "sock", "sk_err")?,
+        sk_err_soft: need(btf, "sock", "sk_err_soft")?,
         sk_socket: need(btf, "sock", "sk_socket")?,
         // The 2025 timer series moved the keepalive timer out of `sk_timer`; backports (Debian
         // 6.1.19x) have the new member too, so its presence, not the version, decides.

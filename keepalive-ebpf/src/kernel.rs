@@ -26,6 +26,7 @@ pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
 pub const EPIPE: i32 = 32;
 pub const ECONNRESET: i32 = 104;
+pub const ETIMEDOUT: i32 = 110;
 
 #[inline(always)]
 pub fn offsets() -> Offsets {
@@ -122,6 +123,22 @@ pub fn describe(sk: u64, ev: &mut RawEvent) {
     let cgroup = read::<u64>(sk, o.sk_cgroup);
     let kn = read::<u64>(cgroup, o.cgroup_kn);
     ev.cgroup = read::<u64>(kn, o.kernfs_id);
+}
+
+/// The error `tcp_write_err` gave the socket: `sk_err`, which it sets to `sk_err_soft ?:
+/// ETIMEDOUT` just before closing. The woken application may already have consumed `sk_err`
+/// (SO_ERROR, recv) on another CPU by the time the CLOSE transition is seen; the same rule
+/// then recovers what it was.
+#[inline(always)]
+pub fn write_err(sk: u64) -> i32 {
+    let o = offsets();
+    match read::<i32>(sk, o.sk_err) {
+        0 => match read::<i32>(sk, o.sk_err_soft) {
+            0 => ETIMEDOUT,
+            soft => soft,
+        },
+        err => err,
+    }
 }
 
 /// Whether `sk` is a TCP socket (SO_KEEPALIVE can be set on any socket type).

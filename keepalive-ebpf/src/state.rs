@@ -236,8 +236,7 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
     if newstate == TCP_CLOSE {
         if let Some(run) = current_for(sk) {
             run.closed = 1;
-            let err = kernel::read::<i32>(sk, kernel::offsets().sk_err);
-            dying(ctx, sk, err, false);
+            dying(ctx, sk, kernel::write_err(sk), false);
         }
         emit(EV_SOCK_CLOSE, hook, sk, 0, 0);
     }

@@ -165,6 +165,7 @@ fn offsets_match_bpftool() {
         socket_to_inode: need("socket_alloc", "vfs_inode") - need("socket_alloc", "socket"),
         inode_ino: need("inode", "i_ino"),
         timer_function: need("timer_list", "function"),
+        sk_err_soft: need("sock", "sk_err_soft"),
         ..Offsets::default()
     };
     println!("{got:#?}");
