@@ -1,0 +1,171 @@
+//! Installs the prerequisites a fresh machine lacks. Every step first checks cheaply whether it
+//! is needed, so a second run does nothing and takes well under a second.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::exec::{exec, find_binary, output, privileged, succeeds};
+
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Debian packages by the binary (a name looked up on PATH, or an absolute path) that proves
+/// each present. Installed only when the binary is
+/// missing, so hand-installed or newer tools are left alone.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("nstat", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("promtool", "prometheus"),
+    // Third-party clients whose keepalive settings the suite checks (host and VM alike).
+    ("socat", "socat"),
+    ("redis-server", "redis-server"),
+    ("curl", "curl"),
+    // Debian's own interpreter, not whatever python3 comes first on PATH (e.g. a pyenv shim).
+    ("/usr/bin/python3", "python3"),
+    ("dpkg-deb", "dpkg"),
+    // The service tests and deploy checks: unit analysis, TLS clients, syscall tracing,
+    // capability juggling, package metadata.
+    ("systemd-analyze", "systemd"),
+    ("openssl", "openssl"),
+    ("strace", "strace"),
+    ("setpriv", "util-linux"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
+    // The musl target links through the system C compiler; crates with C parts (ring, under
+    // rustls) need musl's own headers and wrapper for the static build.
+    ("cc", "gcc"),
+    ("musl-gcc", "musl-tools"),
+];
+
+#[derive(clap::Parser)]
+pub struct Options {
+    /// Only the Rust toolchain parts (nightly rust-src, bpf-linker, musl target).
+    #[arg(long)]
+    pub toolchain_only: bool,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    toolchain()?;
+    if !opts.toolchain_only {
+        debian_packages()?;
+    }
+    Ok(())
+}
+
+/// Everything `cargo build` of the daemon needs: aya-build compiles the eBPF crate with nightly's
+/// `-Z build-std`, which needs rust-src, and links it with bpf-linker.
+pub fn toolchain() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly Rust toolchain (the eBPF crate needs it)");
+        exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: installing rust-src for nightly (needed by -Z build-std for BPF)");
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !targets.lines().any(|l| l.trim() == MUSL_TARGET) {
+        eprintln!(
+            "setup: installing the {MUSL_TARGET} target (static binaries for the VM initramfs)"
+        );
+        exec(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    }
+    bpf_linker()
+}
+
+fn bpf_linker() -> Result<()> {
+    // bpf-linker links against nightly's libLLVM, which only `rustup run nightly` puts on the
+    // library path (that is also how cargo +nightly runs it). A nightly update that changes the
+    // library's soname breaks the old binary: this probe catches that too, and we rebuild.
+    if succeeds(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])) {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    let verbose = output(Command::new("rustc").args(["+nightly", "--version", "--verbose"]))?;
+    let llvm_major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly does not report its LLVM version")?
+        .to_owned();
+    let libllvm = fs::read_dir(&sysroot_lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{llvm_major}")))
+        })
+        .with_context(|| format!("no libLLVM.so.{llvm_major}* in {}", sysroot_lib.display()))?;
+
+    // llvm-sys looks for <prefix>/lib/libLLVM.so; nightly ships only the versioned name.
+    let prefix = std::env::current_dir()?.join("target/llvm-prefix");
+    let link = prefix.join("lib/libLLVM.so");
+    fs::create_dir_all(prefix.join("lib"))?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+
+    eprintln!("setup: building bpf-linker against nightly's LLVM {llvm_major} (a few minutes)");
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{llvm_major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])) {
+        bail!("bpf-linker was installed but `rustup run nightly bpf-linker --version` still fails");
+    }
+    Ok(())
+}
+
+pub fn debian_packages() -> Result<()> {
+    let mut missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(bin, _)| find_binary(bin).is_none())
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    exec(privileged("apt-get").arg("update").arg("-q"))?;
+    exec(
+        privileged("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}

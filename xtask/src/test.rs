@@ -1,0 +1,148 @@
+//! `cargo xtask test`: every test in one command, for developers and CI alike. Stages run on
+//! after a failure where they can, so one run shows everything that is broken.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    build,
+    exec::{exec, privileged},
+    setup,
+    vm::{self, kernels},
+};
+
+#[derive(clap::Parser)]
+pub struct Options {
+    /// Run the VM stage on every known kernel instead of 6.1 only.
+    #[arg(long)]
+    pub all_kernels: bool,
+    /// Skip the VM stage.
+    #[arg(long)]
+    pub no_vm: bool,
+    /// Also run the churn soak (a million keepalive connections over ten minutes).
+    #[arg(long)]
+    pub soak: bool,
+}
+
+struct Stage {
+    name: String,
+    result: Result<()>,
+    took: Duration,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> bool {
+        eprintln!("\n== {name}");
+        let start = Instant::now();
+        let result = f();
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            eprintln!("== {name}: FAILED: {e:#}");
+        }
+        stages.push(Stage {
+            name: name.to_owned(),
+            result,
+            took: start.elapsed(),
+        });
+        ok
+    };
+
+    let ready = stage("setup", &mut || {
+        setup::run(setup::Options {
+            toolchain_only: false,
+        })
+    });
+    if ready {
+        stage("unit tests", &mut || {
+            // keepalive-ebpf only builds for the BPF target, through the daemon's build script.
+            exec(Command::new("cargo").args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "keepalive-ebpf",
+                "--no-fail-fast",
+            ]))
+        });
+        let release = build::Options {
+            release: true,
+            musl: false,
+        };
+        if stage("build (release)", &mut || build::build(&release)) {
+            stage("deploy checks (systemd unit, promtool, dashboard, package)", &mut || {
+                crate::deploy_checks::run_checks()
+            });
+            stage("host scenarios (hook mode auto)", &mut || {
+                exec(
+                    privileged(build::binary(&release, "keepalive-scenarios"))
+                        .arg("--daemon")
+                        .arg(build::binary(&release, "keepalive-daemon"))
+                        .args(["--hook-mode", "auto"]),
+                )
+            });
+        }
+        if opts.soak {
+            stage("churn soak (1 M connections, 10 min)", &mut || {
+                exec(Command::new("cargo").args([
+                    "test", "--release", "-p", "keepalive-daemon", "--test", "faults",
+                    "churn", "--", "--ignored", "--nocapture",
+                ]))
+            });
+        }
+        if !opts.no_vm {
+            let names: Vec<&str> = if opts.all_kernels {
+                kernels::KERNELS.iter().map(|k| k.name).collect()
+            } else {
+                vec![kernels::DEFAULT_KERNEL]
+            };
+            for name in names {
+                stage(
+                    &format!("VM {name} (fentry, kprobe, tracepoint)"),
+                    &mut || {
+                        let kernel = kernels::by_name(name)?;
+                        let modes: Vec<String> =
+                            kernels::HOOK_MODES.iter().map(|m| m.to_string()).collect();
+                        let vm_opts = vm::Options {
+                            kernels: vec![name.to_owned()],
+                            all: false,
+                            modes: modes.clone(),
+                            scenarios: Vec::new(),
+                            no_daemon: false,
+                            smoke: false,
+                            daemon_args: Vec::new(),
+                            suite_args: Vec::new(),
+                            timeout: None,
+                            refresh: false,
+                            verbose: false,
+                        };
+                        let (_, ok) = vm::run_kernels(&[kernel], &modes, &vm_opts)?;
+                        if !ok {
+                            bail!("a scenario failed in the VM (table above)");
+                        }
+                        Ok(())
+                    },
+                );
+            }
+        }
+    }
+
+    let failed = stages.iter().filter(|s| s.result.is_err()).count();
+    println!("\n{:<40} {:>8}  result", "stage", "secs");
+    for s in &stages {
+        let result = match &s.result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("FAILED: {}", e.to_string().lines().next().unwrap_or("")),
+        };
+        println!("{:<40} {:>8.1}  {result}", s.name, s.took.as_secs_f64());
+    }
+    // The plain closing line CI reads when no test runner's own line comes last.
+    println!("stages: {} passed, {failed} failed", stages.len() - failed);
+    if failed > 0 {
+        bail!("{failed} stage(s) failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Fetches Debian kernel packages with a project-private apt configuration under target/vm/apt,
+//! so the machine's own apt sources, lists and preferences are neither read nor changed. Only
+//! the mirror addresses are taken from the machine's configuration.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::kernels::Kernel;
+use crate::exec::{exec, is_root, output};
+
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+pub struct KernelImage {
+    /// e.g. linux-image-6.1.0-56-cloud-amd64
+    pub package: String,
+    /// Debian version of that package, e.g. 6.1.192-2
+    pub version: String,
+    /// `uname -r` of the kernel, which is also its modules directory name.
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    pub modules: PathBuf,
+}
+
+/// Resolves, downloads (cached) and unpacks the kernel. `refresh` re-resolves the metapackage;
+/// otherwise a cached package is reused without touching the network.
+pub fn fetch(kernel: &'static Kernel, refresh: bool) -> Result<KernelImage> {
+    let root = std::env::current_dir()?;
+    let cache = root.join("target/vm/cache").join(kernel.name);
+    fs::create_dir_all(&cache)?;
+    let record = cache.join("resolved");
+    let cached = fs::read_to_string(&record)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|f| !refresh && cache.join(f).is_file());
+    let deb = match cached {
+        Some(file) => cache.join(file),
+        None => {
+            let deb = download(kernel, &root, &cache)?;
+            fs::write(
+                &record,
+                deb.file_name().unwrap().to_string_lossy().as_bytes(),
+            )?;
+            deb
+        }
+    };
+    let package = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Package"))?;
+    let version = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
+    let (package, version) = (package.trim().to_owned(), version.trim().to_owned());
+    if !version.starts_with(kernel.version_prefix) {
+        bail!(
+            "{} resolved to {package} {version}, expected {}*",
+            kernel.name,
+            kernel.version_prefix
+        );
+    }
+    let tree = unpack(&root, kernel, &deb, &version)?;
+    let (release, modules) = modules_dir(&tree)?;
+    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
+    if !vmlinuz.is_file() {
+        bail!("{} has no {}", deb.display(), vmlinuz.display());
+    }
+    Ok(KernelImage {
+        package,
+        version,
+        release,
+        vmlinuz,
+        modules,
+    })
+}
+
+fn download(kernel: &Kernel, root: &Path, cache: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/vm/apt").join(kernel.name);
+    for sub in ["parts", "state/lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    fs::write(dir.join("status"), "")?;
+    fs::write(dir.join("sources.list"), sources_list(kernel)?)?;
+    exec(apt("apt-get", &dir).arg("update"))?;
+
+    let depends = output(apt("apt-cache", &dir).args(["depends", kernel.metapackage]))?;
+    let package = depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .with_context(|| {
+            format!(
+                "{} in {} depends on no linux-image",
+                kernel.metapackage, kernel.suite
+            )
+        })?
+        .to_owned();
+    eprintln!("vm: {} resolves to {package}", kernel.name);
+    exec(
+        apt("apt-get", &dir)
+            .arg("download")
+            .arg(&package)
+            .current_dir(cache),
+    )?;
+
+    let prefix = format!("{package}_");
+    let mut found = None;
+    for entry in fs::read_dir(cache)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".deb") {
+            if name.starts_with(&prefix) {
+                found = Some(path);
+            } else {
+                // An older kernel ABI from a previous resolution: no longer wanted.
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    found.with_context(|| {
+        format!(
+            "apt-get download left no {prefix}*.deb in {}",
+            cache.display()
+        )
+    })
+}
+
+fn apt(program: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
+    cmd.arg("-q")
+        .args([
+            "-o",
+            &opt("Dir::Etc::SourceList", &dir.join("sources.list")),
+        ])
+        .args(["-o", &opt("Dir::Etc::SourceParts", &dir.join("parts"))])
+        .args([
+            "-o",
+            &opt("Dir::Etc::Preferences", &dir.join("preferences")),
+        ])
+        .args(["-o", &opt("Dir::Etc::PreferencesParts", &dir.join("parts"))])
+        .args(["-o", &opt("Dir::State", &dir.join("state"))])
+        .args(["-o", &opt("Dir::State::status", &dir.join("status"))])
+        .args(["-o", &opt("Dir::Cache", &dir.join("cache"))])
+        .args(["-o", "Acquire::Languages=none"]);
+    if is_root() {
+        // The _apt sandbox user cannot write into the workspace; we only fetch signed indexes
+        // and one .deb that is never installed.
+        cmd.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    cmd
+}
+
+fn sources_list(kernel: &Kernel) -> Result<String> {
+    let (main, security) = mirrors()?;
+    let line = |uri: &str, suite: &str| format!("deb [signed-by={KEYRING}] {uri} {suite} main\n");
+    if kernel.suite.contains('-') {
+        return Ok(line(&main, kernel.suite));
+    }
+    Ok([
+        line(&main, kernel.suite),
+        line(&main, &format!("{}-updates", kernel.suite)),
+        line(&security, &format!("{}-security", kernel.suite)),
+    ]
+    .concat())
+}
+
+/// The Debian archive and security mirrors this machine's apt already uses, so the harness works
+/// wherever apt does. KAT_DEBIAN_MIRROR / KAT_DEBIAN_SECURITY_MIRROR override them.
+fn mirrors() -> Result<(String, String)> {
+    let (mut main, mut security) = (None, None);
+    for uri in system_uris() {
+        let uri = uri.trim_end_matches('/').to_owned();
+        if uri.ends_with("/debian-security") {
+            security.get_or_insert(uri);
+        } else if uri.ends_with("/debian") {
+            main.get_or_insert(uri);
+        }
+    }
+    let main = std::env::var("KAT_DEBIAN_MIRROR").ok().or(main).context(
+        "no Debian mirror found in /etc/apt; set KAT_DEBIAN_MIRROR to the archive's URI",
+    )?;
+    let security = std::env::var("KAT_DEBIAN_SECURITY_MIRROR")
+        .ok()
+        .or(security)
+        .unwrap_or_else(|| format!("{main}-security"));
+    Ok((main, security))
+}
+
+/// URIs of enabled `deb` sources in the machine's apt configuration.
+fn system_uris() -> Vec<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    let mut uris = Vec::new();
+    for file in files {
+        let deb822 = match file.extension().and_then(|e| e.to_str()) {
+            Some("sources") => true,
+            Some("list") => false,
+            _ => continue,
+        };
+        if let Ok(text) = fs::read_to_string(&file) {
+            uris.extend(uris_in(deb822, &text));
+        }
+    }
+    uris
+}
+
+/// Parses either format: deb822 stanzas (`*.sources`) or one-line `deb [opts] URI suite …`.
+fn uris_in(deb822: bool, text: &str) -> Vec<String> {
+    let mut uris = Vec::new();
+    if deb822 {
+        for stanza in text.split("\n\n") {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+            };
+            let is_deb = field("Types:").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+            let enabled = field("Enabled:").is_none_or(|e| e != "no");
+            if is_deb && enabled {
+                uris.extend(
+                    field("URIs:")
+                        .into_iter()
+                        .flat_map(str::split_whitespace)
+                        .map(str::to_owned),
+                );
+            }
+        }
+    } else {
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("deb") {
+                continue;
+            }
+            // Skip the optional [key=value …] block, which may span several words.
+            let mut in_opts = false;
+            let uri = words.find(|w| {
+                if w.starts_with('[') {
+                    in_opts = !w.ends_with(']');
+                    return false;
+                }
+                if in_opts {
+                    in_opts = !w.ends_with(']');
+                    return false;
+                }
+                true
+            });
+            uris.extend(uri.map(str::to_owned));
+        }
+    }
+    uris
+}
+
+fn unpack(root: &Path, kernel: &Kernel, deb: &Path, version: &str) -> Result<PathBuf> {
+    let base = root.join("target/vm/kernels").join(kernel.name);
+    let tree = base.join(version);
+    if tree.join(".complete").exists() {
+        return Ok(tree);
+    }
+    // Older versions would only pile up: a kernel name has one current package.
+    let _ = fs::remove_dir_all(&base);
+    let tmp = base.join(format!("{version}.partial"));
+    fs::create_dir_all(&tmp)?;
+    exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    fs::write(tmp.join(".complete"), "")?;
+    fs::rename(&tmp, &tree)?;
+    Ok(tree)
+}
+
+/// trixie ships modules under usr/lib (merged /usr), older suites under lib.
+fn modules_dir(tree: &Path) -> Result<(String, PathBuf)> {
+    for base in ["usr/lib/modules", "lib/modules"] {
+        let Ok(entries) = fs::read_dir(tree.join(base)) else {
+            continue;
+        };
+        if let Some(entry) = entries
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().join("kernel").is_dir())
+        {
+            return Ok((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
+        }
+    }
+    bail!("no lib/modules/<release>/kernel in {}", tree.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_uris_in_both_formats() {
+        let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.invalid/debian\nSuites: bookworm\n\n\
+                      Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\n\n\
+                      Types: deb-src\nURIs: http://src.invalid/debian\n\n\
+                      Types: deb\nEnabled: no\nURIs: http://off.invalid/debian\n";
+        assert_eq!(
+            uris_in(true, deb822),
+            [
+                "http://mirror.invalid/debian",
+                "http://mirror.invalid/debian-security"
+            ]
+        );
+        let one_line = "# deb http://commented.invalid/debian bookworm main\n\
+                        deb [arch=amd64 signed-by=/k.gpg] http://a.invalid/debian bookworm main\n\
+                        deb http://b.invalid/debian-security bookworm-security main\n";
+        assert_eq!(
+            uris_in(false, one_line),
+            [
+                "http://a.invalid/debian",
+                "http://b.invalid/debian-security"
+            ]
+        );
+    }
+}

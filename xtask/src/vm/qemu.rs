@@ -1,0 +1,131 @@
+//! Boots one VM and captures its serial console, with a host-side watchdog: a guest that hangs
+//! (a kernel oops, a stuck scenario) is killed at its deadline instead of stalling CI.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::exec::display;
+
+pub struct Boot<'a> {
+    pub label: &'a str,
+    pub vmlinuz: &'a Path,
+    pub initrd: &'a Path,
+    pub append: String,
+    pub timeout: Duration,
+    pub log: &'a Path,
+    /// Echo every console line, not only the harness's own `kat:` lines.
+    pub verbose: bool,
+}
+
+pub struct Console {
+    pub lines: Vec<String>,
+    pub timed_out: bool,
+    /// From starting QEMU to vminit's first line: kernel boot plus module loading.
+    pub boot: Option<Duration>,
+    pub wall: Duration,
+}
+
+pub fn boot(b: &Boot) -> Result<Console> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    // KVM hangs on these machines, so always TCG; -cpu max gives the guest the newest CPU
+    // features TCG emulates.
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .arg("-kernel")
+        .arg(b.vmlinuz)
+        .arg("-initrd")
+        .arg(b.initrd)
+        .arg("-append")
+        .arg(&b.append)
+        .args(["-nographic", "-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("+ {}", display(&cmd));
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+
+    let (tx, rx) = mpsc::channel();
+    let readers = [
+        spawn_reader(child.stdout.take().unwrap(), tx.clone()),
+        spawn_reader(child.stderr.take().unwrap(), tx),
+    ];
+    let mut log =
+        fs::File::create(b.log).with_context(|| format!("creating {}", b.log.display()))?;
+    let deadline = start + b.timeout;
+    let mut console = Console {
+        lines: Vec::new(),
+        timed_out: false,
+        boot: None,
+        wall: Duration::ZERO,
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                // Host-side timestamps: the guest's own lines rarely carry any, and they show
+                // where a slow TCG run spends its time.
+                writeln!(log, "[{:8.3}] {line}", start.elapsed().as_secs_f64())?;
+                let kat = line.find("kat: ").map(|i| &line[i..]);
+                if kat.is_some() && console.boot.is_none() {
+                    console.boot = Some(start.elapsed());
+                }
+                match kat {
+                    Some(k) if !b.verbose => println!("[{}] {k}", b.label),
+                    _ if b.verbose => println!("[{}] {line}", b.label),
+                    _ => {}
+                }
+                console.lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                console.timed_out = true;
+                let _ = child.kill();
+                eprintln!(
+                    "[{}] watchdog: no poweroff after {}s; killed QEMU. Last console lines:",
+                    b.label,
+                    b.timeout.as_secs()
+                );
+                let from = console.lines.len().saturating_sub(40);
+                for line in &console.lines[from..] {
+                    eprintln!("[{}] | {line}", b.label);
+                }
+                break;
+            }
+        }
+    }
+    let _ = child.wait();
+    for r in readers {
+        let _ = r.join();
+    }
+    console.wall = start.elapsed();
+    Ok(console)
+}
+
+fn spawn_reader(
+    pipe: impl Read + Send + 'static,
+    tx: mpsc::Sender<String>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            // The serial console sends CRLF and, before the guest sets up its tty, stray escapes.
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\r', '\n'])
+                .replace('\r', "");
+            buf.clear();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    })
+}

@@ -1,0 +1,321 @@
+//! Turns a guest's console into per kernel × mode × scenario results, and renders them as a
+//! terminal summary and as docs/kernel-matrix.md.
+
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+
+/// One scenario in one mode, all address families folded together.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Cell {
+    Pass,
+    /// The suite could not run it here (e.g. a client program missing): not a failure, but
+    /// shown with its reason so the matrix has no silent gap.
+    Skipped(String),
+    Fail(String),
+}
+
+#[derive(Default, Debug)]
+pub struct ModeRun {
+    pub results: BTreeMap<String, Cell>,
+    /// The suite's own `error: …` line, if it gave up on the mode (e.g. the daemon did not start).
+    pub error_line: Option<String>,
+    /// The last line the mode printed that was not a scenario result: when the daemon refuses a
+    /// mode, this is its one line naming the limitation (the suite prints the daemon's stderr
+    /// tail after its error line).
+    pub last_note: Option<String>,
+    pub exit: Option<i32>,
+    pub secs: Option<f64>,
+}
+
+impl ModeRun {
+    /// Why a mode produced no results: the suite's error and the daemon's last word.
+    pub fn why(&self) -> Option<String> {
+        let error = self.error_line.as_deref().map(|e| {
+            e.trim_end_matches("stderr tail:")
+                .trim_end()
+                .trim_end_matches(';')
+                .trim()
+        });
+        let text = match (error, self.last_note.as_deref()) {
+            (Some(e), Some(l)) if !l.starts_with("error:") => format!("{e} — {l}"),
+            (Some(e), _) => e.to_owned(),
+            (None, l) => l?.to_owned(),
+        };
+        // A table cell, not a log: the full text is in target/vm/logs.
+        Some(match text.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &text[..i]),
+            None => text,
+        })
+    }
+
+    pub fn passed(&self) -> bool {
+        self.exit == Some(0)
+            && !self.results.is_empty()
+            && !self.results.values().any(|c| matches!(c, Cell::Fail(_)))
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Outcome {
+    pub kernel: String,
+    pub package: String,
+    pub version: String,
+    pub release: String,
+    pub modes: BTreeMap<String, ModeRun>,
+    /// vminit's `kat: success|failure`, or None when the guest never said.
+    pub verdict: Option<bool>,
+    pub timed_out: bool,
+    pub boot: Option<Duration>,
+    pub wall: Duration,
+    pub error: Option<String>,
+    /// Scenarios in the order the suite ran them, which is the order it documents them in.
+    pub scenarios: Vec<String>,
+}
+
+impl Outcome {
+    pub fn passed(&self, wanted_modes: &[String]) -> bool {
+        self.verdict == Some(true)
+            && !self.timed_out
+            && wanted_modes
+                .iter()
+                .all(|m| self.modes.get(m).is_some_and(ModeRun::passed))
+    }
+}
+
+/// Reads vminit's protocol: `kat: boot …`, `kat: kernel=R mode=M <suite line>`,
+/// `kat: done kernel=R mode=M exit=N secs=S`, `kat: success|failure`.
+pub fn parse(outcome: &mut Outcome, lines: &[String]) {
+    for line in lines {
+        let Some(i) = line.find("kat: ") else {
+            continue;
+        };
+        let rest = &line[i + 5..];
+        match rest.trim() {
+            "success" => outcome.verdict = Some(true),
+            "failure" => outcome.verdict = Some(false),
+            _ => {}
+        }
+        if let Some(err) = rest.strip_prefix("error ") {
+            outcome.error = Some(err.to_owned());
+        }
+        if let Some(done) = rest.strip_prefix("done ") {
+            let run = outcome
+                .modes
+                .entry(field(done, "mode").unwrap_or("?").to_owned())
+                .or_default();
+            run.exit = field(done, "exit").and_then(|v| v.parse().ok());
+            run.secs = field(done, "secs").and_then(|v| v.parse().ok());
+            continue;
+        }
+        let Some(body) = rest.strip_prefix("kernel=") else {
+            continue;
+        };
+        let Some((_, body)) = body.split_once(' ') else {
+            continue;
+        };
+        let Some(mode) = field(body, "mode") else {
+            continue;
+        };
+        // Everything after the `mode=M ` prefix is the suite's own line.
+        let payload = body.split_once(' ').map_or("", |(_, p)| p).trim();
+        let run = outcome.modes.entry(mode.to_owned()).or_default();
+        match (field(payload, "scenario"), field(payload, "result")) {
+            (Some(scenario), Some(result)) => {
+                let family = field(payload, "family").unwrap_or("?");
+                if !outcome.scenarios.iter().any(|s| s == scenario) {
+                    outcome.scenarios.push(scenario.to_owned());
+                }
+                let run = outcome.modes.entry(mode.to_owned()).or_default();
+                let cell = run.results.entry(scenario.to_owned()).or_insert(Cell::Pass);
+                let detail = format!("{family}: {}", strip_keys(payload));
+                // Families usually skip for one shared reason: say it once.
+                let reason = quoted(payload, "detail").unwrap_or(detail.clone());
+                // A failure in any family outweighs a skip, a skip outweighs a pass.
+                *cell = match (cell.clone(), result) {
+                    (c, "success") => c,
+                    (Cell::Fail(prev), _) => Cell::Fail(format!("{prev}; {detail}")),
+                    (Cell::Skipped(prev), "skipped") if prev == reason => Cell::Skipped(prev),
+                    (Cell::Skipped(prev), "skipped") => Cell::Skipped(format!("{prev}; {reason}")),
+                    (Cell::Pass, "skipped") => Cell::Skipped(reason),
+                    (_, _) => Cell::Fail(detail),
+                };
+            }
+            _ if !payload.is_empty() && payload != "success" && payload != "failure" => {
+                let note = payload.trim_start_matches("log: ").trim().to_owned();
+                if note.starts_with("error:") {
+                    run.error_line = Some(note.clone());
+                }
+                run.last_note = Some(note);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A failure's detail without the keys the matrix already shows as row and column.
+/// Also without measurements the suite did not take (`probes=-`).
+fn strip_keys(payload: &str) -> String {
+    payload
+        .split_whitespace()
+        .filter(|w| {
+            !["scenario=", "family=", "mode=", "result="]
+                .iter()
+                .any(|k| w.starts_with(k))
+                && !w.ends_with("=-")
+                && *w != "detail=\"\""
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The value of `key="…"` (the suite keeps double quotes out of the value).
+fn quoted(payload: &str, key: &str) -> Option<String> {
+    let start = payload.find(&format!("{key}=\""))? + key.len() + 2;
+    let len = payload[start..].find('"')?;
+    Some(payload[start..start + len].to_owned()).filter(|v| !v.is_empty())
+}
+
+/// What a matrix cell says for a scenario in a mode.
+pub fn cell_text(run: Option<&ModeRun>, scenario: &str) -> String {
+    let Some(run) = run else {
+        return "not run".to_owned();
+    };
+    match run.results.get(scenario) {
+        Some(Cell::Pass) => "pass".to_owned(),
+        Some(Cell::Skipped(d)) => format!("skipped: {d}"),
+        Some(Cell::Fail(d)) => format!("**FAIL** {d}"),
+        None => match run.why() {
+            Some(why) => format!("n/a: {why}"),
+            None => "no result".to_owned(),
+        },
+    }
+}
+
+pub fn summary(outcomes: &[Outcome], modes: &[String]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<6} {:<11} {:>7} {:>7} {:>7} {:>8} {:>8}  result",
+        "kernel", "mode", "passed", "skipped", "failed", "boot s", "suite s"
+    );
+    for o in outcomes {
+        let boot = o
+            .boot
+            .map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64()));
+        for mode in modes {
+            let run = o.modes.get(mode);
+            let count = |want: fn(&Cell) -> bool| {
+                run.map_or(0, |r| r.results.values().filter(|c| want(c)).count())
+            };
+            let secs = run
+                .and_then(|r| r.secs)
+                .map_or("-".to_owned(), |v| format!("{v:.1}"));
+            let result = if o.timed_out {
+                "TIMEOUT".to_owned()
+            } else if let Some(e) = &o.error {
+                format!("ERROR {e}")
+            } else if run.is_some_and(ModeRun::passed) {
+                "ok".to_owned()
+            } else {
+                match run.filter(|r| r.results.is_empty()).and_then(ModeRun::why) {
+                    Some(why) => format!("FAILED: {why}"),
+                    None => "FAILED".to_owned(),
+                }
+            };
+            let _ = writeln!(
+                s,
+                "{:<6} {:<11} {:>7} {:>7} {:>7} {:>8} {:>8}  {result}",
+                o.kernel,
+                mode,
+                count(|c| *c == Cell::Pass),
+                count(|c| matches!(c, Cell::Skipped(_))),
+                count(|c| matches!(c, Cell::Fail(_))),
+                boot,
+                secs
+            );
+        }
+        for (mode, run) in &o.modes {
+            for (scenario, cell) in &run.results {
+                match cell {
+                    Cell::Fail(d) => {
+                        let _ = writeln!(s, "  {} {mode} {scenario} FAILED: {d}", o.kernel);
+                    }
+                    Cell::Skipped(d) => {
+                        let _ = writeln!(s, "  {} {mode} {scenario} skipped: {d}", o.kernel);
+                    }
+                    Cell::Pass => {}
+                }
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn folds_families_and_keeps_failures() {
+        let mut o = Outcome::default();
+        parse(
+            &mut o,
+            &lines(
+                "[    1.0] junk kat: boot kernel=6.1.0 uptime=1.2\n\
+             kat: kernel=6.1.0 mode=kprobe scenario=alive family=ipv4 mode=kprobe result=success probes=5\n\
+             kat: kernel=6.1.0 mode=kprobe scenario=alive family=ipv6 mode=kprobe result=failure probes=2\n\
+             kat: kernel=6.1.0 mode=kprobe failure\n\
+             kat: done kernel=6.1.0 mode=kprobe exit=1 secs=12.5\n\
+             kat: failure",
+            ),
+        );
+        let run = &o.modes["kprobe"];
+        assert_eq!(run.results["alive"], Cell::Fail("ipv6: probes=2".into()));
+        assert_eq!(run.exit, Some(1));
+        assert_eq!(run.secs, Some(12.5));
+        assert_eq!(o.verdict, Some(false));
+        assert!(!o.passed(&["kprobe".into()]));
+    }
+
+    #[test]
+    fn refused_mode_shows_the_daemons_line() {
+        let mut o = Outcome::default();
+        let text = "kat: kernel=5.10.0 mode=fentry log: error: daemon exited before becoming ready (exit status: 1); stderr tail:\n\
+                    kat: kernel=5.10.0 mode=fentry log: Error: fentry refused: kernel lacks BTF trampolines\n\
+                    kat: kernel=5.10.0 mode=fentry failure\n\
+                    kat: done kernel=5.10.0 mode=fentry exit=1 secs=0.4\n";
+        parse(&mut o, &lines(text));
+        assert_eq!(
+            cell_text(o.modes.get("fentry"), "alive"),
+            "n/a: error: daemon exited before becoming ready (exit status: 1) — \
+             Error: fentry refused: kernel lacks BTF trampolines"
+        );
+        assert!(report_has_no_pass(&o));
+    }
+
+    fn report_has_no_pass(o: &Outcome) -> bool {
+        !o.passed(&["fentry".into()])
+    }
+
+    #[test]
+    fn a_skip_is_shown_and_does_not_fail_the_mode() {
+        let mut o = Outcome::default();
+        let text = "kat: kernel=r mode=kprobe scenario=settings-curl family=ipv4 mode=kprobe result=skipped detail=\"curl not installed\"\n\
+                    kat: kernel=r mode=kprobe scenario=settings-curl family=ipv6 mode=kprobe result=success\n\
+                    kat: done kernel=r mode=kprobe exit=0 secs=1.0";
+        parse(&mut o, &lines(text));
+        assert!(o.modes["kprobe"].passed());
+        assert_eq!(
+            cell_text(o.modes.get("kprobe"), "settings-curl"),
+            "skipped: curl not installed"
+        );
+    }
+}
