@@ -51,20 +51,23 @@ fn kernel_lost(pid: u32) -> u64 {
         .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
         .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok()))
         .collect();
-    let out = Command::new("bpftool").args(["-j", "map", "dump", "name", "LOST"]).output().expect("bpftool");
-    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    let map = maps
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["id"].as_u64().is_some_and(|id| held.contains(&id)))
+    let bpftool_json = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool").arg("-j").args(args).output().expect("bpftool");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let id = held
+        .iter()
+        .find(|id| bpftool_json(&["map", "show", "id", &id.to_string()])["name"] == "LOST")
         .expect("the daemon's LOST map");
+    // `dump id` lists the map's elements (with one map, `dump name` would too, but with
+    // several it wraps each map: asking by id keeps one shape).
+    let elements = bpftool_json(&["map", "dump", "id", &id.to_string()]);
     let le_bytes = |v: &serde_json::Value| {
         v.as_array().into_iter().flatten().enumerate().fold(0u64, |acc, (i, b)| {
             acc | u64::from_str_radix(b.as_str().unwrap_or("0x0").trim_start_matches("0x"), 16).unwrap_or(0) << (8 * i)
         })
     };
-    map["elements"][0]["values"].as_array().into_iter().flatten().map(|c| le_bytes(&c["value"])).sum()
+    elements[0]["values"].as_array().into_iter().flatten().map(|c| le_bytes(&c["value"])).sum()
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -116,10 +119,10 @@ fn overload_is_counted_and_state_recovers() {
 fn stuck_event_readers_are_dropped_not_waited_for() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
-    // 256 events per reader absorb the storm's bursts (its timers are spread over a few
-    // hundred milliseconds) for readers that keep reading; the stuck ones, whose socket
-    // buffers fill within a few hundred events, fall a whole buffer behind within seconds.
-    let mut r = start_with(&["--json", "--web.events-buffer", "256"], Stdio::piped()).expect("daemon");
+    // 2048 events per reader absorb the storm's bursts for readers that keep reading, even on a
+    // loaded machine; the stuck ones, whose socket buffers fill within a few hundred events,
+    // fall a whole buffer behind within seconds.
+    let mut r = start_with(&["--json", "--web.events-buffer", "2048"], Stdio::piped()).expect("daemon");
     let lines = collect_stdout(&mut r);
     let ns = Netns::new("rdr");
     let done = Arc::new(AtomicBool::new(false));
