@@ -11,8 +11,8 @@ use crate::{
 };
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
-    let secs = if ctx.quick { 2.0 } else { 3.0 };
-    let reps = if ctx.quick { 1 } else { 5 };
+    let secs = 2.0;
+    let reps = if ctx.quick { 1 } else { 8 };
     let modes = [("bulk", 16usize, "MB/s"), ("rr", 32usize, "transactions/s")];
     let mut rows = Vec::new();
     let mut cmds = Vec::new();
@@ -20,7 +20,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     for (mode, conns, unit) in modes {
         let o = LoadOpts { netns: Some(ctx.storm_ns.path()), mode: mode.into(), conns, secs, msg: 64, keepalive: true };
         let value = |r: &LoadResult| if mode == "bulk" { r.bytes as f64 / r.secs / 1e6 } else { r.transactions as f64 / r.secs };
-        let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut off, mut on, mut ratios, mut daemon_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             // Alternate the order so a drift in the machine's load does not favour one side.
             let mut pair = [0.0f64; 2];
@@ -28,7 +28,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 let daemon = if side == 1 { Some(ctx.start_daemon(&[], "packet")?) } else { None };
                 // The daemon's startup (inventory walk, owner scan) is not the steady state.
                 sys::sleep_s(1.5);
+                let (c0, t0) = (daemon.as_ref().map_or(0, |d| d.cpu_ns()), std::time::Instant::now());
                 let (r, cmd) = loadgen::run_child(&o)?;
+                if let Some(d) = &daemon {
+                    daemon_cpu.push((d.cpu_ns() - c0) as f64 / 1e9 / t0.elapsed().as_secs_f64());
+                }
                 if rep == 0 && side == 0 {
                     cmds.push(cmd);
                 }
@@ -50,6 +54,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             format!("{} {unit}", num(median(&on))),
             format!("{}×", num(ratio)),
             ratios.iter().map(|r| format!("{:.3}", r)).collect::<Vec<_>>().join(", "),
+            format!("{} %", num(median(&daemon_cpu) * 100.0)),
             if ratio >= 0.99 { "yes".into() } else { "**no**".into() },
         ]);
     }
@@ -60,7 +65,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
          then the median. Both ends of every connection have SO_KEEPALIVE with idle = intvl = 1 s, so their \
          keepalive timers (and our timer hooks) fire while data flows. One thread per connection end on 2 CPUs."
     ));
-    r.table(&["traffic", "daemon off", "daemon on", "ratio (median)", "per-pair ratios", "≥ 0.99×"], &rows);
+    r.table(&["traffic", "daemon off", "daemon on", "ratio (median)", "per-pair ratios", "daemon CPU during 'on' runs", "≥ 0.99×"], &rows);
+    r.p("The per-pair ratios show how much this shared machine's throughput moves between runs of a few \
+         seconds (other work runs here; load average in the header) — more than the 1 % the target asks to \
+         resolve. The daemon's own CPU during the 'on' runs bounds what it can take from the traffic: none of \
+         its programs runs per packet, and its userspace threads used the share shown, on 2 CPUs.");
     r.commands(&cmds);
     r.verdict("2 packet path", "throughput with daemon ≥ 0.99× without", format!("worst median ratio {}×", num(worst)), worst >= 0.99);
     Ok(())

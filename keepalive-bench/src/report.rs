@@ -125,7 +125,11 @@ impl Report {
         let _ = writeln!(s, "| kernel | `{}` (`{}`) |", cmd("uname", &["-r"]), cmd("uname", &["-v"]));
         let _ = writeln!(s, "| userland | Debian {} |", debian.trim());
         let _ = writeln!(s, "| tools | {}; {}; {} |", cmd("bpftool", &["--version"]).lines().next().unwrap_or("bpftool ?"), cmd("bpftrace", &["--version"]), cmd("ss", &["-V"]));
-        let _ = writeln!(s, "| source | `{git}`{} |", if dirty { " with uncommitted changes" } else { "" });
+        if git.is_empty() {
+            let _ = writeln!(s, "| source | not a git checkout (a copy of the working tree) |");
+        } else {
+            let _ = writeln!(s, "| source | `{git}`{} |", if dirty { " with uncommitted changes" } else { "" });
+        }
         let _ = writeln!(s, "| hook mode | tracepoint (the only rung this kernel allows: no kprobes under lockdown, fentry EPERM) |");
         let _ = writeln!(s, "| load average | {} before, {} after (other work on the machine shows here) |", load.0, load.1);
         let build = std::env::var("KEEPALIVE_BENCH_BUILD_SECONDS").map(|b| format!("; build before it {b} s")).unwrap_or_default();

@@ -217,6 +217,20 @@ pub fn raise_nofile() -> u64 {
     r.rlim_cur
 }
 
+/// (idle, total) jiffies of all CPUs from /proc/stat; two readings give the idle share between.
+pub fn cpu_idle() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().next() else { return (0, 0) };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total = v.iter().take(8).sum();
+    (v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0), total)
+}
+
+pub fn idle_share(a: (u64, u64), b: (u64, u64)) -> f64 {
+    (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64
+}
+
 pub fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
