@@ -360,45 +360,4 @@ fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use aya_obj::{Object, ProgramSection};
-
-    use super::*;
-
-    /// Every program a ladder names exists in the built object with the section type its rung
-    /// needs: a renamed or mistyped program would otherwise only fail on a kernel with that rung.
-    #[test]
-    fn object_has_every_program_of_every_rung() {
-        let obj = Object::parse(OBJECT).expect("parse eBPF object");
-        let all = [TIMER, PROBE_SENT, DEATH].into_iter().flatten().flat_map(|(_, p)| p.iter().copied());
-        let mut checked = 0;
-        for prog in all.chain(ALWAYS.iter().map(|(_, p)| *p)).chain(SETTINGS[..3].iter().copied()) {
-            let name = prog_name(prog);
-            let found = obj.programs.get(name).unwrap_or_else(|| panic!("{name} missing"));
-            let ok = match (prog, &found.section) {
-                (Prog::FEntry(..), ProgramSection::FEntry { .. }) => true,
-                (Prog::FExit(..), ProgramSection::FExit { .. }) => true,
-                (Prog::KProbe(n, _), ProgramSection::KRetProbe) => n.contains("kretprobe"),
-                (Prog::KProbe(n, _), ProgramSection::KProbe) => !n.contains("kretprobe"),
-                (Prog::RawTp(..), ProgramSection::RawTracePoint) => true,
-                (Prog::Tp(..), ProgramSection::TracePoint) => true,
-                _ => false,
-            };
-            assert!(ok, "{name} has section {:?}", found.section);
-            checked += 1;
-        }
-        assert_eq!(checked, 16);
-        assert!(matches!(obj.programs.get(ITER).map(|p| &p.section), Some(ProgramSection::Iter { .. })));
-        // The object carries nothing the daemon does not use.
-        assert_eq!(obj.programs.len(), checked + 1);
-    }
-
-    /// Every rung but the tracepoint one names a kernel function that must exist for it.
-    #[test]
-    fn ladders_are_ordered_best_first() {
-        for ladder in [TIMER, PROBE_SENT, DEATH] {
-            let order: Vec<_> = ladder.iter().map(|(r, _)| *r).collect();
-            assert_eq!(order, ["fentry", "kprobe", "tracepoint"]);
-        }
-    }
-}
+mod tests;

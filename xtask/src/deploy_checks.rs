@@ -5,12 +5,8 @@
 //! Every check runs; the error lists all that failed.
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -31,7 +27,6 @@ const UNIT: &str = "deploy/systemd/keepalive-daemon.service";
 const RULES: &str = "deploy/prometheus/keepalive-rules.yml";
 const RULE_TESTS: &str = "deploy/prometheus/keepalive-rules.test.yml";
 const SCRAPE: &str = "deploy/prometheus/scrape.yml";
-const DASHBOARD: &str = "deploy/grafana/keepalive-dashboard.json";
 const CONFIG: &str = "deploy/config.toml";
 const DEBUG_DAEMON: &str = "target/debug/keepalive-daemon";
 const RELEASE_DAEMON: &str = "target/release/keepalive-daemon";
@@ -67,7 +62,9 @@ pub fn run_checks() -> Result<()> {
     check("promtool test rules", &mut || promtool(&["test", "rules", RULE_TESTS]));
     check("promtool check config (scrape config)", &mut scrape_config);
     check("shipped config passes --config.check", &mut shipped_config);
-    check("live scrape: promtool check metrics, dashboard metric names", &mut live_scrape);
+    // promtool check metrics on a live scrape, and "the dashboard and rules name only exported
+    // metrics", are daemon tests (keepalive-daemon/tests/service.rs, web.rs) run by the
+    // unit-test stage of the same `cargo xtask test`.
     if failed.is_empty() {
         eprintln!("deploy checks: all passed");
         return Ok(());
@@ -158,134 +155,6 @@ fn shipped_config() -> Result<()> {
     Ok(())
 }
 
-fn live_scrape() -> Result<()> {
-    ensure!(is_root(), "needs root (the daemon loads eBPF programs)");
-    let page = scrape()?;
-    let mut child = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    child.stdin.take().context("stdin")?.write_all(page.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {}", said.trim());
-    eprintln!("promtool check metrics: no problems in {} lines", page.lines().count());
-
-    let exported: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
-    let dashboard = fs::read_to_string(DASHBOARD)?;
-    let exprs = json_strings(&dashboard, "expr");
-    ensure!(exprs.len() > 20, "only {} expressions found in {DASHBOARD}", exprs.len());
-    let mut unknown = Vec::new();
-    for expr in &exprs {
-        for name in metric_names(expr) {
-            if name != "up" && !exported.contains(&name.as_str()) {
-                unknown.push(name);
-            }
-        }
-    }
-    ensure!(unknown.is_empty(), "{DASHBOARD} queries metrics the daemon does not export: {unknown:?}");
-    eprintln!("dashboard: {} expressions, every metric they name is in the scrape", exprs.len());
-    Ok(())
-}
-
-/// Starts the debug daemon on a free port, scrapes /metrics once, stops it with SIGTERM.
-fn scrape() -> Result<String> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = Command::new(DEBUG_DAEMON)
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {DEBUG_DAEMON}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let page = loop {
-        if let Some(status) = child.try_wait()? {
-            let mut err = String::new();
-            child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-            bail!("the daemon exited ({status}): {}", err.lines().last().unwrap_or(""));
-        }
-        if let Some(body) = get(port, "/metrics").filter(|b| b.contains("keepalive_build_info")) {
-            break body;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the daemon did not serve /metrics within 30 s");
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait()?;
-    ensure!(status.success(), "the daemon's SIGTERM exit: {status}");
-    Ok(page)
-}
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// Every string value of `"key": "..."` in a JSON text (unescaped).
-fn json_strings(text: &str, key: &str) -> Vec<String> {
-    let needle = format!("\"{key}\": \"");
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(i) = rest.find(&needle) {
-        rest = &rest[i + needle.len()..];
-        let mut value = String::new();
-        let mut chars = rest.char_indices();
-        while let Some((j, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, e)) = chars.next() {
-                        value.push(match e {
-                            'n' => '\n',
-                            't' => '\t',
-                            other => other,
-                        });
-                    }
-                }
-                '"' => {
-                    rest = &rest[j + 1..];
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        out.push(value);
-    }
-    out
-}
-
-/// Metric names in a PromQL expression: identifiers outside string literals naming our
-/// metrics (keepalive_*) or Prometheus's `up`.
-fn metric_names(expr: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut in_str = false;
-    let mut word = String::new();
-    for c in expr.chars().chain(std::iter::once(' ')) {
-        if c == '"' {
-            in_str = !in_str;
-            word.clear();
-            continue;
-        }
-        if in_str {
-            continue;
-        }
-        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            word.push(c);
-        } else {
-            if (word.starts_with("keepalive_") || word == "up") && c != '(' {
-                out.push(std::mem::take(&mut word));
-            }
-            word.clear();
-        }
-    }
-    out
-}
-
 fn scratch(tag: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("ka-deploy-{tag}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -293,19 +162,3 @@ fn scratch(tag: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_names_skip_functions_labels_and_strings() {
-        let names = metric_names(r#"histogram_quantile(0.5, sum by (le) (rate(keepalive_dead_detection_seconds_bucket{job=~"keepalive_x"}[5m]))) / up"#);
-        assert_eq!(names, ["keepalive_dead_detection_seconds_bucket", "up"]);
-    }
-
-    #[test]
-    fn json_strings_unescape() {
-        let text = r#"{"expr": "a{b=\"c\"}", "x": 1, "expr": "d"}"#;
-        assert_eq!(json_strings(text, "expr"), ["a{b=\"c\"}", "d"]);
-    }
-}
