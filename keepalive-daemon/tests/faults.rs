@@ -119,10 +119,10 @@ fn overload_is_counted_and_state_recovers() {
 fn stuck_event_readers_are_dropped_not_waited_for() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
-    // 2048 events per reader absorb the storm's bursts for readers that keep reading, even on a
-    // loaded machine; the stuck ones, whose socket buffers fill within a few hundred events,
-    // fall a whole buffer behind within seconds.
-    let mut r = start_with(&["--json", "--web.events-buffer", "2048"], Stdio::piped()).expect("daemon");
+    // 8192 events per reader (several seconds of this storm) absorb any stall of a reader that
+    // keeps reading, even on a loaded machine; the stuck ones, whose socket buffers fill within
+    // a few hundred events, fall a whole buffer behind within the storm's ten seconds.
+    let mut r = start_with(&["--json", "--web.events-buffer", "8192"], Stdio::piped()).expect("daemon");
     let lines = collect_stdout(&mut r);
     let ns = Netns::new("rdr");
     let done = Arc::new(AtomicBool::new(false));
@@ -148,7 +148,7 @@ fn stuck_event_readers_are_dropped_not_waited_for() {
     let stuck: Vec<_> = (0..5).map(|_| netns::stuck_reader(r.port, "/events")).collect();
     thread::sleep(Duration::from_millis(300));
 
-    let storm = Storm::open(&ns, 600, 1);
+    let storm = Storm::open(&ns, 1000, 1);
     let mut slowest = Duration::ZERO;
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
