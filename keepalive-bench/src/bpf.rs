@@ -154,9 +154,18 @@ impl Empty {
 
     /// Keepalive timer expirations the filter program has counted so far.
     pub fn keepalive_timers(&self) -> u64 {
-        let Some(map) = self.ebpf.map("KA_FIRED") else { return 0 };
+        self.counter("KA_FIRED", 0)
+    }
+
+    /// Keepalive setsockopt calls on the whole host, counted by `direct_enter_sso`.
+    pub fn keepalive_setsockopts(&self) -> u64 {
+        self.counter("REF_HITS", 1)
+    }
+
+    fn counter(&self, map: &str, slot: u32) -> u64 {
+        let Some(map) = self.ebpf.map(map) else { return 0 };
         let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
-        arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        arr.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     /// Runs the empty iterator over every TCP socket once (what the daemon's startup walk

@@ -43,20 +43,41 @@ const REFS: &[(&str, &str, &str, &str)] = &[
 struct Window {
     d: HashMap<u32, Delta>,
     ka_timers: u64,
+    ka_setsockopts: u64,
     secs: f64,
 }
 
+fn window(empty: &Empty, ids: &[u32], secs: f64) -> Result<Window> {
+    let (b, k0, s0) = (bpf::snapshot()?, empty.keepalive_timers(), empty.keepalive_setsockopts());
+    let t = std::time::Instant::now();
+    sys::sleep_s(secs);
+    let (a, k1, s1) = (bpf::snapshot()?, empty.keepalive_timers(), empty.keepalive_setsockopts());
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Window { d: ids.iter().map(|&id| (id, bpf::delta(&b, &a, id))).collect(), ka_timers: k1 - k0, ka_setsockopts: s1 - s0, secs })
+}
+
 fn windows(empty: &Empty, ids: &[u32], n: usize, secs: f64) -> Result<Vec<Window>> {
-    (0..n)
-        .map(|_| {
-            let (b, k0) = (bpf::snapshot()?, empty.keepalive_timers());
-            let t = std::time::Instant::now();
-            sys::sleep_s(secs);
-            let (a, k1) = (bpf::snapshot()?, empty.keepalive_timers());
-            let secs = t.elapsed().as_secs_f64();
-            Ok(Window { d: ids.iter().map(|&id| (id, bpf::delta(&b, &a, id))).collect(), ka_timers: k1 - k0, secs })
-        })
-        .collect()
+    (0..n).map(|_| window(empty, ids, secs)).collect()
+}
+
+/// Windows in which no keepalive timer expired and no keepalive option was set anywhere on the
+/// host: the daemon watches every namespace, so other work's keepalive activity would put event
+/// costs into a common-path figure. Up to three tries per window wanted; (windows, discarded).
+fn clean_windows(empty: &Empty, ids: &[u32], n: usize, secs: f64) -> Result<(Vec<Window>, usize)> {
+    let (mut clean, mut dirty) = (Vec::new(), Vec::new());
+    for _ in 0..3 * n {
+        let w = window(empty, ids, secs)?;
+        if w.ka_timers == 0 && w.ka_setsockopts == 0 { clean.push(w) } else { dirty.push(w) }
+        if clean.len() == n {
+            break;
+        }
+    }
+    let discarded = dirty.len();
+    if clean.is_empty() {
+        // Nothing clean: report the contaminated windows rather than nothing (the text says so).
+        return Ok((dirty, discarded));
+    }
+    Ok((clean, discarded))
 }
 
 /// A program's runs in one window; for the comparison programs, loaded twice (before and after
@@ -105,10 +126,10 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 
     let (reps, secs) = (ctx.reps(), ctx.window() * 0.75);
     let noise_opts = NoiseOpts { netns: Some(ctx.quiet_ns.path()), timer_threads: 24, setsockopts: 10_000 };
-    let idle = windows(&empty, &ids, reps, secs)?;
+    let (idle, idle_dirty) = clean_windows(&empty, &ids, reps, secs)?;
     let noise = NoiseProc::spawn(&noise_opts)?;
     sys::sleep_s(1.0);
-    let noisy = windows(&empty, &ids, reps, secs)?;
+    let (noisy, noisy_dirty) = clean_windows(&empty, &ids, reps, secs)?;
     let noise_cmd = noise.command.clone();
     drop(noise);
 
@@ -213,6 +234,12 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
          machine's own background (few, cache-cold calls: every figure is inflated alike), *noise* adds \
          non-keepalive timer expirations (threads in recv() with a 1 ms SO_RCVTIMEO, a timer-wheel timer each) and \
          10 000 TCP_NODELAY setsockopt calls a second. The 1.5× target applies here.");
+    r.p(&format!(
+        "The daemon watches the whole host, so windows in which anything on the machine expired a keepalive \
+         timer or set a keepalive option (counted by the reference programs) are discarded and measured again: \
+         {idle_dirty} idle and {noisy_dirty} noise windows were discarded in this run{}.",
+        if noisy.iter().any(|w| w.ka_timers > 0 || w.ka_setsockopts > 0) { "; no clean noise window was found, so the figures below include other work's keepalive events" } else { "" }
+    ));
     r.table(&["hook", "program", "idle ns/run", "idle ratio", "noise runs/s", "noise ns/run", "noise ratio", "≤ 1.5×"], &common);
     r.p("Reference filters (keepalive-empty, attached in the same windows; ns/run *filter / its baseline*): the \
          floor of each filter as written, and as the fixes proposed below would write it.");
