@@ -1,15 +1,41 @@
 //! Peer crashed / powered off: the router silently drops the flow. The kernel sends `cnt`
 //! probes, gives up at idle + intvl × cnt and reports ETIMEDOUT.
 
-use super::{Body, Ctx, Expect};
+use super::{Body, Conn, Ctx, Expect};
 use crate::nft;
 use crate::sock::{self, FAST};
 use anyhow::Result;
 use std::time::Duration;
 
 pub fn run(ctx: &mut Ctx) -> Result<Body> {
+    let (conn, detect, window) = times_out(ctx, &nft::drop_flow, "drop")?;
+    Ok(Body {
+        flows: vec![conn.flow(
+            "main",
+            Expect::Dead {
+                probes: FAST.cnt,
+                cause: "timeout",
+                errno: "ETIMEDOUT",
+                detect: window,
+            },
+        )],
+        conns: vec![conn],
+        nstat: vec![("TcpExtTCPKeepAlive", 3), ("TcpExtTCPAbortOnTimeout", 1)],
+        app_detect: detect,
+    })
+}
+
+/// What crashed and unreachable share: the path breaks right after the handshake, the client
+/// sends its `cnt` probes into it and the kernel gives up with ETIMEDOUT after idle + intvl ×
+/// cnt. Returns the connection, the application's detection time and the window it had to
+/// fall in. `rules` builds the router rule; `what` names it in failures.
+pub fn times_out(
+    ctx: &mut Ctx,
+    rules: &dyn Fn(std::net::SocketAddr, std::net::SocketAddr) -> Vec<String>,
+    what: &str,
+) -> Result<(Conn, Option<f64>, (f64, f64))> {
     let conn = ctx.open(Some(FAST))?;
-    ctx.break_path(&nft::drop_flow(conn.local, conn.peer), &conn)?;
+    ctx.break_path(&rules(conn.local, conn.peer), &conn)?;
     let limit = FAST.deadline_s();
     let out = sock::watch(
         &[&conn.client],
@@ -27,20 +53,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
     // The rule must have seen the 3 probes plus the RST the kernel sends when it gives up.
     let hits = ctx.rule_hits("c2s")?;
     ctx.check(hits == 4, || {
-        format!("drop rule saw {hits} client packets, expected 3 probes + 1 RST")
+        format!("{what} rule saw {hits} client packets, expected 3 probes + 1 RST")
     });
-    Ok(Body {
-        flows: vec![conn.flow(
-            "main",
-            Expect::Dead {
-                probes: FAST.cnt,
-                cause: "timeout",
-                errno: "ETIMEDOUT",
-                detect: window,
-            },
-        )],
-        conns: vec![conn],
-        nstat: vec![("TcpExtTCPKeepAlive", 3), ("TcpExtTCPAbortOnTimeout", 1)],
-        app_detect: detect,
-    })
+    Ok((conn, detect, window))
 }
+

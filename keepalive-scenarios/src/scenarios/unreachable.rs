@@ -5,32 +5,12 @@
 
 use super::{Body, Ctx, Expect};
 use crate::nft;
-use crate::sock::{self, FAST};
+use crate::sock::FAST;
 use crate::topology::Family;
 use anyhow::Result;
-use std::time::Duration;
 
 pub fn run(ctx: &mut Ctx) -> Result<Body> {
-    let conn = ctx.open(Some(FAST))?;
-    ctx.break_path(&nft::unreachable_flow(conn.local, conn.peer), &conn)?;
-    let limit = FAST.deadline_s();
-    let out = sock::watch(
-        &[&conn.client],
-        conn.last_recv.mono + Duration::from_secs_f64(limit + 3.0),
-        &[0],
-    );
-    let window = (limit - 1.0, limit + 1.0);
-    let detect = ctx.expect_app(
-        "main",
-        out[0],
-        Some(libc::ETIMEDOUT),
-        conn.last_recv,
-        window,
-    );
-    let hits = ctx.rule_hits("c2s")?;
-    ctx.check(hits == 4, || {
-        format!("reject rule saw {hits} client packets, expected 3 probes + 1 RST")
-    });
+    let (conn, detect, window) = super::crashed::times_out(ctx, &nft::unreachable_flow, "reject")?;
     let icmp = if ctx.topo.family == Family::Ipv4 {
         "IcmpInDestUnreachs"
     } else {
