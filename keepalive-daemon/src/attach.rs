@@ -297,14 +297,14 @@ fn describe(e: &ProgramError) -> String {
 /// Runs the `iter/tcp` program once per network namespace: one record per TCP socket. The
 /// kernel walks the namespace of the task that creates the iterator file, so each file is
 /// created on a thread that entered the namespace. A namespace that cannot be entered (gone
-/// meanwhile) is skipped with a warning.
-pub fn inventory(ebpf: &mut Ebpf) -> std::result::Result<Vec<u8>, String> {
+/// meanwhile) is skipped with a warning. Returns the records and the namespaces walked.
+pub fn inventory(ebpf: &mut Ebpf) -> std::result::Result<(Vec<u8>, Vec<u32>), String> {
     let it: &mut Iter = ebpf
         .program_mut(ITER)
         .ok_or("iterator missing")?
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
-    let mut out = Vec::new();
+    let (mut out, mut walked_ns) = (Vec::new(), Vec::new());
     for (ino, path) in crate::netns::discover() {
         let link = it.attach().map_err(|e| describe(&e))?;
         let link = it.take_link(link).map_err(|e| describe(&e))?;
@@ -325,11 +325,14 @@ pub fn inventory(ebpf: &mut Ebpf) -> std::result::Result<Vec<u8>, String> {
                 .unwrap_or_else(|_| Err("iterator thread panicked".into()))
         });
         match walked {
-            Ok(buf) => out.extend_from_slice(&buf),
+            Ok(buf) => {
+                out.extend_from_slice(&buf);
+                walked_ns.push(ino);
+            }
             Err(e) => warn!("inventory of netns {ino} skipped: {e}"),
         }
     }
-    Ok(out)
+    Ok((out, walked_ns))
 }
 
 fn set_flag(ebpf: &mut Ebpf, index: u32, on: bool) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Every TCP socket's keepalive configuration, live: seeded by the `iter/tcp` walk at startup,
-//! kept current by open/close/settings events and by namespace sysctl changes.
+//! kept current by open/close/settings events and by namespace sysctl changes, and corrected
+//! by a periodic re-walk where events were lost.
 use std::{collections::HashMap, time::Duration};
 
 use serde::Serialize;
@@ -8,6 +9,8 @@ use crate::{
     decode::{Flow, KernelEvent, Keepalive, Kind, SocketInfo},
     owners::Owner,
 };
+
+pub mod resync;
 
 /// Namespace defaults in seconds / count, as `/proc/sys/net/ipv4/tcp_keepalive_*` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,12 +80,14 @@ pub struct Inventory {
     /// Sockets per namespace: a namespace's defaults are forgotten with its last socket, since
     /// the kernel reuses a dead namespace's inode number for a new one.
     members: HashMap<u32, usize>,
+    /// A re-walk of the kernel's tables in progress (see `resync`).
+    walk: Option<resync::Walk>,
     pub idle_budget: Duration,
 }
 
 impl Inventory {
     pub fn new(idle_budget: Duration) -> Self {
-        Inventory { sockets: HashMap::new(), defaults: HashMap::new(), members: HashMap::new(), idle_budget }
+        Inventory { sockets: HashMap::new(), defaults: HashMap::new(), members: HashMap::new(), walk: None, idle_budget }
     }
 
     pub fn namespaces(&self) -> Vec<u32> {
@@ -101,6 +106,9 @@ impl Inventory {
     pub fn apply(&mut self, ev: &KernelEvent, owner: Option<Owner>) -> Option<(Effective, Effective)> {
         match ev.kind {
             Kind::Gone => {
+                if let Some(w) = &mut self.walk {
+                    w.gone.insert(ev.sk);
+                }
                 if let Some(gone) = self.sockets.remove(&ev.sk) {
                     self.leave(gone.flow.netns);
                 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Measured seconds from the peer's last sign of life to the `dead` event.
     pub detect_seconds: Histogram,
     pub settings_changes: IntCounter,
+    /// `change`: added (an open that was lost) | removed (a close that was lost).
+    pub resync: IntCounterVec,
 }
 
 /// Bucket bounds shared by the time histograms: the keepalive settings operators use, and the
@@ -89,7 +91,20 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(detect_seconds.clone())).expect("unique metric");
+        let resync = IntCounterVec::new(
+            Opts::new(
+                "keepalive_inventory_resync_corrections_total",
+                "Sockets the periodic re-walk of the kernel's socket tables added to or removed from the inventory.",
+            ),
+            &["change"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(resync.clone())).expect("unique metric");
+        for c in ["added", "removed"] {
+            resync.with_label_values(&[c]);
+        }
         Metrics {
+            resync,
             detect_seconds,
             settings_changes: counter(&r, "keepalive_settings_changes_total", "Changes of a socket's effective keepalive configuration."),
             probes: counter(&r, "keepalive_probes_total", "Keepalive probes sent that were not yet answered when sent."),

@@ -21,7 +21,9 @@ use crate::{
     decode::{self, KernelEvent, Kind},
     error::{Error, Result},
     http::{self, KernelLost, Web},
-    icmp, inventory::{Inventory, NsDefaults}, inventory_offsets, kernel,
+    icmp,
+    inventory::{Inventory, NsDefaults, resync},
+    inventory_offsets, kernel,
     metrics::Metrics,
     netns, offsets,
     sinks::Sinks,
@@ -33,6 +35,7 @@ use crate::{
 pub enum Input {
     Icmp(IcmpHit),
     Defaults(HashMap<u32, NsDefaults>),
+    Resync(resync::Walked),
 }
 
 pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched>>) -> Result<()> {
@@ -83,6 +86,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
 
     let metrics = Arc::new(Metrics::new());
     metrics.set_hooks(&attached.hooks);
+    let metrics_hooks = attached.hooks.clone();
     let mut take = |name: &str| attached.ebpf.take_map(name).ok_or_else(|| Error::Load(format!("map {name} missing")));
     let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| Error::Load(e.to_string()))?;
     let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(take("LOST")?).map_err(|e| Error::Load(e.to_string()))?;
@@ -95,7 +99,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
     let mut probing: aya::maps::HashMap<MapData, u64, u8> =
         aya::maps::HashMap::try_from(take("PROBING")?).map_err(|e| Error::Load(e.to_string()))?;
     match attach::inventory(&mut attached.ebpf) {
-        Ok(buf) => {
+        Ok((buf, _)) => {
             let mut inv = inventory.lock().unwrap_or_else(|e| e.into_inner());
             let (mut n, mut mid_probe) = (0, 0);
             for rec in decode::records(&buf) {
@@ -133,12 +137,14 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
     let (input_tx, input_rx) = mpsc::channel(4096);
     let rescan = Arc::new(Notify::new());
     tokio::spawn(icmp::watch(input_tx.clone(), rescan.clone(), metrics.clone()));
-    tokio::spawn(poll_defaults(inventory.clone(), input_tx));
+    tokio::spawn(poll_defaults(inventory.clone(), input_tx.clone()));
+    let attached = Arc::new(Mutex::new(Some(attached)));
+    tokio::spawn(resync::run(attached.clone(), inventory.clone(), hz, input_tx));
 
     let state = LoopState { hz, tracker: Tracker::new(tracker::realtime_offset_ns()), inventory, sinks, rescan, namespaces: HashSet::new() };
     let events = tokio::spawn(event_loop(ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);
-    let hooks: Vec<String> = attached.hooks.iter().map(|h| format!("{}={}", h.hook, h.mode)).collect();
+    let hooks: Vec<String> = metrics_hooks.iter().map(|h| format!("{}={}", h.hook, h.mode)).collect();
     crate::notify::ready(&format!("serving on {scheme}://{}; hooks {}", opts.listen, hooks.join(" ")));
 
     tokio::select! {
@@ -148,8 +154,9 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
         r = events => error!("event loop stopped: {r:?}"),
     }
     crate::notify::stopping("detaching");
-    // Dropping the object detaches every program and frees every map.
-    drop(attached);
+    // Dropping the object detaches every program and frees every map; a re-walk in progress
+    // finishes first (it holds the lock), a later one finds nothing.
+    drop(attached.lock().unwrap_or_else(|e| e.into_inner()).take());
     Ok(())
 }
 
@@ -187,6 +194,7 @@ async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mu
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
                 Input::Defaults(all) => st.defaults(all),
+                Input::Resync(walked) => st.resync(&walked),
             },
         }
     }
@@ -247,6 +255,16 @@ impl LoopState {
 }
 
 impl LoopState {
+    fn resync(&mut self, walked: &resync::Walked) {
+        let owners = &self.sinks.owners;
+        let c = self.inventory.lock().unwrap_or_else(|e| e.into_inner()).reconcile(walked, |ino| owners.cached(ino));
+        if c.added + c.removed > 0 {
+            info!("inventory re-walk: {} sockets added, {} removed (their events were lost)", c.added, c.removed);
+            self.sinks.metrics.resync.with_label_values(&["added"]).inc_by(c.added as u64);
+            self.sinks.metrics.resync.with_label_values(&["removed"]).inc_by(c.removed as u64);
+        }
+    }
+
     /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner
     /// lookup hit the rescan rate limit. Runs with each sysctl poll.
     fn resolve_owners(&mut self) {

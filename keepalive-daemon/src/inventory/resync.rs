@@ -1,0 +1,198 @@
+//! The periodic re-walk. Opens and closes reach the inventory as ring-buffer events; when the
+//! ring overflows (counted in `keepalive_events_lost_total{stage="kernel"}`) a closed socket
+//! would stay listed forever and a new one would be missing until its next event. Every
+//! `INTERVAL` the iterator walks every namespace again and the kernel's own list wins.
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use log::warn;
+use tokio::sync::mpsc;
+
+use super::Inventory;
+use crate::{
+    attach::Attached,
+    decode::{self, KernelEvent},
+    owners::Owner,
+    pipeline::Input,
+};
+
+/// Often enough that a churn-heavy host with lost closes converges within a minute; a walk of
+/// 100 k sockets costs tens of milliseconds of kernel time.
+pub const INTERVAL: Duration = Duration::from_secs(30);
+
+pub struct Walk {
+    started: Instant,
+    /// Sockets whose close arrived while the walk ran: the walk may still list them, and adding
+    /// them back would be a phantom.
+    pub(super) gone: HashSet<u64>,
+}
+
+/// One finished walk: every socket the kernel listed, and the namespaces it could enter (a
+/// namespace that could not be walked says nothing about its sockets).
+pub struct Walked {
+    pub events: Vec<KernelEvent>,
+    pub namespaces: HashSet<u32>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Corrections {
+    pub added: usize,
+    pub removed: usize,
+}
+
+impl Inventory {
+    pub fn begin_walk(&mut self) {
+        self.walk = Some(Walk { started: Instant::now(), gone: HashSet::new() });
+    }
+
+    pub fn abandon_walk(&mut self) {
+        self.walk = None;
+    }
+
+    /// Makes the inventory agree with a finished walk: entries the walk did not list in a
+    /// namespace it walked, and that nothing refreshed since it began, were closed; sockets
+    /// it listed that the inventory lacks were opened.
+    pub fn reconcile(&mut self, walked: &Walked, owner: impl Fn(u64) -> Option<Owner>) -> Corrections {
+        let Some(walk) = self.walk.take() else { return Corrections::default() };
+        let alive: HashSet<u64> = walked.events.iter().map(|e| e.sk).collect();
+        let stale: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(sk, e)| walked.namespaces.contains(&e.flow.netns) && !alive.contains(sk) && e.seen < walk.started)
+            .map(|(sk, _)| *sk)
+            .collect();
+        for sk in &stale {
+            if let Some(e) = self.sockets.remove(sk) {
+                self.leave(e.flow.netns);
+            }
+        }
+        let mut added = 0;
+        for ev in &walked.events {
+            if !self.sockets.contains_key(&ev.sk) && !walk.gone.contains(&ev.sk) {
+                self.apply(ev, owner(ev.ino));
+                added += 1;
+            }
+        }
+        Corrections { added, removed: stale.len() }
+    }
+}
+
+/// Re-walks every `INTERVAL` until the programs are detached (`attached` emptied).
+pub async fn run(attached: Arc<Mutex<Option<Attached>>>, inventory: Arc<Mutex<Inventory>>, hz: u32, tx: mpsc::Sender<Input>) {
+    loop {
+        tokio::time::sleep(INTERVAL).await;
+        inventory.lock().unwrap_or_else(|e| e.into_inner()).begin_walk();
+        let att = attached.clone();
+        let walked = tokio::task::spawn_blocking(move || {
+            let mut guard = att.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_mut().map(|a| crate::attach::inventory(&mut a.ebpf))
+        })
+        .await;
+        let result = match walked {
+            Ok(None) => return,
+            Ok(Some(r)) => r,
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok((buf, namespaces)) => {
+                let events = decode::records(&buf).filter_map(|r| decode::decode(r, hz).ok()).collect();
+                let namespaces = namespaces.into_iter().collect();
+                if tx.send(Input::Resync(Walked { events, namespaces })).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!("inventory re-walk failed: {e}");
+                inventory.lock().unwrap_or_else(|e| e.into_inner()).abandon_walk();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Flow, Keepalive, Kind, SocketInfo};
+
+    fn ev(kind: Kind, sk: u64, netns: u32) -> KernelEvent {
+        KernelEvent {
+            ts_ns: 0,
+            sk,
+            ino: sk + 1000,
+            kind,
+            hook: "tracepoint",
+            probes: 0,
+            errno: 0,
+            flow: Flow { netns, saddr: [10, 0, 0, 1].into(), sport: sk as u16, daddr: [10, 0, 0, 2].into(), dport: 80 },
+            keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
+            info: SocketInfo {
+                keepalive_on: true,
+                state: 1,
+                probes_out: 0,
+                sources: Default::default(),
+                ns_idle_s: 7200,
+                ns_intvl_s: 75,
+                ns_cnt: 9,
+                next_timer_ms: None,
+                cgroup: 0,
+            },
+            task: None,
+        }
+    }
+
+    fn walked(events: Vec<KernelEvent>, namespaces: &[u32]) -> Walked {
+        Walked { events, namespaces: namespaces.iter().copied().collect() }
+    }
+
+    fn listed(inv: &Inventory) -> Vec<u64> {
+        let mut v: Vec<u64> = inv.sockets.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn the_walk_removes_lost_closes_and_adds_lost_opens() {
+        let mut inv = Inventory::new(Duration::from_secs(350));
+        for sk in [1, 2, 3] {
+            inv.apply(&ev(Kind::Open, sk, 7), None);
+        }
+        inv.apply(&ev(Kind::Open, 9, 8), None);
+        inv.begin_walk();
+        // The kernel still has 1 and 3 and a 4 whose open was lost; 2's close was lost.
+        let w = walked(vec![ev(Kind::Walked, 1, 7), ev(Kind::Walked, 3, 7), ev(Kind::Walked, 4, 7)], &[7]);
+        assert_eq!(inv.reconcile(&w, |_| None), Corrections { added: 1, removed: 1 });
+        // Namespace 8 was not walked (could not be entered): its socket stays.
+        assert_eq!(listed(&inv), vec![1, 3, 4, 9]);
+        assert_eq!(inv.members.get(&7), Some(&3));
+        // A second result without a walk begun is ignored.
+        assert_eq!(inv.reconcile(&walked(vec![], &[7, 8]), |_| None), Corrections::default());
+        assert_eq!(listed(&inv), vec![1, 3, 4, 9]);
+    }
+
+    #[test]
+    fn events_during_the_walk_win_over_it() {
+        let mut inv = Inventory::new(Duration::from_secs(350));
+        inv.apply(&ev(Kind::Open, 1, 7), None);
+        inv.begin_walk();
+        // While the kernel walked: 1 closed (the walk saw it), 5 opened (the walk missed it).
+        inv.apply(&ev(Kind::Gone, 1, 7), None);
+        std::thread::sleep(Duration::from_millis(2));
+        inv.apply(&ev(Kind::Open, 5, 7), None);
+        let w = walked(vec![ev(Kind::Walked, 1, 7)], &[7]);
+        assert_eq!(inv.reconcile(&w, |_| None), Corrections { added: 0, removed: 0 });
+        assert_eq!(listed(&inv), vec![5]);
+    }
+
+    #[test]
+    fn a_namespace_emptied_by_lost_closes_forgets_its_defaults() {
+        let mut inv = Inventory::new(Duration::from_secs(350));
+        inv.apply(&ev(Kind::Open, 1, 7), None);
+        inv.begin_walk();
+        assert_eq!(inv.reconcile(&walked(vec![], &[7]), |_| None), Corrections { added: 0, removed: 1 });
+        assert!(inv.defaults().is_empty());
+        assert!(inv.namespaces().is_empty());
+    }
+}
