@@ -1,16 +1,22 @@
 //! Every TCP socket's keepalive configuration, live: seeded by the `iter/tcp` walk at startup,
 //! kept current by open/close/settings events and by namespace sysctl changes, and corrected
 //! by a periodic re-walk where events were lost.
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
 use crate::{
-    decode::{Flow, KernelEvent, Keepalive, Kind, SocketInfo},
+    decode::{Flow, KernelEvent, Keepalive, Kind},
     owners::Owner,
 };
 
 pub mod resync;
+mod view;
+
+pub use view::{SocketView, time_to_detect};
 
 /// Namespace defaults in seconds / count, as `/proc/sys/net/ipv4/tcp_keepalive_*` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -20,6 +26,12 @@ pub struct NsDefaults {
     pub cnt: u8,
 }
 
+/// Linux's own defaults, for a namespace whose values were never read.
+const LINUX_DEFAULTS: NsDefaults = NsDefaults { idle_s: 7200, intvl_s: 75, cnt: 9 };
+
+/// One socket. Kept small on purpose (about 100 bytes): a host holds hundreds of thousands of
+/// sockets and the table is most of the daemon's memory. The owner's name is kept once per
+/// process in `Inventory::procs`.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub flow: Flow,
@@ -27,42 +39,24 @@ pub struct Entry {
     pub ino: u64,
     /// Values set on the socket itself (0 = use the namespace default), from the kernel.
     pub own: Keepalive,
-    pub info: SocketInfo,
-    pub owner: Option<Owner>,
+    pub cgroup: u64,
+    /// When the entry was last refreshed, in ms since `Inventory::epoch`: ages
+    /// `next_timer_ms` at query time.
+    seen_ms: u64,
+    /// Keepalive timer due this many ms after `seen_ms`; `NOT_ARMED` when not pending.
+    next_timer_ms: u32,
+    /// Owning process, 0 while unknown.
+    pub pid: u32,
+    pub state: u8,
+    pub probes_out: u8,
+    pub keepalive_on: bool,
     /// Polls since the socket appeared without an owner; lookups back off and stop so sockets
     /// no process holds (listener backlogs, kernel sockets) do not cost a /proc scan every
     /// poll forever.
-    pub owner_tries: u8,
-    /// When `info.next_timer_ms` was measured, to age it at query time.
-    pub seen: std::time::Instant,
+    owner_tries: u8,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SocketView {
-    pub family: &'static str,
-    pub state: &'static str,
-    pub saddr: std::net::IpAddr,
-    pub sport: u16,
-    pub daddr: std::net::IpAddr,
-    pub dport: u16,
-    pub netns: u32,
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    pub cgroup: Option<u64>,
-    pub keepalive: bool,
-    pub idle_s: u32,
-    pub idle_from: &'static str,
-    pub intvl_s: u32,
-    pub intvl_from: &'static str,
-    pub cnt: u8,
-    pub cnt_from: &'static str,
-    pub user_timeout_ms: u32,
-    pub probes_out: u8,
-    pub next_probe_ms: Option<u64>,
-    /// Predicted seconds from the peer's last sign of life to the kernel giving up.
-    pub time_to_detect_s: Option<u64>,
-    pub at_risk: bool,
-}
+const NOT_ARMED: u32 = u32::MAX;
 
 /// What the config of one socket is now, after defaults are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,12 +68,20 @@ pub struct Effective {
     pub user_timeout_ms: u32,
 }
 
+/// A process that owns sockets: its name once, however many sockets it holds.
+struct Proc {
+    comm: Box<str>,
+    sockets: u32,
+}
+
 pub struct Inventory {
     sockets: HashMap<u64, Entry>,
     defaults: HashMap<u32, NsDefaults>,
     /// Sockets per namespace: a namespace's defaults are forgotten with its last socket, since
     /// the kernel reuses a dead namespace's inode number for a new one.
     members: HashMap<u32, usize>,
+    procs: HashMap<u32, Proc>,
+    epoch: Instant,
     /// A re-walk of the kernel's tables in progress (see `resync`).
     walk: Option<resync::Walk>,
     pub idle_budget: Duration,
@@ -87,13 +89,24 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(idle_budget: Duration) -> Self {
-        Inventory { sockets: HashMap::new(), defaults: HashMap::new(), members: HashMap::new(), walk: None, idle_budget }
+        Inventory {
+            sockets: HashMap::new(),
+            defaults: HashMap::new(),
+            members: HashMap::new(),
+            procs: HashMap::new(),
+            epoch: Instant::now(),
+            walk: None,
+            idle_budget,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     pub fn namespaces(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.sockets.values().map(|e| e.flow.netns).collect();
+        let mut v: Vec<u32> = self.members.keys().copied().collect();
         v.sort_unstable();
-        v.dedup();
         v
     }
 
@@ -109,18 +122,17 @@ impl Inventory {
                 if let Some(w) = &mut self.walk {
                     w.gone.insert(ev.sk);
                 }
-                if let Some(gone) = self.sockets.remove(&ev.sk) {
-                    self.leave(gone.flow.netns);
-                }
+                self.remove(ev.sk);
                 None
             }
             // Probe-path events and re-armed timers refresh what the socket is doing now.
             Kind::Probe | Kind::Answered | Kind::Rearmed => {
+                let now = self.now_ms();
                 if let Some(e) = self.sockets.get_mut(&ev.sk) {
-                    e.info.next_timer_ms = ev.info.next_timer_ms;
-                    e.info.probes_out = ev.info.probes_out;
-                    e.info.state = ev.info.state;
-                    e.seen = std::time::Instant::now();
+                    e.next_timer_ms = timer_ms(ev.info.next_timer_ms);
+                    e.probes_out = ev.info.probes_out;
+                    e.state = ev.info.state;
+                    e.seen_ms = now;
                 }
                 None
             }
@@ -128,8 +140,6 @@ impl Inventory {
             // when they reach ESTABLISHED or LISTEN; tracking them would leak closed ones.
             Kind::Settings if !self.sockets.contains_key(&ev.sk) && !tracked_state(ev.info.state) => None,
             Kind::Open | Kind::Settings | Kind::Walked => {
-                // The kernel read the namespace defaults too; they are fresh unless a sysctl
-                // poll already knows better.
                 // A namespace's first socket brings the kernel's own reading of its defaults;
                 // later a sysctl poll may know better.
                 let fresh = NsDefaults { idle_s: ev.info.ns_idle_s, intvl_s: ev.info.ns_intvl_s, cnt: ev.info.ns_cnt };
@@ -144,30 +154,49 @@ impl Inventory {
                     cnt: if ev.info.sources.cnt { ev.keepalive.cnt } else { 0 },
                     user_timeout_ms: ev.keepalive.user_timeout_ms,
                 };
-                let new = Entry { flow: ev.flow, ino: ev.ino, own, info: ev.info, owner, owner_tries: 0, seen: std::time::Instant::now() };
                 let before = self.sockets.get(&ev.sk).map(|e| self.effective(e));
-                let after = self.effective(&new);
-                let keep_owner = new.owner.is_none();
-                let old = self.sockets.insert(ev.sk, new);
-                match old {
-                    None => *self.members.entry(ev.flow.netns).or_default() += 1,
-                    Some(old) if old.flow.netns != ev.flow.netns => {
-                        // The address was reused by a socket elsewhere; the close was lost.
-                        self.leave(old.flow.netns);
-                        *self.members.entry(ev.flow.netns).or_default() += 1;
-                    }
-                    Some(old) => {
-                        if let (true, Some(e)) = (keep_owner, self.sockets.get_mut(&ev.sk)) {
-                            e.owner = old.owner;
-                        }
-                    }
+                // Same socket (same address, same namespace): it keeps its owner unless the
+                // event names one. Otherwise the address was reused and the close was lost.
+                let same = self.sockets.get(&ev.sk).is_some_and(|old| old.flow.netns == ev.flow.netns);
+                let mut pid = 0;
+                if same {
+                    pid = self.sockets[&ev.sk].pid;
+                } else {
+                    self.remove(ev.sk);
+                    *self.members.entry(ev.flow.netns).or_default() += 1;
                 }
+                if let Some(o) = owner {
+                    self.disown(pid);
+                    pid = self.adopt(&o);
+                }
+                let new = Entry {
+                    flow: ev.flow,
+                    ino: ev.ino,
+                    own,
+                    cgroup: ev.info.cgroup,
+                    seen_ms: self.now_ms(),
+                    next_timer_ms: timer_ms(ev.info.next_timer_ms),
+                    pid,
+                    state: ev.info.state,
+                    probes_out: ev.info.probes_out,
+                    keepalive_on: ev.info.keepalive_on,
+                    owner_tries: 0,
+                };
+                let after = self.effective(&new);
+                self.sockets.insert(ev.sk, new);
                 match before {
                     Some(b) if b != after && ev.kind == Kind::Settings => Some((b, after)),
                     _ => None,
                 }
             }
             _ => None,
+        }
+    }
+
+    fn remove(&mut self, sk: u64) {
+        if let Some(gone) = self.sockets.remove(&sk) {
+            self.disown(gone.pid);
+            self.leave(gone.flow.netns);
         }
     }
 
@@ -203,13 +232,33 @@ impl Inventory {
         }
     }
 
+    /// Counts one more socket for the process; a pid reused by another program takes the
+    /// new name.
+    fn adopt(&mut self, o: &Owner) -> u32 {
+        let p = self.procs.entry(o.pid).or_insert_with(|| Proc { comm: o.comm.as_str().into(), sockets: 0 });
+        if *p.comm != *o.comm {
+            p.comm = o.comm.as_str().into();
+        }
+        p.sockets += 1;
+        o.pid
+    }
+
+    fn disown(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.sockets -= 1;
+            if p.sockets == 0 {
+                self.procs.remove(&pid);
+            }
+        }
+    }
+
     /// Sockets with a file but no known owner yet: (socket, inode).
     pub fn unowned(&mut self) -> Vec<(u64, u64)> {
         // Looked up at polls 1, 2, 4, … 64 after the socket appeared: quick for the common case,
         // and a host whose /proc is slow to scan is not rescanned for the same socket forever.
         const LAST_POLL: u8 = 128;
         let mut out = Vec::new();
-        for (sk, e) in self.sockets.iter_mut().filter(|(_, e)| e.owner.is_none() && e.ino != 0 && e.owner_tries < LAST_POLL) {
+        for (sk, e) in self.sockets.iter_mut().filter(|(_, e)| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL) {
             e.owner_tries += 1;
             if e.owner_tries.is_power_of_two() {
                 out.push((*sk, e.ino));
@@ -219,9 +268,18 @@ impl Inventory {
     }
 
     pub fn set_owner(&mut self, sk: u64, owner: Owner) {
+        let Some(old) = self.sockets.get(&sk).map(|e| e.pid) else { return };
+        self.disown(old);
+        let pid = self.adopt(&owner);
         if let Some(e) = self.sockets.get_mut(&sk) {
-            e.owner = Some(owner);
+            e.pid = pid;
         }
+    }
+
+    /// The process holding the socket, when known.
+    pub fn owner(&self, e: &Entry) -> Option<Owner> {
+        let p = self.procs.get(&e.pid)?;
+        Some(Owner { pid: e.pid, comm: p.comm.to_string() })
     }
 
     pub fn get(&self, sk: u64) -> Option<&Entry> {
@@ -229,56 +287,7 @@ impl Inventory {
     }
 
     pub fn effective(&self, e: &Entry) -> Effective {
-        let d = self.defaults.get(&e.flow.netns).copied().unwrap_or(NsDefaults {
-            idle_s: e.info.ns_idle_s,
-            intvl_s: e.info.ns_intvl_s,
-            cnt: e.info.ns_cnt,
-        });
-        effective_with(e, &d)
-    }
-
-    pub fn view(&self, e: &Entry) -> SocketView {
-        let eff = self.effective(e);
-        let from = |own: bool| if own { "socket" } else { "sysctl" };
-        let ttd = time_to_detect(&eff);
-        let elapsed = e.seen.elapsed().as_millis() as u64;
-        SocketView {
-            family: if e.flow.saddr.is_ipv4() { "ipv4" } else { "ipv6" },
-            state: state_name(e.info.state),
-            saddr: e.flow.saddr,
-            sport: e.flow.sport,
-            daddr: e.flow.daddr,
-            dport: e.flow.dport,
-            netns: e.flow.netns,
-            pid: e.owner.as_ref().map(|o| o.pid),
-            comm: e.owner.as_ref().map(|o| o.comm.clone()),
-            cgroup: (e.info.cgroup != 0).then_some(e.info.cgroup),
-            keepalive: eff.on,
-            idle_s: eff.idle_s,
-            idle_from: from(e.own.idle_s != 0),
-            intvl_s: eff.intvl_s,
-            intvl_from: from(e.own.intvl_s != 0),
-            cnt: eff.cnt,
-            cnt_from: from(e.own.cnt != 0),
-            user_timeout_ms: eff.user_timeout_ms,
-            probes_out: e.info.probes_out,
-            next_probe_ms: self.next_probe_ms(e, &eff, elapsed),
-            time_to_detect_s: ttd,
-            at_risk: self.at_risk(&eff),
-        }
-    }
-
-    /// When the keepalive timer fires next. A socket whose options were set before connect
-    /// reports ESTABLISHED just before the kernel arms its timer (to `idle`); until the timer
-    /// first fires, that is the best estimate.
-    fn next_probe_ms(&self, e: &Entry, eff: &Effective, elapsed_ms: u64) -> Option<u64> {
-        if !eff.on {
-            return None;
-        }
-        let armed = e.info.next_timer_ms.or_else(|| {
-            (e.info.state == 1 && e.info.probes_out == 0).then(|| u64::from(eff.idle_s) * 1000)
-        })?;
-        Some(armed.saturating_sub(elapsed_ms))
+        effective_with(e, self.defaults.get(&e.flow.netns).unwrap_or(&LINUX_DEFAULTS))
     }
 
     /// At risk: keepalive off, or its idle longer than the budget (a middlebox on the path with
@@ -292,10 +301,14 @@ impl Inventory {
     }
 }
 
+fn timer_ms(ms: Option<u64>) -> u32 {
+    ms.map_or(NOT_ARMED, |v| v.min(u64::from(NOT_ARMED - 1)) as u32)
+}
+
 fn effective_with(e: &Entry, d: &NsDefaults) -> Effective {
     let pick = |own: u32, def: u32| if own != 0 { own } else { def };
     Effective {
-        on: e.info.keepalive_on,
+        on: e.keepalive_on,
         idle_s: pick(e.own.idle_s, d.idle_s),
         intvl_s: pick(e.own.intvl_s, d.intvl_s),
         cnt: if e.own.cnt != 0 { e.own.cnt } else { d.cnt },
@@ -303,48 +316,73 @@ fn effective_with(e: &Entry, d: &NsDefaults) -> Effective {
     }
 }
 
-/// Linux gives up after `cnt` unanswered probes: idle + intvl × cnt. With TCP_USER_TIMEOUT set,
-/// `cnt` is ignored: it gives up at the first timer firing (idle, idle + intvl, …) that finds
-/// the user timeout passed with at least one probe out.
-pub fn time_to_detect(eff: &Effective) -> Option<u64> {
-    if !eff.on {
-        return None;
-    }
-    let (idle, intvl) = (u64::from(eff.idle_s), u64::from(eff.intvl_s).max(1));
-    if eff.user_timeout_ms == 0 {
-        return Some(idle + intvl * u64::from(eff.cnt));
-    }
-    let ut = u64::from(eff.user_timeout_ms).div_ceil(1000);
-    // The first firing is the first probe; it can only give up from the second one on.
-    let after_first = ut.saturating_sub(idle).div_ceil(intvl).max(1);
-    Some(idle + intvl * after_first)
-}
-
 /// States a socket is inventoried in: everything between connected/listening and gone.
 fn tracked_state(state: u8) -> bool {
     !matches!(state, 2 | 6 | 7 | 12)
 }
 
-pub fn state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        _ => "UNKNOWN",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::SocketInfo;
+
+    pub(super) fn ev(kind: Kind, sk: u64, netns: u32) -> KernelEvent {
+        KernelEvent {
+            ts_ns: 0,
+            sk,
+            ino: sk + 1000,
+            kind,
+            hook: "tracepoint",
+            probes: 0,
+            errno: 0,
+            flow: Flow { netns, saddr: [10, 0, 0, 1].into(), sport: sk as u16, daddr: [10, 0, 0, 2].into(), dport: 80 },
+            keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
+            info: SocketInfo {
+                keepalive_on: true,
+                state: 1,
+                probes_out: 0,
+                sources: Default::default(),
+                ns_idle_s: 7200,
+                ns_intvl_s: 75,
+                ns_cnt: 9,
+                next_timer_ms: None,
+                cgroup: 0,
+            },
+            task: None,
+        }
+    }
+
+    #[test]
+    fn owners_are_named_once_per_process() {
+        let mut inv = Inventory::new(Duration::from_secs(350));
+        let redis = || Some(Owner { pid: 42, comm: "redis-server".into() });
+        inv.apply(&ev(Kind::Open, 1, 7), redis());
+        inv.apply(&ev(Kind::Open, 2, 7), redis());
+        inv.apply(&ev(Kind::Walked, 3, 7), None);
+        inv.set_owner(3, Owner { pid: 43, comm: "curl".into() });
+        assert_eq!(inv.procs.len(), 2);
+        assert_eq!(inv.procs[&42].sockets, 2);
+        // A settings event without a caller keeps the owner.
+        inv.apply(&ev(Kind::Settings, 1, 7), None);
+        assert_eq!(inv.owner(inv.get(1).unwrap()), redis());
+        inv.apply(&ev(Kind::Gone, 1, 7), None);
+        assert_eq!(inv.view(inv.get(2).unwrap()).comm.as_deref(), Some("redis-server"));
+        inv.apply(&ev(Kind::Gone, 2, 7), None);
+        assert!(!inv.procs.contains_key(&42));
+        // A pid reused by another program: its sockets show the new name.
+        inv.apply(&ev(Kind::Open, 4, 7), Some(Owner { pid: 43, comm: "python3".into() }));
+        assert_eq!(inv.view(inv.get(3).unwrap()).comm.as_deref(), Some("python3"));
+        inv.apply(&ev(Kind::Gone, 3, 7), None);
+        inv.apply(&ev(Kind::Gone, 4, 7), None);
+        assert!(inv.procs.is_empty() && inv.members.is_empty());
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // The table is most of the daemon's memory (BENCHMARKS.md, section 4).
+        assert!(std::mem::size_of::<Entry>() <= 104, "{} B", std::mem::size_of::<Entry>());
+    }
+
 
     fn eff(on: bool, idle: u32, intvl: u32, cnt: u8, ut: u32) -> Effective {
         Effective { on, idle_s: idle, intvl_s: intvl, cnt, user_timeout_ms: ut }

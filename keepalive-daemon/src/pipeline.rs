@@ -218,10 +218,10 @@ impl LoopState {
                 };
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((before, after)) = inv.apply(ev, owner) {
-                    let entry = inv.get(ev.sk).cloned();
+                    let entry = inv.get(ev.sk).map(|e| (e.clone(), inv.owner(e)));
                     drop(inv);
-                    if let Some(e) = entry {
-                        self.sinks.settings(&e, before, after, self.tracker.wall_clock(ev.ts_ns));
+                    if let Some((e, owner)) = entry {
+                        self.sinks.settings(&e, owner, before, after, self.tracker.wall_clock(ev.ts_ns));
                     }
                 }
             }
@@ -245,10 +245,16 @@ impl LoopState {
         for (netns, d) in all {
             let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
             let changed = inv.set_defaults(netns, d);
-            let entries: Vec<_> = changed.iter().filter_map(|(sk, b, a)| Some((inv.get(*sk)?.clone(), *b, *a))).collect();
+            let entries: Vec<_> = changed
+                .iter()
+                .filter_map(|(sk, b, a)| {
+                    let e = inv.get(*sk)?;
+                    Some((e.clone(), inv.owner(e), *b, *a))
+                })
+                .collect();
             drop(inv);
-            for (e, before, after) in entries {
-                self.sinks.settings(&e, before, after, now.clone());
+            for (e, owner, before, after) in entries {
+                self.sinks.settings(&e, owner, before, after, now.clone());
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::{
     event::{Event, EventKind},
     inventory::{Effective, Entry},
     metrics::Metrics,
-    owners::Owners,
+    owners::{Owner, Owners},
     tracker::Outcome,
 };
 
@@ -47,13 +47,13 @@ impl Sinks {
     }
 
     /// A `settings` event for a socket whose effective configuration changed.
-    pub fn settings(&mut self, e: &Entry, before: Effective, after: Effective, ts: String) {
-        let mut out = Event::new(EventKind::Settings, ts, &e.flow, e.info.probes_out, e.own, "tracepoint");
+    pub fn settings(&mut self, e: &Entry, owner: Option<Owner>, before: Effective, after: Effective, ts: String) {
+        let mut out = Event::new(EventKind::Settings, ts, &e.flow, e.probes_out, e.own, "tracepoint");
         out.keepalive = after.into();
         out.previous = Some(before.into());
-        if let Some(o) = &e.owner {
+        if let Some(o) = owner {
             out.pid = Some(o.pid);
-            out.comm = Some(o.comm.clone());
+            out.comm = Some(o.comm);
         }
         self.metrics.settings_changes.inc();
         self.write(&out);

@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use log::warn;
@@ -24,7 +24,8 @@ use crate::{
 pub const INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Walk {
-    started: Instant,
+    /// `Inventory::epoch` ms.
+    started_ms: u64,
     /// Sockets whose close arrived while the walk ran: the walk may still list them, and adding
     /// them back would be a phantom.
     pub(super) gone: HashSet<u64>,
@@ -45,7 +46,7 @@ pub struct Corrections {
 
 impl Inventory {
     pub fn begin_walk(&mut self) {
-        self.walk = Some(Walk { started: Instant::now(), gone: HashSet::new() });
+        self.walk = Some(Walk { started_ms: self.now_ms(), gone: HashSet::new() });
     }
 
     pub fn abandon_walk(&mut self) {
@@ -61,13 +62,11 @@ impl Inventory {
         let stale: Vec<u64> = self
             .sockets
             .iter()
-            .filter(|(sk, e)| walked.namespaces.contains(&e.flow.netns) && !alive.contains(sk) && e.seen < walk.started)
+            .filter(|(sk, e)| walked.namespaces.contains(&e.flow.netns) && !alive.contains(sk) && e.seen_ms < walk.started_ms)
             .map(|(sk, _)| *sk)
             .collect();
         for sk in &stale {
-            if let Some(e) = self.sockets.remove(sk) {
-                self.leave(e.flow.netns);
-            }
+            self.remove(*sk);
         }
         let mut added = 0;
         for ev in &walked.events {
@@ -115,33 +114,7 @@ pub async fn run(attached: Arc<Mutex<Option<Attached>>>, inventory: Arc<Mutex<In
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Flow, Keepalive, Kind, SocketInfo};
-
-    fn ev(kind: Kind, sk: u64, netns: u32) -> KernelEvent {
-        KernelEvent {
-            ts_ns: 0,
-            sk,
-            ino: sk + 1000,
-            kind,
-            hook: "tracepoint",
-            probes: 0,
-            errno: 0,
-            flow: Flow { netns, saddr: [10, 0, 0, 1].into(), sport: sk as u16, daddr: [10, 0, 0, 2].into(), dport: 80 },
-            keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
-            info: SocketInfo {
-                keepalive_on: true,
-                state: 1,
-                probes_out: 0,
-                sources: Default::default(),
-                ns_idle_s: 7200,
-                ns_intvl_s: 75,
-                ns_cnt: 9,
-                next_timer_ms: None,
-                cgroup: 0,
-            },
-            task: None,
-        }
-    }
+    use crate::{decode::Kind, inventory::tests::ev};
 
     fn walked(events: Vec<KernelEvent>, namespaces: &[u32]) -> Walked {
         Walked { events, namespaces: namespaces.iter().copied().collect() }
@@ -160,6 +133,8 @@ mod tests {
             inv.apply(&ev(Kind::Open, sk, 7), None);
         }
         inv.apply(&ev(Kind::Open, 9, 8), None);
+        // Entries refreshed in the walk's first millisecond are kept (the walk may predate them).
+        std::thread::sleep(Duration::from_millis(2));
         inv.begin_walk();
         // The kernel still has 1 and 3 and a 4 whose open was lost; 2's close was lost.
         let w = walked(vec![ev(Kind::Walked, 1, 7), ev(Kind::Walked, 3, 7), ev(Kind::Walked, 4, 7)], &[7]);
@@ -190,6 +165,7 @@ mod tests {
     fn a_namespace_emptied_by_lost_closes_forgets_its_defaults() {
         let mut inv = Inventory::new(Duration::from_secs(350));
         inv.apply(&ev(Kind::Open, 1, 7), None);
+        std::thread::sleep(Duration::from_millis(2));
         inv.begin_walk();
         assert_eq!(inv.reconcile(&walked(vec![], &[7]), |_| None), Corrections { added: 0, removed: 1 });
         assert!(inv.defaults().is_empty());
