@@ -12,7 +12,7 @@
 mod decode;
 #[path = "../../keepalive-daemon/src/event.rs"]
 mod event;
-#[path = "../../keepalive-daemon/src/inventory.rs"]
+#[path = "../../keepalive-daemon/src/inventory/mod.rs"]
 mod inventory;
 #[path = "../../keepalive-daemon/src/metrics.rs"]
 mod metrics;

@@ -23,6 +23,7 @@ mod notify;
 mod offsets;
 mod owners;
 mod pipeline;
+mod rewalk;
 mod sinks;
 mod socket_filter;
 mod sockets_cmd;

@@ -139,7 +139,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
     tokio::spawn(icmp::watch(input_tx.clone(), rescan.clone(), metrics.clone()));
     tokio::spawn(poll_defaults(inventory.clone(), input_tx.clone()));
     let attached = Arc::new(Mutex::new(Some(attached)));
-    tokio::spawn(resync::run(attached.clone(), inventory.clone(), hz, input_tx));
+    tokio::spawn(crate::rewalk::run(attached.clone(), inventory.clone(), hz, input_tx));
 
     let state = LoopState { hz, tracker: Tracker::new(tracker::realtime_offset_ns()), inventory, sinks, rescan, namespaces: HashSet::new() };
     let events = tokio::spawn(event_loop(ring, input_rx, state));
