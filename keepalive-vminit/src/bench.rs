@@ -6,9 +6,15 @@ pub const BENCH_BIN: &str = "/bin/keepalive-bench";
 
 /// The bench's command line for one hook mode; the daemon is forced to that mode.
 pub fn args(mode: &str) -> Vec<String> {
-    ["kcost-vm", "--daemon", "/bin/keepalive-daemon", "--hook-mode", mode]
-        .map(String::from)
-        .to_vec()
+    [
+        "kcost-vm",
+        "--daemon",
+        "/bin/keepalive-daemon",
+        "--hook-mode",
+        mode,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! Each `empty_*` program attaches to a hook the daemon's tracepoint rung uses and does nothing,
 //! so its `run_time_ns / run_cnt` (kernel.bpf_stats_enabled) is the floor every program on that
 //! hook pays: dispatch plus the statistics' own clock reads. The daemon's programs are measured
-//! next to these in the same run, on the same events.
+//! next to these in the same run, on the same events. The `vm_*` programs at the end do the
+//! same for the fentry and kprobe rungs, which only the 6.1 VM allows (section 1b).
 //!
 //! Three reference filters are not empty, each the cheapest form of a filter the daemon runs:
 //! `filter_tmr_entry` reads `timer->function` with a helper and compares, as the daemon's raw

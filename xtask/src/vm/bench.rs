@@ -99,7 +99,11 @@ pub fn run() -> Result<PathBuf> {
         bail!(
             "the VM kernel-cost run failed ({} measurement lines{}); console in {}",
             rows,
-            if console.timed_out { ", watchdog fired" } else { "" },
+            if console.timed_out {
+                ", watchdog fired"
+            } else {
+                ""
+            },
             log.display()
         );
     }
