@@ -84,7 +84,7 @@ pub fn programs_of(pid: u32, snap: &HashMap<u32, Prog>) -> Vec<(String, u32)> {
     v
 }
 
-static EMPTY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive-empty"));
+pub static EMPTY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive-empty"));
 
 /// The empty programs, attached to the daemon's tracepoint-rung hooks, plus the filter floor.
 pub struct Empty {

@@ -105,7 +105,8 @@ fn lo_up() -> Result<()> {
             ifr.ifr_name[i] = *b as libc::c_char;
         }
         ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
-        let r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+        // `as _`: the request is an unsigned long in glibc, an int in musl (the VM build).
+        let r = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr);
         libc::close(fd);
         if r != 0 {
             bail!("SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error());

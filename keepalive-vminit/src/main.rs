@@ -7,6 +7,7 @@
 //! - `kat: error <message>` when the guest itself could not get ready
 //! - `kat: success` or `kat: failure`, then poweroff
 
+mod bench;
 mod plan;
 mod smoke;
 mod sys;
@@ -94,8 +95,13 @@ fn run_suite(plan: &plan::Plan) -> bool {
             all_ok &= ok;
             continue;
         }
-        let child = Command::new("/bin/keepalive-scenarios")
-            .args(plan::suite_args(plan, mode))
+        let (program, args) = if plan.bench {
+            (bench::BENCH_BIN, bench::args(mode))
+        } else {
+            ("/bin/keepalive-scenarios", plan::suite_args(plan, mode))
+        };
+        let child = Command::new(program)
+            .args(args)
             .env("PATH", "/bin")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -104,7 +110,7 @@ fn run_suite(plan: &plan::Plan) -> bool {
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                println!("{prefix} log: cannot start /bin/keepalive-scenarios: {e}");
+                println!("{prefix} log: cannot start {program}: {e}");
                 println!("kat: done kernel={release} mode={mode} exit=-1 secs=0");
                 all_ok = false;
                 continue;

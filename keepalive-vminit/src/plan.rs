@@ -8,6 +8,8 @@ pub struct Plan {
     pub no_daemon: bool,
     /// Check the guest environment instead of running the suite.
     pub smoke: bool,
+    /// Run the kernel-cost measurement (keepalive-bench kcost-vm) instead of the suite.
+    pub bench: bool,
     /// Extra daemon arguments, one `kat.daemonarg=` each (e.g. `--log.level=debug`).
     pub daemon_args: Vec<String>,
     /// Extra suite arguments, one `kat.suitearg=` each (e.g. `--family=ipv4`).
@@ -20,6 +22,7 @@ pub fn parse(cmdline: &str) -> Plan {
         scenarios: Vec::new(),
         no_daemon: false,
         smoke: false,
+        bench: false,
         daemon_args: Vec::new(),
         suite_args: Vec::new(),
     };
@@ -38,6 +41,7 @@ pub fn parse(cmdline: &str) -> Plan {
             "kat.scenarios" => plan.scenarios = list(value),
             "kat.nodaemon" => plan.no_daemon = value == "1",
             "kat.smoke" => plan.smoke = value == "1",
+            "kat.bench" => plan.bench = value == "1",
             "kat.daemonarg" => plan.daemon_args.push(value.to_owned()),
             "kat.suitearg" => plan.suite_args.push(value.to_owned()),
             _ => {}
@@ -92,6 +96,8 @@ mod tests {
         assert_eq!(plan.modes, ["fentry", "kprobe"]);
         assert_eq!(plan.scenarios, ["alive"]);
         assert!(plan.no_daemon);
+        assert!(!plan.bench);
+        assert!(parse("kat.bench=1 kat.modes=fentry").bench);
         assert_eq!(plan.daemon_args, ["--log.level=debug"]);
         assert!(suite_args(&plan, "kprobe").contains(&"--family=ipv4".to_owned()));
         assert_eq!(

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: builds the daemon and keepalive-bench in release, then runs the
-//! benchmarks, which write BENCHMARKS.md (issue 6). Everything measured runs on this host in
-//! tracepoint mode; see BENCHMARKS.md for what the 6.1 VM variant would add.
+//! benchmarks, which write BENCHMARKS.md (issue 6). Everything runs on this host in tracepoint
+//! mode except section 1b, the fentry and kprobe rungs in the 6.1 VM (vm/bench.rs; --no-vm).
 use std::{process::Command, time::Instant};
 
 use anyhow::{Result, bail};
@@ -12,7 +12,7 @@ use crate::{
 
 #[derive(clap::Parser)]
 pub struct Options {
-    /// Sections to run, comma-separated: kcost, packet, pipeline, memory, peers, micro
+    /// Sections to run, comma-separated: kcost, kcost-vm, packet, pipeline, memory, peers, micro
     /// (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -29,6 +29,9 @@ pub struct Options {
     /// Skip the build (binaries already in target/release).
     #[arg(long)]
     pub no_build: bool,
+    /// Skip section 1b (kcost-vm: the fentry and kprobe rungs in the 6.1 VM, ~2 min of QEMU).
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 /// Tools the bench drives, by the Debian package that has them. bpftrace is one of the peers
@@ -51,6 +54,13 @@ pub fn run(opts: Options) -> Result<()> {
         exec(Command::new("cargo").args(["bench", "--no-run", "-p", "keepalive-bench", "--bench", "pipeline"]))?;
     }
     let built = start.elapsed().as_secs_f64();
+    // Section 1b first, so the VM's TCG load never overlaps a host measurement. Its failure is
+    // reported after the host sections ran, like a failed section's.
+    let want_vm = !opts.no_vm && (opts.only.is_empty() || opts.only.iter().any(|s| s == "kcost-vm"));
+    let vm = want_vm.then(crate::vm::bench::run);
+    if let Some(Err(e)) = &vm {
+        eprintln!("bench: the VM part failed ({e:#}); the host sections run anyway");
+    }
     let mut cmd = privileged("target/release/keepalive-bench");
     cmd.args(["run", "--daemon", "target/release/keepalive-daemon", "--out", &opts.out]);
     cmd.args(["--churn-seconds", &opts.churn_seconds.to_string()]);
@@ -65,7 +75,13 @@ pub fn run(opts: Options) -> Result<()> {
         cmd.env("CARGO", cargo);
     }
     cmd.env("KEEPALIVE_BENCH_BUILD_SECONDS", format!("{built:.0}"));
+    if let Some(Ok(results)) = &vm {
+        cmd.arg("--vm-results").arg(results);
+    }
     exec(&mut cmd)?;
+    if let Some(Err(e)) = vm {
+        return Err(e.context("section 1b (kcost-vm, the 6.1 VM)"));
+    }
     eprintln!("bench: build {built:.0} s, total {:.0} s; report in {}", start.elapsed().as_secs_f64(), opts.out);
     if !std::path::Path::new(&opts.out).exists() {
         bail!("{} was not written", opts.out);

@@ -3,7 +3,8 @@
 //! Each `empty_*` program attaches to a hook the daemon's tracepoint rung uses and does nothing,
 //! so its `run_time_ns / run_cnt` (kernel.bpf_stats_enabled) is the floor every program on that
 //! hook pays: dispatch plus the statistics' own clock reads. The daemon's programs are measured
-//! next to these in the same run, on the same events.
+//! next to these in the same run, on the same events. The `vm_*` programs at the end do the
+//! same for the fentry and kprobe rungs, which only the 6.1 VM allows (section 1b).
 //!
 //! Three reference filters are not empty, each the cheapest form of a filter the daemon runs:
 //! `filter_tmr_entry` reads `timer->function` with a helper and compares, as the daemon's raw
@@ -19,9 +20,12 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::bpf_probe_read_kernel,
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::PerCpuArray,
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 
 #[raw_tracepoint(tracepoint = "timer_expire_entry")]
@@ -133,6 +137,67 @@ pub fn direct_enter_sso(ctx: TracePointContext) -> u32 {
     if (level == 1 && optname == 9) || (level == 6 && matches!(optname, 4 | 5 | 6 | 18)) {
         hit(1);
     }
+    0
+}
+
+// The fentry and kprobe rungs (measured in the Debian 6.1 guest by `cargo xtask bench`, since
+// the lockdown host refuses both): one empty twin per daemon program of
+// keepalive-ebpf/src/hooks/{fentry,kprobe}.rs, on the same function and of the same kind, so
+// the comparison pays the same trampoline or int3/kretprobe dispatch. Names stay within 15
+// characters, the kernel's program name length, so a statistics reader sees them whole.
+// Tested on: Debian 6.1 (QEMU).
+
+/// `static void tcp_keepalive_timer(struct timer_list *t)`, entry.
+#[fentry(function = "tcp_keepalive_timer")]
+pub fn vm_fen_ka_timer(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+/// `static void tcp_keepalive_timer(struct timer_list *t)`, return.
+#[fexit(function = "tcp_keepalive_timer")]
+pub fn vm_fex_ka_timer(_ctx: FExitContext) -> u32 {
+    0
+}
+
+/// `int tcp_write_wakeup(struct sock *sk, int mib)`, return.
+#[fexit(function = "tcp_write_wakeup")]
+pub fn vm_fex_wakeup(_ctx: FExitContext) -> u32 {
+    0
+}
+
+/// `void tcp_done_with_error(struct sock *sk, int err)` (6.11+ and stable backports), entry.
+#[fentry(function = "tcp_done_with_error")]
+pub fn vm_fen_done_err(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+/// kprobe on `tcp_keepalive_timer`.
+#[kprobe]
+pub fn vm_kp_ka_timer(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// kretprobe on `tcp_keepalive_timer`.
+#[kretprobe]
+pub fn vm_krp_ka_timer(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
+/// kprobe on `tcp_write_wakeup`.
+#[kprobe]
+pub fn vm_kp_wakeup(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// kretprobe on `tcp_write_wakeup`.
+#[kretprobe]
+pub fn vm_krp_wakeup(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
+/// kprobe on `tcp_done_with_error`.
+#[kprobe]
+pub fn vm_kp_done_err(_ctx: ProbeContext) -> u32 {
     0
 }
 

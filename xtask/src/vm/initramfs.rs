@@ -15,6 +15,8 @@ pub struct Payload<'a> {
     pub init: &'a Path,
     pub daemon: Option<&'a Path>,
     pub scenarios: Option<&'a Path>,
+    /// keepalive-bench, for the kernel-cost run of `cargo xtask bench` (vm/bench.rs).
+    pub bench: Option<&'a Path>,
     pub modules: &'a Selection,
     pub tools: &'a Shipped,
 }
@@ -44,6 +46,7 @@ pub fn write(payload: &Payload, out: &Path) -> Result<u64> {
     for (name, path) in [
         ("keepalive-daemon", payload.daemon),
         ("keepalive-scenarios", payload.scenarios),
+        ("keepalive-bench", payload.bench),
     ] {
         if let Some(path) = path {
             cpio.file(&format!("bin/{name}"), 0o755, &read(path)?)?;

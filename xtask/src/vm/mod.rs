@@ -2,6 +2,7 @@
 //! daemon and scenario suite, one boot per kernel running every requested hook mode.
 
 mod apt;
+pub mod bench;
 mod initramfs;
 pub mod kernels;
 mod matrix;
@@ -176,6 +177,7 @@ fn boot_kernel(
             scenarios: (!opts.smoke)
                 .then(|| build::binary(musl, "keepalive-scenarios"))
                 .as_deref(),
+            bench: None,
             modules: &selection,
             tools: &shipped,
         },
