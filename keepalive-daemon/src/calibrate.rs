@@ -22,7 +22,7 @@ use keepalive_common::{CALIB_PORT, CALIB_TID, Offsets};
 
 use crate::error::{Error, Result};
 
-const PROG: &str = "ka_calib_timer_start";
+pub(crate) const PROG: &str = "ka_calib_timer_start";
 const ROUNDS: usize = 2;
 
 /// Address of `tcp_keepalive_timer`, measured on this kernel.
@@ -102,7 +102,7 @@ fn agree(rounds: &[Vec<u64>]) -> std::result::Result<u64, String> {
 /// An established loopback connection (client, accepted server side, listener), over IPv4 or,
 /// on hosts without 127.0.0.1, IPv6.
 fn loopback_pair() -> std::result::Result<(TcpStream, TcpStream, TcpListener), String> {
-    let mut last = String::new();
+    let mut why = Vec::new();
     for ip in [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()] {
         let attempt = || -> std::io::Result<_> {
             let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
@@ -112,10 +112,10 @@ fn loopback_pair() -> std::result::Result<(TcpStream, TcpStream, TcpListener), S
         };
         match attempt() {
             Ok(pair) => return Ok(pair),
-            Err(e) => last = format!("loopback connection on {ip}: {e}"),
+            Err(e) => why.push(format!("{ip}: {e}")),
         }
     }
-    Err(last)
+    Err(format!("no loopback connection in this network namespace (is lo up?): {}", why.join("; ")))
 }
 
 fn set_keepalive(s: &TcpStream, on: bool) -> std::result::Result<(), String> {
