@@ -142,8 +142,8 @@ pub struct Offsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Address of `tcp_keepalive_timer` from /proc/kallsyms; the tracepoint-mode timer hook
-    /// ignores every other timer callback.
+    /// Address of `tcp_keepalive_timer`, found by the daemon's startup calibration (the
+    /// `timer_start` program); the tracepoint-mode timer hook ignores every other callback.
     pub keepalive_timer_fn: u64,
     /// Value of `LINUX_MIB_TCPKEEPALIVE` in this kernel's BTF.
     pub mib_keepalive: u32,
@@ -159,6 +159,11 @@ pub const FLAG_PROBE_VIA_WAKEUP: u32 = 0;
 /// inside the keepalive timer (`sock:inet_sock_set_state`) does.
 pub const FLAG_DEATH_VIA_DONE: u32 = 1;
 pub const FLAG_COUNT: u32 = 2;
+
+/// Indexes of the `CALIB_FILTER` array map of the calibration program: the thread arming the
+/// keepalive timer, and the local port of its socket.
+pub const CALIB_TID: u32 = 0;
+pub const CALIB_PORT: u32 = 1;
 
 /// One record in the `EVENTS` ring buffer.
 #[repr(C)]

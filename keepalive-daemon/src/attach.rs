@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The object built by `build.rs` from `keepalive-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
 
 /// Where one logical hook ended up.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@ pub enum Error {
     MissingType(String),
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("tcp_keepalive_timer is not in /proc/kallsyms (or addresses are hidden: run as root with kernel.kptr_restrict <= 1)")]
-    NoTimerSymbol,
+    #[error("cannot find tcp_keepalive_timer's address by arming a keepalive timer on loopback: {0}")]
+    Calibration(String),
     #[error("not permitted to load eBPF programs: run as root (CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN)")]
     Privileges,
     #[error("hook {hook} in {mode} mode: the kernel refused it: {reason}")]
@@ -33,7 +33,7 @@ impl Error {
             Error::Config(_) => 2,
             Error::Btf { .. } | Error::MissingType(_) => 3,
             Error::Privileges | Error::Caps(_) => 4,
-            Error::HookRefused { .. } | Error::NoTimerSymbol | Error::Load(_) => 5,
+            Error::HookRefused { .. } | Error::Calibration(_) | Error::Load(_) => 5,
             Error::Listen { .. } => 6,
             Error::Io { .. } => 7,
         }

@@ -1,4 +1,5 @@
-//! Facts about the running kernel that BTF does not carry: symbol addresses and HZ.
+//! Facts about the running kernel that BTF does not carry: HZ, and whether we may load
+//! programs. The timer callback's address is measured instead (calibrate.rs).
 use std::{
     fs,
     io::Read as _,
@@ -9,31 +10,8 @@ use std::{
 
 use crate::error::{Error, Result};
 
-const KALLSYMS: &str = "/proc/kallsyms";
-
-/// Address of `tcp_keepalive_timer`, the callback the tracepoint-mode timer hook filters on.
-pub fn keepalive_timer_address() -> Result<u64> {
-    let text = fs::read_to_string(KALLSYMS).map_err(|source| Error::Io {
-        path: KALLSYMS.into(),
-        source,
-    })?;
-    symbol_address(&text, "tcp_keepalive_timer").ok_or(Error::NoTimerSymbol)
-}
-
-/// Finds `name` exactly (not `name.cold` or module copies); a zero address means the kernel
-/// hides addresses from us (kptr_restrict), which is as good as absent.
-fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
-    kallsyms.lines().find_map(|line| {
-        let mut it = line.split_whitespace();
-        let addr = u64::from_str_radix(it.next()?, 16).ok()?;
-        let _kind = it.next()?;
-        (it.next()? == name && addr != 0).then_some(addr)
-    })
-}
-
 /// Loading tracing programs needs CAP_BPF + CAP_PERFMON (5.8+) or CAP_SYS_ADMIN; checked up
-/// front so a missing capability is named as such, not as a hidden kallsyms or an EPERM from
-/// some map creation.
+/// front so a missing capability is named as such, not as an EPERM from some map creation.
 pub fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
@@ -128,14 +106,6 @@ fn nearest_hz(measured: f64) -> u32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exact_symbol_only() {
-        let text = "ffffffff81243c71 t tcp_keepalive_timer.cold\n\
-                    ffffffff8202bdf0 t tcp_keepalive_timer\n";
-        assert_eq!(symbol_address(text, "tcp_keepalive_timer"), Some(0xffffffff8202bdf0));
-        assert_eq!(symbol_address("0000000000000000 t tcp_keepalive_timer\n", "tcp_keepalive_timer"), None);
-    }
-
     /// On the real kernel: the config and the clock must agree on HZ.
     #[test]
     fn config_and_measurement_agree() {
@@ -144,17 +114,5 @@ mod tests {
         if Path::new("/proc/timer_list").exists() {
             assert_eq!(measure_hz().expect("measure"), from_config);
         }
-    }
-
-    #[test]
-    fn real_kallsyms_has_the_timer() {
-        if nix_is_root() {
-            assert!(keepalive_timer_address().expect("kallsyms") > 0xffff_0000_0000_0000);
-        }
-    }
-
-    fn nix_is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
     }
 }

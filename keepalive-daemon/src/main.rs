@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 mod attach;
 mod btf;
+mod calibrate;
 mod caps;
 mod check;
 mod cli;

@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     attach::{self, LoadParams},
+    calibrate,
     btf::Btf,
     cli::{HookMode, RunArgs},
     decode::{self, KernelEvent, Kind},
@@ -55,7 +56,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
             false
         }
     };
-    let timer_fn = match (opts.hook_mode, kernel::keepalive_timer_address()) {
+    let timer_fn = match (opts.hook_mode, calibrate::keepalive_timer_address(&opts.btf_path, &offsets)) {
         (_, Ok(addr)) => addr,
         // Only the tracepoint rung filters on the address; forced fentry/kprobe can do without.
         (HookMode::Fentry | HookMode::Kprobe, Err(e)) => {

@@ -79,14 +79,15 @@ fn the_units_capabilities_suffice_for_an_unprivileged_user() {
         .collect();
     assert_eq!(ambient, bounding, "AmbientCapabilities= and CapabilityBoundingSet= differ");
     let caps = ambient.join(",");
-    // ProtectProc=invisible: a /proc where only ptrace-able processes show.
+    // ProtectProc=invisible: a /proc where only ptrace-able processes show; and, as
+    // ProtectKernelTunables= does, no /proc/kallsyms (the timer address is calibrated).
     let wrap = [
         "unshare",
         "--mount",
         "--propagation=private",
         "sh",
         "-c",
-        "mount -t proc -o hidepid=invisible proc /proc && exec \"$0\" \"$@\"",
+        "mount -t proc -o hidepid=invisible proc /proc && mount --bind /dev/null /proc/kallsyms && exec \"$0\" \"$@\"",
         "setpriv",
         "--reuid=65534",
         "--regid=65534",

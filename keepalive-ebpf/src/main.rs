@@ -11,6 +11,7 @@ mod kernel;
 mod state;
 
 mod hooks {
+    pub mod calibrate;
     pub mod fentry;
     pub mod iter;
     pub mod kprobe;

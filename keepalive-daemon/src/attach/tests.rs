@@ -26,8 +26,10 @@ fn object_has_every_program_of_every_rung() {
     }
     assert_eq!(checked, 16);
     assert!(matches!(obj.programs.get(ITER).map(|p| &p.section), Some(ProgramSection::Iter { .. })));
+    let calib = crate::calibrate::PROG;
+    assert!(matches!(obj.programs.get(calib).map(|p| &p.section), Some(ProgramSection::RawTracePoint)), "{calib}");
     // The object carries nothing the daemon does not use.
-    assert_eq!(obj.programs.len(), checked + 1);
+    assert_eq!(obj.programs.len(), checked + 2);
 }
 
 /// Every rung but the tracepoint one names a kernel function that must exist for it.
