@@ -168,21 +168,33 @@ async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mu
         Ok(fd) => fd,
         Err(e) => return error!("ring buffer: {e}"),
     };
+    // The kernel wakes us at most about once a millisecond while events flow (`wake_flags` in
+    // keepalive-ebpf/src/state.rs): the records written in the millisecond after a wake-up wait
+    // for a drain on this tick instead. Such records only exist right after a wake-up, so the
+    // tick runs fast only after a wake-up or a drain that found records, and slowly otherwise
+    // (an idle daemon should not wake 250 times a second; the slow tick only bounds the odd
+    // record that a race left unannounced).
+    let tick = tokio::time::sleep(DRAIN_TICK);
+    tokio::pin!(tick);
+    let mut empty_ticks = 0u32;
     loop {
         tokio::select! {
+            () = &mut tick => {
+                empty_ticks = if st.drain(ring.get_mut()) > 0 { 0 } else { empty_ticks + 1 };
+                let next = if empty_ticks < 3 { DRAIN_TICK } else { DRAIN_SLOW };
+                tick.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             ready = ring.readable_mut() => {
                 let Ok(mut guard) = ready else { return };
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    match decode::decode(&item, st.hz) {
-                        Ok(ev) => st.dispatch(&ev),
-                        Err(e) => {
-                            warn!("malformed kernel record: {e:?}");
-                            st.sinks.metrics.lost.with_label_values(&["decode"]).inc();
-                        }
-                    }
-                }
+                st.drain(guard.get_inner_mut());
                 guard.clear_ready();
+                empty_ticks = 0;
+                // An earlier deadline stays: at high rates wake-ups come every millisecond and
+                // must not keep postponing the drain of the last burst's tail.
+                let soon = tokio::time::Instant::now() + DRAIN_TICK;
+                if tick.deadline() > soon {
+                    tick.as_mut().reset(soon);
+                }
             }
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
@@ -192,7 +204,28 @@ async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mu
     }
 }
 
+/// How long an event written without a wake-up waits in the ring buffer at most.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(2);
+/// The drain tick when no event came for a few ticks.
+const DRAIN_SLOW: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl LoopState {
+    /// Dispatches every record in the ring; returns how many there were.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while let Some(item) = rb.next() {
+            n += 1;
+            match decode::decode(&item, self.hz) {
+                Ok(ev) => self.dispatch(&ev),
+                Err(e) => {
+                    warn!("malformed kernel record: {e:?}");
+                    self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
+                }
+            }
+        }
+        n
+    }
+
     fn dispatch(&mut self, ev: &KernelEvent) {
         if self.namespaces.insert(ev.flow.netns) {
             self.rescan.notify_one();
