@@ -19,9 +19,14 @@ use crate::{
     sys,
 };
 
-/// (hook, the daemon's program, the empty program next to it).
+/// (hook, the daemon's program, the empty program next to it). The timer pair is either the
+/// tp_btf one or, where the kernel refuses it, the raw one (only the attached pair is loaded);
+/// either is compared with the empty raw tracepoint on the same hook: both kinds are called the
+/// same way (`bpf_trace_run*`), which `btf_tmr_entry` in the reference table checks.
 const PAIRS: &[(&str, &str, &str)] = &[
+    ("timer_expire_entry (tp_btf)", "ka_btf_timer_expire_entry", "empty_tmr_entry"),
     ("timer_expire_entry (raw tp)", "ka_timer_expire_entry", "empty_tmr_entry"),
+    ("timer_expire_exit (tp_btf)", "ka_btf_timer_expire_exit", "empty_tmr_exit"),
     ("timer_expire_exit (raw tp)", "ka_timer_expire_exit", "empty_tmr_exit"),
     ("inet_sock_set_state (raw tp)", "ka_inet_sock_set_state", "empty_set_state"),
     ("tcp_receive_reset (raw tp)", "ka_tcp_receive_reset", "empty_rcv_reset"),
@@ -30,7 +35,14 @@ const PAIRS: &[(&str, &str, &str)] = &[
     ("sys_exit_accept4/accept (tp)", "ka_sys_exit_accept", "empty_accept"),
 ];
 /// Hooks whose common path the noise condition exercises.
-const COMMON: &[&str] = &["ka_timer_expire_entry", "ka_timer_expire_exit", "ka_sys_enter_setsockopt", "ka_sys_exit_setsockopt"];
+const COMMON: &[&str] = &[
+    "ka_btf_timer_expire_entry",
+    "ka_timer_expire_entry",
+    "ka_btf_timer_expire_exit",
+    "ka_timer_expire_exit",
+    "ka_sys_enter_setsockopt",
+    "ka_sys_exit_setsockopt",
+];
 /// Reference filters from keepalive-empty: (hook, program, its empty baseline, what it is).
 const REFS: &[(&str, &str, &str, &str)] = &[
     ("timer_expire_entry (raw tp)", "filter_tmr_entry", "empty_tmr_entry", "bare filter: read `function` with the helper, compare"),
@@ -209,17 +221,22 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         _ => f64::NAN,
     };
     let dn = |ws: &[Window], a: &str| id(a).map_or(f64::NAN, |a| per_run(ws, &a));
+    // The timer pair the daemon attached (tp_btf unless the kernel refused it).
+    let btf = id("ka_btf_timer_expire_entry").is_some();
+    let (t_entry, t_exit) =
+        if btf { ("ka_btf_timer_expire_entry", "ka_btf_timer_expire_exit") } else { ("ka_timer_expire_entry", "ka_timer_expire_exit") };
     let why = Why {
-        entry: rn("ka_timer_expire_entry", "empty_tmr_entry"),
+        btf,
+        entry: rn(t_entry, "empty_tmr_entry"),
         helper_filter: rn("filter_tmr_entry", "empty_tmr_entry"),
         btf_filter: rn("btf_filter_entry", "btf_tmr_entry"),
         enter_sso: rn("ka_sys_enter_setsockopt", "empty_enter_sso"),
         direct_sso: rn("direct_enter_sso", "empty_enter_sso"),
         exit_sso: rn("ka_sys_exit_setsockopt", "empty_exit_sso"),
-        tmr_exit: rn("ka_timer_expire_exit", "empty_tmr_exit"),
+        tmr_exit: rn(t_exit, "empty_tmr_exit"),
         helper_read_ns: dn(&noisy, "filter_tmr_entry") - dn(&noisy, "empty_tmr_entry"),
         btf_read_ns: dn(&noisy, "btf_filter_entry") - dn(&noisy, "btf_tmr_entry"),
-        emit_ns: ["ka_sys_exit_setsockopt", "ka_sys_exit_accept", "ka_inet_sock_set_state", "ka_timer_expire_exit"].map(|n| dn(&busy, n)),
+        emit_ns: ["ka_sys_exit_setsockopt", "ka_sys_exit_accept", "ka_inet_sock_set_state", t_exit].map(|n| dn(&busy, n)),
     };
     let r = &mut ctx.report;
     r.h2("1. Kernel cost per program (host, tracepoint mode)");
@@ -253,7 +270,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         storm_conns * 2
     ));
     r.table(&["hook", "program", "storm runs/s", "ns/run (ours / empty)", "ratio", "added ns/run", "CPU used"], &events);
-    let progs = [("ka_timer_expire_entry", id("ka_timer_expire_entry")), ("empty_tmr_entry", id("empty_tmr_entry")), ("filter_tmr_entry", Some(filter))];
+    let progs = [(t_entry, id(t_entry)), ("empty_tmr_entry", id("empty_tmr_entry")), ("filter_tmr_entry", Some(filter))];
     drop(second);
     split_timer_cost(r, &noisy, &busy, &progs);
     why.write(r);
@@ -297,6 +314,8 @@ fn split_timer_cost(r: &mut crate::report::Report, noisy: &[Window], storm: &[Wi
 
 /// What the explanation of the misses quotes, measured in this run.
 struct Why {
+    /// The tp_btf timer pair was attached (else the raw one).
+    btf: bool,
     entry: f64,
     helper_filter: f64,
     btf_filter: f64,
@@ -313,44 +332,48 @@ struct Why {
 impl Why {
     fn write(&self, r: &mut crate::report::Report) {
         let x = |v: f64| format!("{}×", num(v));
+        let over = |v: f64| if v > 1.5 { " — still over 1.5×" } else { "" };
+        let fallback = if self.btf {
+            ""
+        } else {
+            " **This run's kernel refused the tp_btf pair, so the raw tracepoints were measured.**"
+        };
         r.p(&format!(
-            "**Why the common path misses 1.5×, and the fixes** (ratios from the noise windows above):\n\n\
-             1. `ka_timer_expire_entry` ({}): a raw tracepoint receives the `timer_list` pointer as a plain number, so \
-             reading `timer->function` takes a `bpf_probe_read_kernel` call — the bare filter doing only that is at \
-             {} already. As a BTF tracepoint, which this kernel accepts, the same read is a plain load: \
-             `btf_filter_entry` costs {} its empty twin. *Fix*: in `keepalive-ebpf/src/hooks/tracepoint.rs` add a \
-             `#[btf_tracepoint(function = \"timer_expire_entry\")]` twin of `ka_timer_expire_entry` that loads \
-             `function` directly (offsets read from `.rodata` are constants to the verifier), and in \
-             `keepalive-daemon/src/attach.rs` try it on the tracepoint rung before the raw tracepoint.\n\
-             2. `ka_sys_enter_setsockopt` ({}): `TracePointContext::read_at` is one `bpf_probe_read_kernel` per \
-             field, two per call; reading the record as context loads, as `direct_enter_sso` does, costs {}. \
-             *Fix*: `field()` in `keepalive-ebpf/src/hooks/syscalls.rs` reads `ctx.as_ptr().add(off)` directly.\n\
-             3. `ka_sys_exit_setsockopt` ({}): every setsockopt exit looks its thread up in the `SETSOCKOPT` hash, \
-             which misses almost always. *Fix*: count keepalive calls in flight in a one-slot array (the entry \
-             program increments it when it records a call, the exit decrements it when it finds one) and return \
-             while it is zero — an inlined array read instead of a hash lookup.\n\
-             4. `ka_timer_expire_exit` ({}): one per-CPU map read to learn whether this CPU's timer was a \
-             keepalive one, a cache miss when timers are sparse. That is the least an exit hook can do on the \
-             tracepoint rung; fexit on `tcp_keepalive_timer` avoids it where fentry is allowed (not here).",
-            x(self.entry), x(self.helper_filter), x(self.btf_filter), x(self.enter_sso), x(self.direct_sso), x(self.exit_sso), x(self.tmr_exit)
+            "**The common path, and what the programs do for it** (ratios from the noise windows above):{fallback}\n\n\
+             1. timer entry ({}{}): on the tracepoint rung the daemon attaches `ka_btf_timer_expire_entry`, a BTF \
+             tracepoint: the verifier knows its argument is a `struct timer_list *`, so `timer->function` is a plain \
+             load (the offset, from BTF, is a constant in `.rodata`). The raw tracepoint `ka_timer_expire_entry`, the \
+             fallback for kernels that refuse tp_btf, needs a `bpf_probe_read_kernel` call for it: the bare filter \
+             written that way costs {} its empty twin, written as a plain load {}.\n\
+             2. `ka_sys_enter_setsockopt` ({}{}): reads the record's fields as context loads at the fixed offsets \
+             syscall records have (the format files' offsets select them) instead of one `bpf_probe_read_kernel` \
+             per field; `direct_enter_sso`, the bare filter written that way: {}.\n\
+             3. `ka_sys_exit_setsockopt` ({}{}): returns while a one-slot count of keepalive setsockopt calls in flight \
+             is zero (an inlined array read) instead of looking every thread up in the `SETSOCKOPT` hash.\n\
+             4. timer exit ({}{}): returns while a one-slot count of keepalive timer runs in progress is zero, before \
+             the per-CPU lookup (a helper call, and a cache miss when timers are sparse).\n\n\
+             The empty programs cost 80–100 ns a run on these hooks, so 1.5× leaves 40–50 ns for any filter: one \
+             helper call or one cold cache line is most of it. Where a ratio is over 1.5×, the table's last column \
+             gives the excess.",
+            x(self.entry), over(self.entry), x(self.helper_filter), x(self.btf_filter),
+            x(self.enter_sso), over(self.enter_sso), x(self.direct_sso),
+            x(self.exit_sso), over(self.exit_sso), x(self.tmr_exit), over(self.tmr_exit)
         ));
         let [sso, accept, state, exit] = self.emit_ns;
         r.p(&format!(
             "**Event path.** An emitted event costs {}–{} µs in the kernel here (`ka_sys_exit_setsockopt` {} µs, \
-             `ka_sys_exit_accept` {} µs, `ka_inet_sock_set_state` {} µs, `ka_timer_expire_exit` {} µs per run). Two \
+             `ka_sys_exit_accept` {} µs, `ka_inet_sock_set_state` {} µs, timer exit {} µs per run). Two \
              causes: (a) `kernel::describe` makes about 30 `bpf_probe_read_kernel` calls, ≈ {} ns each on this machine \
              (bare filter minus empty program) against ≈ {} ns for a BTF load, so BTF tracepoints for the timer, state \
              and reset hooks and `bpf_get_current_task_btf()` for the syscall ones would save ≈ {} µs per event \
-             (estimate from those two measured figures); (b) `slot.submit(0)` wakes the daemon whenever the ring was \
-             empty — an irq_work self-IPI (a VM exit here) and a scheduler wake-up, paid inside the program, in \
-             process context right away. A scratch prototype — `state.rs` submitting with BPF_RB_NO_WAKEUP unless 1 ms \
-             passed since the last wake-up or the ring is a quarter full, `pipeline.rs` draining on a 4 ms tick too — \
-             measured once with this section against a build of the same sources without it (not regenerated by \
-             `cargo xtask bench`): ns per run in the storm `ka_sys_exit_setsockopt` 6028 → 2271, `ka_sys_exit_accept` \
-             6746 → 2421, `ka_inet_sock_set_state` 4455 → 2778, `ka_timer_expire_entry` 2844 → 2566, \
-             `ka_timer_expire_exit` 2239 → 1896; all programs together 96 → 65 ms of CPU per second of storm. It \
-             bounds the added delivery delay to 1 ms while events flow and to the 4 ms tick for the last event of a \
-             burst.",
+             (estimate from those two measured figures); (b) the wake-up of the daemon: a default ring-buffer submit \
+             wakes it whenever the ring was empty — an irq_work self-IPI (a VM exit here) and a scheduler wake-up, paid \
+             inside the program. The programs now submit with BPF_RB_NO_WAKEUP unless 1 ms passed since the last \
+             wake-up or the ring is a quarter full (`keepalive-ebpf/src/state.rs`), and the daemon drains the ring on a \
+             2 ms tick after each wake-up (`pipeline.rs`): an event waits about that long at most. Measured once against a build without it \
+             (a scratch comparison, not by `cargo xtask bench`): ns per run in the storm `ka_sys_exit_setsockopt` \
+             6028 → 2271, `ka_sys_exit_accept` 6746 → 2421, `ka_inet_sock_set_state` 4455 → 2778; all programs \
+             together 96 → 65 ms of CPU per second of storm.",
             num(self.emit_ns.iter().copied().fold(f64::INFINITY, f64::min) / 1e3),
             num(self.emit_ns.iter().copied().fold(0.0, f64::max) / 1e3),
             num(sso / 1e3),

@@ -170,15 +170,16 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         r.p(&format!(
             "**Reading it.** ss pays per socket per poll ({} ms a poll here), whatever the sockets do; the \
              daemon pays per event and a fixed background. Quiet, the daemon's {} is that background — the \
-             namespace sysctl poll twice a second (a scan of every /proc/<pid>/ns/net, then a thread entering each \
-             namespace that has sockets), the ICMP watcher's namespace scan once a second, owner lookups — none of \
+             namespace sysctl poll twice a second (a thread entering each namespace that has sockets; the paths \
+             into them are kept between polls and looked for in /proc only when one goes stale, and every 10 s), \
+             the ICMP watcher's scan of every /proc/<pid>/ns/net once a second, owner lookups — none of \
              which grows with sockets: a target stated per 10 k sockets is met with more sockets and missed with \
              fewer. In the storm every socket yields two events a second and the daemon's cost is per event \
              ({} of its CPU, userspace and BPF); ss would still see only one snapshot a second and none of the \
              probes, answers or their causes. bpftrace's script only counts (no event leaves the kernel), which is \
-             why its BPF time per run is below the daemon's. *Proposed fix for the quiet background* \
-             (`keepalive-daemon/src/netns.rs`, `pipeline.rs` `poll_defaults`, `icmp.rs`): discover namespaces from \
-             the events' `netns` field and /run/netns (inotify) instead of scanning all of /proc twice a second.",
+             why its BPF time per run is below the daemon's. *Proposed fix for the rest of the quiet background* \
+             (`keepalive-daemon/src/netns.rs`, `icmp.rs`): discover namespaces with a BPF iterator, or from the \
+             events' `netns` field and /run/netns (inotify), instead of scanning all of /proc every second.",
             num(quiet.ss_poll_ms),
             pct(quiet.daemon_cpu + quiet.daemon_bpf),
             pct(storm.daemon_cpu + storm.daemon_bpf)

@@ -167,7 +167,21 @@ async fn events(State(web): State<Arc<Web>>, kill: Option<axum::Extension<Connec
         }
         drop(reader);
     });
-    let stream = futures_util::stream::poll_fn(move |cx| body.poll_recv(cx).map(|b| b.map(Ok::<_, Infallible>)));
+    // Every line already queued goes out as one chunk: with TCP_NODELAY (see `serve`) a burst
+    // of events then costs a few segments rather than one per line.
+    let stream = futures_util::stream::poll_fn(move |cx| match body.poll_recv(cx) {
+        std::task::Poll::Ready(Some(first)) => {
+            let mut buf = bytes::BytesMut::from(&first[..]);
+            while buf.len() < 64 * 1024 {
+                match body.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            std::task::Poll::Ready(Some(Ok::<_, Infallible>(buf.freeze())))
+        }
+        other => other.map(|b| b.map(Ok::<_, Infallible>)),
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -191,7 +205,12 @@ pub async fn serve(listener: TcpListener, app: Router, web: Option<Arc<Watched>>
     };
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                // `/events` writes small lines as events come; with Nagle on, a line waits for
+                // the reader's delayed ACK (up to 40 ms) whenever an earlier one is unacknowledged.
+                let _ = conn.0.set_nodelay(true);
+                conn
+            }
             Err(e) => {
                 // Out of descriptors and the like: wait rather than spin; the listener stays.
                 error!("accepting an HTTP connection: {e}");

@@ -176,21 +176,33 @@ async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mu
         Ok(fd) => fd,
         Err(e) => return error!("ring buffer: {e}"),
     };
+    // The kernel wakes us at most about once a millisecond while events flow (`wake_flags` in
+    // keepalive-ebpf/src/state.rs): the records written in the millisecond after a wake-up wait
+    // for a drain on this tick instead. Such records only exist right after a wake-up, so the
+    // tick runs fast only after a wake-up or a drain that found records, and slowly otherwise
+    // (an idle daemon should not wake 250 times a second; the slow tick only bounds the odd
+    // record that a race left unannounced).
+    let tick = tokio::time::sleep(DRAIN_TICK);
+    tokio::pin!(tick);
+    let mut empty_ticks = 0u32;
     loop {
         tokio::select! {
+            () = &mut tick => {
+                empty_ticks = if st.drain(ring.get_mut()) > 0 { 0 } else { empty_ticks + 1 };
+                let next = if empty_ticks < 3 { DRAIN_TICK } else { DRAIN_SLOW };
+                tick.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             ready = ring.readable_mut() => {
                 let Ok(mut guard) = ready else { return };
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    match decode::decode(&item, st.hz) {
-                        Ok(ev) => st.dispatch(&ev),
-                        Err(e) => {
-                            warn!("malformed kernel record: {e:?}");
-                            st.sinks.metrics.lost.with_label_values(&["decode"]).inc();
-                        }
-                    }
-                }
+                st.drain(guard.get_inner_mut());
                 guard.clear_ready();
+                empty_ticks = 0;
+                // An earlier deadline stays: at high rates wake-ups come every millisecond and
+                // must not keep postponing the drain of the last burst's tail.
+                let soon = tokio::time::Instant::now() + DRAIN_TICK;
+                if tick.deadline() > soon {
+                    tick.as_mut().reset(soon);
+                }
             }
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
@@ -201,7 +213,28 @@ async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mu
     }
 }
 
+/// How long an event written without a wake-up waits in the ring buffer at most.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(2);
+/// The drain tick when no event came for a few ticks.
+const DRAIN_SLOW: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl LoopState {
+    /// Dispatches every record in the ring; returns how many there were.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while let Some(item) = rb.next() {
+            n += 1;
+            match decode::decode(&item, self.hz) {
+                Ok(ev) => self.dispatch(&ev),
+                Err(e) => {
+                    warn!("malformed kernel record: {e:?}");
+                    self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
+                }
+            }
+        }
+        n
+    }
+
     fn dispatch(&mut self, ev: &KernelEvent) {
         if self.namespaces.insert(ev.flow.netns) {
             self.rescan.notify_one();
@@ -286,18 +319,67 @@ impl LoopState {
 
 /// Re-reads the keepalive sysctls of every namespace that has sockets, twice a second.
 async fn poll_defaults(inventory: Arc<Mutex<Inventory>>, tx: mpsc::Sender<Input>) {
+    let mut paths = NsPaths::default();
     loop {
         tokio::time::sleep(sysctl::POLL).await;
         let wanted = inventory.lock().unwrap_or_else(|e| e.into_inner()).namespaces();
+        let mut p = std::mem::take(&mut paths);
         let read = tokio::task::spawn_blocking(move || {
-            let paths = netns::discover();
-            let list = wanted.into_iter().filter_map(|ns| Some((ns, paths.get(&ns)?.clone()))).collect();
-            sysctl::read_all(list)
+            let list = p.resolve(wanted);
+            (sysctl::read_all(list), p)
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let Ok((read, p)) = read else { continue };
+        paths = p;
         if !read.is_empty() && tx.send(Input::Defaults(read)).await.is_err() {
             return;
         }
+    }
+}
+
+/// How often the namespace paths are looked for again although none is missing: only catches
+/// a namespace whose cached path went stale while another path to it appeared.
+const PATHS_RESCAN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Paths to enter the namespaces with, kept between polls. Finding them is a scan of every
+/// /proc/<pid>/ns/net (`netns::discover`), which cost more than the sysctl reads themselves
+/// when it ran every poll; now it runs when a namespace has no valid path and was not already
+/// missing after the last scan (a new namespace, or its process exited), and every
+/// `PATHS_RESCAN`.
+#[derive(Default)]
+struct NsPaths {
+    paths: HashMap<u32, std::path::PathBuf>,
+    /// Wanted namespaces the last scan did not find (no process left in them): not a reason
+    /// to scan again before `PATHS_RESCAN`.
+    unfindable: HashSet<u32>,
+    scanned: Option<std::time::Instant>,
+}
+
+impl NsPaths {
+    fn resolve(&mut self, wanted: impl IntoIterator<Item = u32>) -> Vec<(u32, std::path::PathBuf)> {
+        let wanted: Vec<u32> = wanted.into_iter().collect();
+        let stale = self.scanned.is_none_or(|t| t.elapsed() >= PATHS_RESCAN);
+        let missing = wanted.iter().any(|ns| !self.unfindable.contains(ns) && !self.valid(*ns));
+        if stale || missing {
+            self.paths = netns::discover();
+            self.scanned = Some(std::time::Instant::now());
+            self.unfindable.clear();
+        }
+        let mut list = Vec::new();
+        for ns in wanted {
+            if self.valid(ns) {
+                list.push((ns, self.paths[&ns].clone()));
+            } else if stale || missing {
+                self.unfindable.insert(ns);
+            }
+        }
+        list
+    }
+
+    /// The cached path still opens `ns`: a /proc/<pid>/ns/net path follows its process, which
+    /// may have exited, or its pid been reused by a process elsewhere.
+    fn valid(&self, ns: u32) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        self.paths.get(&ns).is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == ns))
     }
 }

@@ -6,6 +6,8 @@
 //! are identical whichever rung of the ladder is in use.
 #![no_std]
 #![no_main]
+// `state::count`: the BPF target has no atomic read-modify-write methods in `core`.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics), allow(internal_features))]
 
 mod kernel;
 mod state;

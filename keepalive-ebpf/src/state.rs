@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::debug;
 use keepalive_common::{
@@ -54,8 +54,34 @@ pub struct TimerRun {
     pub _pad: [u8; 2],
 }
 
+/// When the daemon was last woken (`bpf_ktime_get_ns`). One slot for all CPUs: a lost race
+/// costs one extra or one skipped wake-up, and the daemon's drain tick covers the latter.
+#[map]
+static LAST_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map]
 static CURRENT: PerCpuArray<TimerRun> = PerCpuArray::with_max_entries(1, 0);
+
+/// Keepalive timer runs in progress on all CPUs. `timer_expire_exit` fires for every timer of
+/// the machine; reading this one shared slot (an inlined array lookup, a cache hit while it
+/// stays zero) lets it return before the per-CPU lookup, a helper call and often a cache miss.
+/// Only the entry increments it and only an exit that finds its run decrements it, so it can
+/// err high (a run whose exit never came), which costs the lookup, never low.
+#[map]
+static RUNS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Atomic add whose result is unused, so that it compiles to the plain BPF_XADD every kernel
+/// accepts (the fetching forms need 5.12). `AtomicU64::fetch_add` does not exist for the BPF
+/// target, hence the intrinsic there.
+#[inline(always)]
+pub fn count(slot: *mut u64, delta: u64) {
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(slot, delta);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(slot) }.fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+}
 
 #[inline(always)]
 fn current() -> Option<&'static mut TimerRun> {
@@ -126,7 +152,8 @@ fn emit_packed(sk: u64, meta: u32, errno: i32, opts: u32) {
                 ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
                 ev.comm = bpf_get_current_comm().unwrap_or_default();
             }
-            slot.submit(0);
+            let flags = wake_flags(ev.ts_ns);
+            slot.submit(flags);
         }
         None => {
             if let Some(n) = LOST.get_ptr_mut(0) {
@@ -136,10 +163,37 @@ fn emit_packed(sk: u64, meta: u32, errno: i32, opts: u32) {
     }
 }
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+/// Wake the daemon at most this often while events flow.
+const WAKE_EVERY_NS: u64 = 1_000_000;
+
+/// Submit flags for a record written at `now`. A default submit wakes the daemon whenever the
+/// ring was empty: an irq_work self-IPI and a scheduler wake-up paid inside the program, once
+/// per event at moderate rates (most of an event's kernel cost, measured). Instead wake at most
+/// once a millisecond, or at once when the ring is a quarter full so that a burst cannot fill
+/// it before the daemon runs; after a wake-up the daemon drains again within 2 ms (pipeline.rs
+/// `DRAIN_TICK`), so an event written without a wake-up waits at most that long.
+#[inline(always)]
+fn wake_flags(now: u64) -> u64 {
+    let Some(last) = LAST_WAKE.get_ptr_mut(0) else { return 0 };
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let size = EVENTS.query(BPF_RB_RING_SIZE);
+    if avail < size / 4 && now.wrapping_sub(unsafe { *last }) < WAKE_EVERY_NS {
+        return BPF_RB_NO_WAKEUP;
+    }
+    unsafe { *last = now };
+    BPF_RB_FORCE_WAKEUP
+}
+
 /// Keepalive timer entry. A socket that had probes out and now has none was answered.
 #[inline(always)]
 pub fn timer_enter(sk: u64, hook: u8) {
     let Some(run) = current() else { return };
+    let Some(runs) = RUNS.get_ptr_mut(0) else { return };
+    count(runs, 1);
     let probes = kernel::probes_out(sk);
     *run = TimerRun {
         sk,
@@ -163,12 +217,17 @@ pub fn timer_enter(sk: u64, hook: u8) {
 /// Keepalive timer exit: report the probe this run sent, if any.
 #[inline(always)]
 pub fn timer_exit() {
+    let Some(runs) = RUNS.get_ptr_mut(0) else { return };
+    if unsafe { core::ptr::read_volatile(runs) } == 0 {
+        return;
+    }
     let Some(run) = current() else { return };
     let sk = run.sk;
     if sk == 0 {
         return;
     }
     run.sk = 0;
+    count(runs, u64::MAX);
     if run.died != 0 || run.closed != 0 {
         return;
     }

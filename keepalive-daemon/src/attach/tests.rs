@@ -9,7 +9,7 @@ fn object_has_every_program_of_every_rung() {
     let obj = Object::parse(OBJECT).expect("parse eBPF object");
     let all = [TIMER, PROBE_SENT, DEATH].into_iter().flatten().flat_map(|(_, p)| p.iter().copied());
     let mut checked = 0;
-    for prog in all.chain(ALWAYS.iter().map(|(_, p)| *p)).chain(SETTINGS[..3].iter().copied()) {
+    for prog in all.chain(TIMER_RAW_TP.iter().copied()).chain(ALWAYS.iter().map(|(_, p)| *p)).chain(SETTINGS[..3].iter().copied()) {
         let name = prog_name(prog);
         let found = obj.programs.get(name).unwrap_or_else(|| panic!("{name} missing"));
         let ok = match (prog, &found.section) {
@@ -18,13 +18,14 @@ fn object_has_every_program_of_every_rung() {
             (Prog::KProbe(n, _), ProgramSection::KRetProbe) => n.contains("kretprobe"),
             (Prog::KProbe(n, _), ProgramSection::KProbe) => !n.contains("kretprobe"),
             (Prog::RawTp(..), ProgramSection::RawTracePoint) => true,
+            (Prog::BtfTp(..), ProgramSection::BtfTracePoint) => true,
             (Prog::Tp(..), ProgramSection::TracePoint) => true,
             _ => false,
         };
         assert!(ok, "{name} has section {:?}", found.section);
         checked += 1;
     }
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 18);
     assert!(matches!(obj.programs.get(ITER).map(|p| &p.section), Some(ProgramSection::Iter { .. })));
     let calib = crate::calibrate::PROG;
     assert!(matches!(obj.programs.get(calib).map(|p| &p.section), Some(ProgramSection::RawTracePoint)), "{calib}");

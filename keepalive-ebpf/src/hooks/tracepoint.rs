@@ -3,7 +3,17 @@
 //!
 //! Raw tracepoints: arguments are the `TP_PROTO` arguments, so no per-kernel parsing of the
 //! `format` files is needed. Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12 (QEMU).
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+//!
+//! The timer hooks come twice. `timer_expire_entry` fires for every timer-wheel expiry on the
+//! machine, so its filter is most of what the daemon costs a quiet host: as a BTF tracepoint
+//! (tp_btf, 5.5+) the verifier knows the argument is a `struct timer_list *` and reading
+//! `timer->function` is a plain load, where a raw tracepoint needs a `bpf_probe_read_kernel`
+//! call (measured on 6.18: 0.94× an empty program on the hook against 1.77×). The daemon
+//! attaches the tp_btf pair and falls back to the raw pair (attach.rs).
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
 use keepalive_common::HOOK_TRACEPOINT;
 
 use crate::{kernel, state};
@@ -25,6 +35,43 @@ pub fn ka_timer_expire_entry(ctx: RawTracePointContext) -> i32 {
 /// may already be freed here, so only the per-CPU run recorded at entry is trusted.
 #[raw_tracepoint(tracepoint = "timer_expire_exit")]
 pub fn ka_timer_expire_exit(_ctx: RawTracePointContext) -> i32 {
+    state::timer_exit();
+    0
+}
+
+/// `timer_list.function` offset (from BTF) and the address of `tcp_keepalive_timer`, set by
+/// the daemon at load. Two scalars rather than the whole `OFFSETS`: a volatile read of that
+/// struct is a load per field, on every timer expiry of the machine.
+#[unsafe(no_mangle)]
+static TIMER_FILTER: [u64; 2] = [0; 2];
+
+/// tp_btf twin of [`ka_timer_expire_entry`]; same prototype. Tested on: 6.18.44 (host).
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn ka_btf_timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
+    try_btf_timer_expire_entry(ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_btf_timer_expire_entry(ctx: BtfTracePointContext) -> Result<i32, i32> {
+    let timer: u64 = ctx.arg(0);
+    // Volatile: the loader rewrites .rodata after compilation, so the zeros must not be
+    // folded; to the verifier they are constants (frozen map), so the load below has a fixed
+    // offset into `struct timer_list`, which it turns into a fault-safe load.
+    let off = unsafe { core::ptr::read_volatile(&raw const TIMER_FILTER[0]) };
+    let want = unsafe { core::ptr::read_volatile(&raw const TIMER_FILTER[1]) };
+    if timer == 0 || want == 0 {
+        return Ok(0);
+    }
+    let function = unsafe { core::ptr::read_volatile((timer + off) as *const u64) };
+    if function == want {
+        state::timer_enter(kernel::sk_of_timer(timer), HOOK_TRACEPOINT);
+    }
+    Ok(0)
+}
+
+/// tp_btf twin of [`ka_timer_expire_exit`]; same prototype. Tested on: 6.18.44 (host).
+#[btf_tracepoint(function = "timer_expire_exit")]
+pub fn ka_btf_timer_expire_exit(_ctx: BtfTracePointContext) -> i32 {
     state::timer_exit();
     0
 }
