@@ -165,18 +165,16 @@ fn explain_rss(r: &mut crate::report::Report, per_socket: &[f64], steps: &[usize
         buckets * (8.0 + entry + 1.0) / n as f64
     };
     let tables: Vec<String> = steps.iter().map(|&c| format!("{} B at {} sockets", num(table(2 * c)), 2 * c)).collect();
+    let over = per_socket.iter().any(|b| *b > 256.0);
     r.p(&format!(
-        "**Why more than 256 B per socket** (measured: {}). Per socket the daemon keeps: an inventory `Entry` of {} \
-         B in a `HashMap<u64, Entry>` — with hashbrown's power-of-two tables that alone is {}; the owner's `comm` \
-         as a heap `String` inside each entry; and a second per-socket map, `Owners::by_inode` (inode → pid + \
-         `comm` string), rebuilt by every /proc rescan while the old one is still alive. Glibc keeps freed \
-         memory of the rebuilt maps, so RSS follows the high-water mark. *Proposed fix* \
-         (`keepalive-daemon/src/inventory.rs`, `owners.rs`): keep `comm` once per process (`HashMap<u32, \
-         Arc<str>>`) and only a pid in `Entry`; make `by_inode` inode → pid (16 B) or resolve owners straight into \
-         the inventory; shrink `Entry` (`seen: Instant` 16 B → seconds as u32, `next_timer_ms: Option<u64>` → \
-         u32 with a sentinel, `Option<Owner>` 32 B → u32). That is about 100 B per entry, ≈ 120–230 B per socket \
-         in the table depending on where the load factor sits — within 256 B (an estimate from the sizes, not \
-         measured).",
+        "**{}** (measured: {}). Per socket the daemon keeps an inventory `Entry` of {} B in a \
+         `HashMap<u64, Entry>` — with hashbrown's power-of-two tables that alone is {}; one inode → pid bucket \
+         (17 B) in `Owners::by_inode`, which lists every socket of every process; and each process's name \
+         once. The rest of the RSS growth is allocator slack: a table that grows by doubling frees the smaller \
+         one it outgrew, a hole later allocations rarely fit, and glibc keeps it until the daemon trims its \
+         heap, which it does after each re-walk of the socket tables (every 30 s). A sample taken between two \
+         trims includes the holes, so the figures above are an upper bound.",
+        if over { "Why more than 256 B per socket" } else { "Where the bytes go" },
         per_socket.iter().map(|b| format!("{} B", num(*b))).collect::<Vec<_>>().join(", "),
         entry,
         tables.join(", ")

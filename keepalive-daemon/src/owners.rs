@@ -18,9 +18,12 @@ pub struct Owner {
     pub comm: String,
 }
 
+/// Every socket of every process is listed (not only TCP ones: /proc does not say), so the
+/// table holds a pid per inode and each process's name once.
 #[derive(Default)]
 pub struct Owners {
-    by_inode: HashMap<u64, Owner>,
+    by_inode: HashMap<u64, u32>,
+    comms: HashMap<u32, Box<str>>,
     last_scan: Option<Instant>,
 }
 
@@ -28,26 +31,30 @@ impl Owners {
     /// The owner if already known, without scanning /proc: for the high-volume inventory
     /// events, whose misses are resolved in batches off the hot path.
     pub fn cached(&self, ino: u64) -> Option<Owner> {
-        self.by_inode.get(&ino).cloned()
+        let pid = *self.by_inode.get(&ino)?;
+        Some(Owner { pid, comm: self.comms.get(&pid).map_or_else(String::new, |c| c.to_string()) })
     }
 
     pub fn lookup(&mut self, ino: u64) -> Option<Owner> {
         if ino == 0 {
             return None;
         }
-        if let Some(o) = self.by_inode.get(&ino) {
-            return Some(o.clone());
+        if let Some(o) = self.cached(ino) {
+            return Some(o);
         }
         if self.last_scan.is_some_and(|t| t.elapsed() < MIN_RESCAN) {
             return None;
         }
         self.rescan();
-        self.by_inode.get(&ino).cloned()
+        self.cached(ino)
     }
 
     fn rescan(&mut self) {
         self.last_scan = Some(Instant::now());
-        let mut map: HashMap<u64, Owner> = HashMap::new();
+        // The old tables go first: the rebuilt ones must not double the peak.
+        self.by_inode = HashMap::new();
+        self.comms = HashMap::new();
+        let (mut map, mut comms) = (HashMap::new(), HashMap::new());
         let Ok(procs) = fs::read_dir("/proc") else { return };
         let mut pids: Vec<u32> = procs
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -55,7 +62,7 @@ impl Owners {
         pids.sort_unstable();
         for pid in pids {
             let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-            let mut comm = None;
+            let mut named = false;
             for fd in fds.flatten() {
                 let Some(ino) = fs::read_link(fd.path())
                     .ok()
@@ -66,15 +73,18 @@ impl Owners {
                 if map.contains_key(&ino) {
                     continue;
                 }
-                let comm = comm.get_or_insert_with(|| {
-                    fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .map(|c| c.trim_end().to_string())
-                        .unwrap_or_default()
-                });
-                map.insert(ino, Owner { pid, comm: comm.clone() });
+                if !named {
+                    let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    named = true;
+                    comms.insert(pid, name.trim_end().into());
+                }
+                map.insert(ino, pid);
             }
         }
+        map.shrink_to_fit();
+        comms.shrink_to_fit();
         self.by_inode = map;
+        self.comms = comms;
     }
 }
 

@@ -122,6 +122,9 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
 
     // Attached and walked: from here on only what caps::KEPT lists is needed.
     let kept = crate::caps::drop_after_attach()?;
+    // Loading parsed the kernel's BTF (several MB of it, for the BTF-typed programs) and the
+    // walk buffered every socket: without this the daemon idles at three times its working set.
+    release_freed_heap();
     info!("capabilities kept: {}", crate::caps::names(kept).join(" "));
 
     let web = Arc::new(Web {
@@ -207,7 +210,7 @@ async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mu
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
                 Input::Defaults(all) => st.defaults(all),
-                Input::Resync(walked) => st.resync(&walked),
+                Input::Resync(walked) => st.resync(walked),
             },
         }
     }
@@ -295,14 +298,17 @@ impl LoopState {
 }
 
 impl LoopState {
-    fn resync(&mut self, walked: &resync::Walked) {
+    fn resync(&mut self, walked: resync::Walked) {
         let owners = &self.sinks.owners;
-        let c = self.inventory.lock().unwrap_or_else(|e| e.into_inner()).reconcile(walked, |ino| owners.cached(ino));
+        let c = self.inventory.lock().unwrap_or_else(|e| e.into_inner()).reconcile(&walked, |ino| owners.cached(ino));
         if c.added + c.removed > 0 {
             info!("inventory re-walk: {} sockets added, {} removed (their events were lost)", c.added, c.removed);
             self.sinks.metrics.resync.with_label_values(&["added"]).inc_by(c.added as u64);
             self.sinks.metrics.resync.with_label_values(&["removed"]).inc_by(c.removed as u64);
         }
+        // After each walk (every 30 s), once the walk's own buffers are gone too.
+        drop(walked);
+        release_freed_heap();
     }
 
     /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner
@@ -314,6 +320,17 @@ impl LoopState {
         for (sk, owner) in found {
             inv.set_owner(sk, owner);
         }
+    }
+}
+
+/// glibc keeps freed heap for reuse, and a table that grew by doubling leaves the smaller
+/// tables it outgrew as holes no later allocation fits: RSS then follows the high-water mark,
+/// not the sockets that exist. Trimming returns those pages.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments to get wrong; it only returns whether memory was released.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
