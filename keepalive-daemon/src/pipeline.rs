@@ -26,7 +26,7 @@ use crate::{
     inventory::{Inventory, NsDefaults, resync},
     inventory_offsets, kernel,
     metrics::Metrics,
-    netns, offsets,
+    offsets,
     sinks::Sinks,
     sysctl, tracefs,
     tracker::{self, IcmpHit, Tracker},
@@ -141,7 +141,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
     let (input_tx, input_rx) = mpsc::channel(4096);
     let rescan = Arc::new(Notify::new());
     tokio::spawn(icmp::watch(input_tx.clone(), rescan.clone(), metrics.clone()));
-    tokio::spawn(poll_defaults(inventory.clone(), input_tx.clone()));
+    tokio::spawn(sysctl::poll_defaults(inventory.clone(), input_tx.clone()));
     let attached = Arc::new(Mutex::new(Some(attached)));
     tokio::spawn(crate::rewalk::run(attached.clone(), inventory.clone(), hz, input_tx));
 
@@ -331,72 +331,5 @@ fn release_freed_heap() {
     // SAFETY: no arguments to get wrong; it only returns whether memory was released.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Re-reads the keepalive sysctls of every namespace that has sockets, twice a second.
-async fn poll_defaults(inventory: Arc<Mutex<Inventory>>, tx: mpsc::Sender<Input>) {
-    let mut paths = NsPaths::default();
-    loop {
-        tokio::time::sleep(sysctl::POLL).await;
-        let wanted = inventory.lock().unwrap_or_else(|e| e.into_inner()).namespaces();
-        let mut p = std::mem::take(&mut paths);
-        let read = tokio::task::spawn_blocking(move || {
-            let list = p.resolve(wanted);
-            (sysctl::read_all(list), p)
-        })
-        .await;
-        let Ok((read, p)) = read else { continue };
-        paths = p;
-        if !read.is_empty() && tx.send(Input::Defaults(read)).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// How often the namespace paths are looked for again although none is missing: only catches
-/// a namespace whose cached path went stale while another path to it appeared.
-const PATHS_RESCAN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Paths to enter the namespaces with, kept between polls. Finding them is a scan of every
-/// /proc/<pid>/ns/net (`netns::discover`), which cost more than the sysctl reads themselves
-/// when it ran every poll; now it runs when a namespace has no valid path and was not already
-/// missing after the last scan (a new namespace, or its process exited), and every
-/// `PATHS_RESCAN`.
-#[derive(Default)]
-struct NsPaths {
-    paths: HashMap<u32, std::path::PathBuf>,
-    /// Wanted namespaces the last scan did not find (no process left in them): not a reason
-    /// to scan again before `PATHS_RESCAN`.
-    unfindable: HashSet<u32>,
-    scanned: Option<std::time::Instant>,
-}
-
-impl NsPaths {
-    fn resolve(&mut self, wanted: impl IntoIterator<Item = u32>) -> Vec<(u32, std::path::PathBuf)> {
-        let wanted: Vec<u32> = wanted.into_iter().collect();
-        let stale = self.scanned.is_none_or(|t| t.elapsed() >= PATHS_RESCAN);
-        let missing = wanted.iter().any(|ns| !self.unfindable.contains(ns) && !self.valid(*ns));
-        if stale || missing {
-            self.paths = netns::discover();
-            self.scanned = Some(std::time::Instant::now());
-            self.unfindable.clear();
-        }
-        let mut list = Vec::new();
-        for ns in wanted {
-            if self.valid(ns) {
-                list.push((ns, self.paths[&ns].clone()));
-            } else if stale || missing {
-                self.unfindable.insert(ns);
-            }
-        }
-        list
-    }
-
-    /// The cached path still opens `ns`: a /proc/<pid>/ns/net path follows its process, which
-    /// may have exited, or its pid been reused by a process elsewhere.
-    fn valid(&self, ns: u32) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-        self.paths.get(&ns).is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == ns))
     }
 }

@@ -6,7 +6,18 @@
 //! change within the one second operators expect, at a cost that does not grow with sockets.
 use std::{collections::HashMap, fs, fs::File, io, os::fd::AsRawFd as _, path::PathBuf, time::Duration};
 
-use crate::inventory::NsDefaults;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    inventory::{Inventory, NsDefaults},
+    netns,
+    pipeline::Input,
+};
 
 pub const POLL: Duration = Duration::from_millis(500);
 
@@ -55,5 +66,72 @@ mod tests {
         let ino: u32 = link.to_str().unwrap().trim_start_matches("net:[").trim_end_matches(']').parse().unwrap();
         let got = read_all(vec![(ino, PathBuf::from("/proc/self/ns/net"))]);
         assert_eq!(got.get(&ino), Some(&read_here().unwrap()));
+    }
+}
+
+/// Re-reads the keepalive sysctls of every namespace that has sockets, twice a second.
+pub async fn poll_defaults(inventory: Arc<Mutex<Inventory>>, tx: mpsc::Sender<Input>) {
+    let mut paths = NsPaths::default();
+    loop {
+        tokio::time::sleep(POLL).await;
+        let wanted = inventory.lock().unwrap_or_else(|e| e.into_inner()).namespaces();
+        let mut p = std::mem::take(&mut paths);
+        let read = tokio::task::spawn_blocking(move || {
+            let list = p.resolve(wanted);
+            (read_all(list), p)
+        })
+        .await;
+        let Ok((read, p)) = read else { continue };
+        paths = p;
+        if !read.is_empty() && tx.send(Input::Defaults(read)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How often the namespace paths are looked for again although none is missing: only catches
+/// a namespace whose cached path went stale while another path to it appeared.
+const PATHS_RESCAN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Paths to enter the namespaces with, kept between polls. Finding them is a scan of every
+/// /proc/<pid>/ns/net (`netns::discover`), which cost more than the sysctl reads themselves
+/// when it ran every poll; now it runs when a namespace has no valid path and was not already
+/// missing after the last scan (a new namespace, or its process exited), and every
+/// `PATHS_RESCAN`.
+#[derive(Default)]
+struct NsPaths {
+    paths: HashMap<u32, std::path::PathBuf>,
+    /// Wanted namespaces the last scan did not find (no process left in them): not a reason
+    /// to scan again before `PATHS_RESCAN`.
+    unfindable: HashSet<u32>,
+    scanned: Option<std::time::Instant>,
+}
+
+impl NsPaths {
+    fn resolve(&mut self, wanted: impl IntoIterator<Item = u32>) -> Vec<(u32, std::path::PathBuf)> {
+        let wanted: Vec<u32> = wanted.into_iter().collect();
+        let stale = self.scanned.is_none_or(|t| t.elapsed() >= PATHS_RESCAN);
+        let missing = wanted.iter().any(|ns| !self.unfindable.contains(ns) && !self.valid(*ns));
+        if stale || missing {
+            self.paths = netns::discover();
+            self.scanned = Some(std::time::Instant::now());
+            self.unfindable.clear();
+        }
+        let mut list = Vec::new();
+        for ns in wanted {
+            if self.valid(ns) {
+                list.push((ns, self.paths[&ns].clone()));
+            } else if stale || missing {
+                self.unfindable.insert(ns);
+            }
+        }
+        list
+    }
+
+    /// The cached path still opens `ns`: a /proc/<pid>/ns/net path follows its process, which
+    /// may have exited, or its pid been reused by a process elsewhere.
+    fn valid(&self, ns: u32) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        self.paths.get(&ns).is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == ns))
     }
 }
