@@ -189,6 +189,35 @@ fn v6(b: [u8; 16]) -> IpAddr {
     }
 }
 
+/// A decoded event as unit tests of the later stages need one: an established IPv4 socket with
+/// keepalive on (idle 1, intvl 1, cnt 3 of its own; Linux defaults in its namespace).
+#[cfg(test)]
+pub fn sample(kind: Kind, sk: u64, flow: Flow, probes: u8) -> KernelEvent {
+    KernelEvent {
+        ts_ns: 0,
+        sk,
+        ino: 0,
+        kind,
+        hook: "tracepoint",
+        probes,
+        errno: 0,
+        flow,
+        keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
+        info: SocketInfo {
+            keepalive_on: true,
+            state: 1,
+            probes_out: probes,
+            sources: Sources::default(),
+            ns_idle_s: 7200,
+            ns_intvl_s: 75,
+            ns_cnt: 9,
+            next_timer_ms: None,
+            cgroup: 0,
+        },
+        task: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,7 +184,6 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Keepalive;
 
     fn flow() -> Flow {
         Flow {
@@ -197,29 +196,7 @@ mod tests {
     }
 
     fn ev(kind: Kind, ts_ns: u64, probes: u8, errno: i32) -> KernelEvent {
-        KernelEvent {
-            ts_ns,
-            sk: 0xabc,
-            ino: 0,
-            kind,
-            hook: "tracepoint",
-            probes,
-            errno,
-            flow: flow(),
-            keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
-            info: crate::decode::SocketInfo {
-                keepalive_on: true,
-                state: 1,
-                probes_out: probes,
-                sources: Default::default(),
-                ns_idle_s: 7200,
-                ns_intvl_s: 75,
-                ns_cnt: 9,
-                next_timer_ms: None,
-                cgroup: 0,
-            },
-            task: None,
-        }
+        KernelEvent { ts_ns, errno, ..crate::decode::sample(kind, 0xabc, flow(), probes) }
     }
 
     fn dead(t: &mut Tracker, e: &KernelEvent) -> (Cause, String) {

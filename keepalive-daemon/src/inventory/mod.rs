@@ -324,32 +324,10 @@ fn tracked_state(state: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::SocketInfo;
 
     pub(super) fn ev(kind: Kind, sk: u64, netns: u32) -> KernelEvent {
-        KernelEvent {
-            ts_ns: 0,
-            sk,
-            ino: sk + 1000,
-            kind,
-            hook: "tracepoint",
-            probes: 0,
-            errno: 0,
-            flow: Flow { netns, saddr: [10, 0, 0, 1].into(), sport: sk as u16, daddr: [10, 0, 0, 2].into(), dport: 80 },
-            keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
-            info: SocketInfo {
-                keepalive_on: true,
-                state: 1,
-                probes_out: 0,
-                sources: Default::default(),
-                ns_idle_s: 7200,
-                ns_intvl_s: 75,
-                ns_cnt: 9,
-                next_timer_ms: None,
-                cgroup: 0,
-            },
-            task: None,
-        }
+        let flow = Flow { netns, saddr: [10, 0, 0, 1].into(), sport: sk as u16, daddr: [10, 0, 0, 2].into(), dport: 80 };
+        KernelEvent { ino: sk + 1000, ..crate::decode::sample(kind, sk, flow, 0) }
     }
 
     #[test]
