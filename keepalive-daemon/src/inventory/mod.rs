@@ -58,6 +58,10 @@ pub struct Entry {
 
 const NOT_ARMED: u32 = u32::MAX;
 
+/// Sockets configured but not yet connected, at most: a connect that never completes is
+/// removed by its close, so this only bounds a flood of them.
+const MAX_PENDING: usize = 65_536;
+
 /// What the config of one socket is now, after defaults are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Effective {
@@ -81,6 +85,8 @@ pub struct Inventory {
     /// the kernel reuses a dead namespace's inode number for a new one.
     members: HashMap<u32, usize>,
     procs: HashMap<u32, Proc>,
+    /// Owners seen in setsockopt calls on sockets not yet connected or listening.
+    pending: HashMap<u64, Owner>,
     epoch: Instant,
     /// A re-walk of the kernel's tables in progress (see `resync`).
     walk: Option<resync::Walk>,
@@ -94,6 +100,7 @@ impl Inventory {
             defaults: HashMap::new(),
             members: HashMap::new(),
             procs: HashMap::new(),
+            pending: HashMap::new(),
             epoch: Instant::now(),
             walk: None,
             idle_budget,
@@ -122,6 +129,7 @@ impl Inventory {
                 if let Some(w) = &mut self.walk {
                     w.gone.insert(ev.sk);
                 }
+                self.pending.remove(&ev.sk);
                 self.remove(ev.sk);
                 None
             }
@@ -137,8 +145,15 @@ impl Inventory {
                 None
             }
             // Sockets not connected yet (options set before connect) or already closed join
-            // when they reach ESTABLISHED or LISTEN; tracking them would leak closed ones.
-            Kind::Settings if !self.sockets.contains_key(&ev.sk) && !tracked_state(ev.info.state) => None,
+            // when they reach ESTABLISHED or LISTEN; tracking them would leak closed ones. The
+            // caller of setsockopt is the owner, which the later state change (softirq: no
+            // caller) cannot tell: kept until then, so no /proc scan is needed to name it.
+            Kind::Settings if !self.sockets.contains_key(&ev.sk) && !tracked_state(ev.info.state) => {
+                if let Some(o) = owner.filter(|_| self.pending.len() < MAX_PENDING) {
+                    self.pending.insert(ev.sk, o);
+                }
+                None
+            }
             Kind::Open | Kind::Settings | Kind::Walked => {
                 // A namespace's first socket brings the kernel's own reading of its defaults;
                 // later a sysctl poll may know better.
@@ -165,7 +180,7 @@ impl Inventory {
                     self.remove(ev.sk);
                     *self.members.entry(ev.flow.netns).or_default() += 1;
                 }
-                if let Some(o) = owner {
+                if let Some(o) = owner.or_else(|| self.pending.remove(&ev.sk)) {
                     self.disown(pid);
                     pid = self.adopt(&o);
                 }
@@ -353,6 +368,27 @@ mod tests {
         inv.apply(&ev(Kind::Gone, 3, 7), None);
         inv.apply(&ev(Kind::Gone, 4, 7), None);
         assert!(inv.procs.is_empty() && inv.members.is_empty());
+    }
+
+    #[test]
+    fn options_set_before_connect_name_the_owner() {
+        let mut inv = Inventory::new(Duration::from_secs(350));
+        let curl = Some(Owner { pid: 7, comm: "curl".into() });
+        let mut syn_sent = ev(Kind::Settings, 1, 7);
+        syn_sent.info.state = 2;
+        inv.apply(&syn_sent, curl.clone());
+        assert!(inv.get(1).is_none());
+        // ESTABLISHED comes from softirq, with no caller.
+        inv.apply(&ev(Kind::Open, 1, 7), None);
+        assert_eq!(inv.owner(inv.get(1).unwrap()), curl);
+        assert!(inv.pending.is_empty());
+        // A connect that fails closes before it is ever tracked.
+        let mut failing = ev(Kind::Settings, 2, 7);
+        failing.info.state = 2;
+        inv.apply(&failing, curl);
+        assert_eq!(inv.pending.len(), 1);
+        inv.apply(&ev(Kind::Gone, 2, 7), None);
+        assert!(inv.pending.is_empty() && inv.get(2).is_none());
     }
 
     #[test]

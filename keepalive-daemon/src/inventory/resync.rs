@@ -53,6 +53,10 @@ impl Inventory {
         for sk in &stale {
             self.remove(*sk);
         }
+        // Owners kept for sockets configured before connect: one the kernel no longer lists
+        // was closed without ever connecting (no state change reports that). At worst a socket
+        // configured during the walk loses its kept owner and is named by a /proc scan instead.
+        self.pending.retain(|sk, _| alive.contains(sk));
         let mut added = 0;
         for ev in &walked.events {
             if !self.sockets.contains_key(&ev.sk) && !walk.gone.contains(&ev.sk) {
