@@ -172,7 +172,7 @@ fn explain_rss(r: &mut crate::report::Report, per_socket: &[f64], steps: &[usize
          (17 B) in `Owners::by_inode`, which lists every socket of every process; and each process's name \
          once. The rest of the RSS growth is allocator slack: a table that grows by doubling frees the smaller \
          one it outgrew, a hole later allocations rarely fit, and glibc keeps it until the daemon trims its \
-         heap, which it does after each re-walk of the socket tables (every 30 s). A sample taken between two \
+         heap, which it does every 30 s. A sample taken between two \
          trims includes the holes, so the figures above are an upper bound.",
         if over { "Why more than 256 B per socket" } else { "Where the bytes go" },
         per_socket.iter().map(|b| format!("{} B", num(*b))).collect::<Vec<_>>().join(", "),

@@ -49,7 +49,7 @@ impl KernelLost {
         KernelLost { map, seen: 0 }
     }
 
-    fn refresh(&mut self, metrics: &Metrics) {
+    pub fn refresh(&mut self, metrics: &Metrics) {
         let Ok(values) = self.map.get(&0, 0) else { return };
         let total: u64 = values.iter().sum();
         if total > self.seen {

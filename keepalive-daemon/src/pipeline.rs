@@ -136,14 +136,14 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
         events_buffer: opts.events_buffer as usize,
     });
     let scheme = if web_config.as_ref().is_some_and(|w| w.tls_at_start) { "https" } else { "http" };
-    let server = tokio::spawn(http::serve(listener, http::router(web), web_config));
+    let server = tokio::spawn(http::serve(listener, http::router(web.clone()), web_config));
 
     let (input_tx, input_rx) = mpsc::channel(4096);
     let rescan = Arc::new(Notify::new());
     tokio::spawn(icmp::watch(input_tx.clone(), rescan.clone(), metrics.clone()));
     tokio::spawn(sysctl::poll_defaults(inventory.clone(), input_tx.clone()));
     let attached = Arc::new(Mutex::new(Some(attached)));
-    tokio::spawn(crate::rewalk::run(attached.clone(), inventory.clone(), hz, input_tx));
+    tokio::spawn(crate::rewalk::run(attached.clone(), web, hz, input_tx));
 
     let state = LoopState { hz, tracker: Tracker::new(tracker::realtime_offset_ns()), inventory, sinks, rescan, namespaces: HashSet::new() };
     let events = tokio::spawn(event_loop(ring, input_rx, state));
@@ -306,7 +306,7 @@ impl LoopState {
             self.sinks.metrics.resync.with_label_values(&["added"]).inc_by(c.added as u64);
             self.sinks.metrics.resync.with_label_values(&["removed"]).inc_by(c.removed as u64);
         }
-        // After each walk (every 30 s), once the walk's own buffers are gone too.
+        // Once the walk's own buffers are gone too.
         drop(walked);
         release_freed_heap();
     }
@@ -326,7 +326,7 @@ impl LoopState {
 /// glibc keeps freed heap for reuse, and a table that grew by doubling leaves the smaller
 /// tables it outgrew as holes no later allocation fits: RSS then follows the high-water mark,
 /// not the sockets that exist. Trimming returns those pages.
-fn release_freed_heap() {
+pub fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: no arguments to get wrong; it only returns whether memory was released.
     unsafe {

@@ -169,17 +169,18 @@ impl Inventory {
                     cnt: if ev.info.sources.cnt { ev.keepalive.cnt } else { 0 },
                     user_timeout_ms: ev.keepalive.user_timeout_ms,
                 };
-                let before = self.sockets.get(&ev.sk).map(|e| self.effective(e));
+                let old = self.sockets.get(&ev.sk).map(|e| (self.effective(e), e.flow.netns, e.pid));
+                let before = old.map(|(eff, _, _)| eff);
                 // Same socket (same address, same namespace): it keeps its owner unless the
                 // event names one. Otherwise the address was reused and the close was lost.
-                let same = self.sockets.get(&ev.sk).is_some_and(|old| old.flow.netns == ev.flow.netns);
-                let mut pid = 0;
-                if same {
-                    pid = self.sockets[&ev.sk].pid;
-                } else {
-                    self.remove(ev.sk);
-                    *self.members.entry(ev.flow.netns).or_default() += 1;
-                }
+                let mut pid = match old {
+                    Some((_, netns, pid)) if netns == ev.flow.netns => pid,
+                    _ => {
+                        self.remove(ev.sk);
+                        *self.members.entry(ev.flow.netns).or_default() += 1;
+                        0
+                    }
+                };
                 if let Some(o) = owner.or_else(|| self.pending.remove(&ev.sk)) {
                     self.disown(pid);
                     pid = self.adopt(&o);
