@@ -63,6 +63,8 @@ const PAIRS: &[Pair] = &[
     ("fentry", "tcp_keepalive_timer/fexit", "tcp_keepalive_timer", Kind::FExit, "ka_fexit_keepalive_timer", "vm_fex_ka_timer"),
     ("fentry", "tcp_write_wakeup/fexit", "tcp_write_wakeup", Kind::FExit, "ka_fexit_write_wakeup", "vm_fex_wakeup"),
     ("fentry", "tcp_done_with_error/fentry", "tcp_done_with_error", Kind::FEntry, "ka_fentry_done_with_error", "vm_fen_done_err"),
+    // The twin that stands in for the primary when an interrupt re-enters it (nesting.rs).
+    ("fentry", "tcp_done_with_error/fentry-twin", "tcp_done_with_error", Kind::FEntry, "ka_nest_done_err", "vm_fen_done_err"),
     ("kprobe", "tcp_keepalive_timer/kprobe", "tcp_keepalive_timer", Kind::KProbe, "ka_kprobe_keepalive_timer", "vm_kp_ka_timer"),
     ("kprobe", "tcp_keepalive_timer/kretprobe", "tcp_keepalive_timer", Kind::KProbe, "ka_kretprobe_keepalive_timer", "vm_krp_ka_timer"),
     ("kprobe", "tcp_write_wakeup/kprobe", "tcp_write_wakeup", Kind::KProbe, "ka_kprobe_write_wakeup", "vm_kp_wakeup"),
@@ -81,6 +83,9 @@ fn load_twins(mode: &str) -> Result<(Ebpf, Vec<(&'static str, u32)>)> {
     let btf = aya::Btf::from_sys_fs()?;
     let mut ids = Vec::new();
     for &(_, hook, func, kind, _, name) in PAIRS.iter().filter(|p| p.0 == mode) {
+        if ids.iter().any(|(n, _)| *n == name) {
+            continue; // one empty program serves a primary and its twin
+        }
         let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("{name} missing from keepalive-empty"))?;
         let attached = (|| -> Result<u32> {
             Ok(match kind {

@@ -79,7 +79,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     drop(holders);
     drop(d);
 
-    let (churn_rows, churn_cmd, slope) = churn(ctx)?;
+    let (churn_rows, churn_cmd, trend) = churn(ctx)?;
     let r = &mut ctx.report;
     r.h2("4. Memory per tracked socket");
     r.p(&format!(
@@ -108,13 +108,31 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         2 * steps.last().unwrap_or(&0)
     ));
     r.table(&["map", "type", "max entries", "bytes_memlock"], &map_rows);
-    r.p("RSS across a churn of connections (constant population, connections replaced continuously; each \
-         replacement is an open, a close, settings and owner events):");
+    r.p(&format!(
+        "RSS across a churn of connections for {} s ({} connections replaced a second at a constant population; each \
+         replacement is an open, a close, settings and owner events). The daemon trims its heap every 30 s, so RSS \
+         is a saw-tooth between trims; the leak check is the trend through the lowest sample of each 30 s window \
+         (sampled every 2 s, {} windows): {} KiB/min (a line through every sample of the second half, which \
+         follows the saw-tooth's phase instead: {} KiB/min). The issue asks for 10 minutes; the bench's 20-minute \
+         budget allows {} s (`--churn-seconds 600` runs the full length); the churn soak \
+         (`cargo xtask test --soak`: 1 000 000 connections over 10 minutes) is the long-run check.",
+        ctx.churn_seconds,
+        CHURN_RATE,
+        trend.windows,
+        num(trend.troughs),
+        num(trend.all),
+        ctx.churn_seconds
+    ));
     r.table(&["seconds", "daemon RSS", "sockets in inventory", "connections replaced"], &churn_rows);
     r.commands(&[cmds.clone(), vec![churn_cmd]].concat());
     let worst = per_socket.iter().copied().fold(0.0, f64::max);
     r.verdict("4 memory", "≤ 256 B per socket (userspace)", format!("{} B at {} sockets, {} B at {}", num(per_socket[0]), 2 * steps[0], num(*per_socket.last().unwrap_or(&0.0)), 2 * steps.last().unwrap_or(&0)), worst <= 256.0);
-    r.verdict("4 memory", "no leak across churn", format!("{} KiB/min over the second half", num(slope)), slope.abs() < 64.0);
+    r.verdict(
+        "4 memory",
+        "no leak across churn",
+        format!("{} KiB/min after trims over {} s (10 min asked; see section 4)", num(trend.troughs), ctx.churn_seconds),
+        trend.troughs.abs() < 64.0 && ctx.churn_seconds >= 600,
+    );
 
     r.h2("6. Scrape: `/metrics` render time and size");
     r.p("Time from connect to the last byte of the response (the inventory metrics are computed at scrape time \
@@ -124,33 +142,79 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// RSS every few seconds while a holder replaces connections; returns the rows, the holder's
-/// command, and the RSS slope over the second half in KiB per minute.
-fn churn(ctx: &mut Ctx) -> Result<(Vec<Vec<String>>, String, f64)> {
+/// RSS every 2 s while a holder replaces connections; returns the table rows (every 10 s), the
+/// holder's command, and the RSS trend in KiB per minute.
+///
+/// The daemon trims its heap every 30 s (`rewalk::INTERVAL`), so RSS is a saw-tooth: freed
+/// memory lingers until the next trim. A straight line through all samples follows the
+/// saw-tooth's phase, not a leak; the trend is taken through the lowest sample of each 30 s
+/// window (just after a trim, what the daemon really holds), which a leak lifts and the
+/// saw-tooth does not.
+fn churn(ctx: &mut Ctx) -> Result<(Vec<Vec<String>>, String, Trend)> {
     let d = ctx.start_daemon(&[], "churn")?;
-    let o = HoldOpts { netns: Some(ctx.quiet_ns.path()), connections: ctx.scale(5_000), keepalive: true, rate: 8_000, churn: 500, ..Default::default() };
+    let o = HoldOpts { netns: Some(ctx.quiet_ns.path()), connections: ctx.scale(5_000), keepalive: true, rate: 8_000, churn: CHURN_RATE, ..Default::default() };
     let h = holder::Holder::spawn(&o)?;
     let t = Instant::now();
     let total = ctx.churn_seconds as f64;
-    let step = (total / 12.0).max(2.0);
     let mut samples = Vec::new();
+    let mut rows = Vec::new();
+    let mut next_row = 10.0;
     while t.elapsed().as_secs_f64() < total {
-        sys::sleep_s(step);
-        let m = d.metrics()?;
-        let socks = m.get("keepalive_sockets{keepalive=\"on\"}") + m.get("keepalive_sockets{keepalive=\"off\"}");
-        samples.push((t.elapsed().as_secs_f64(), d.rss() as f64, socks));
+        sys::sleep_s(2.0);
+        let s = t.elapsed().as_secs_f64();
+        let rss = d.rss() as f64;
+        samples.push((s, rss));
+        if s + 0.5 >= next_row {
+            let m = d.metrics()?;
+            let socks = m.get("keepalive_sockets{keepalive=\"on\"}") + m.get("keepalive_sockets{keepalive=\"off\"}");
+            rows.push(vec![num(s), bytes(rss), num(socks), num(s * CHURN_RATE as f64)]);
+            next_row += 10.0;
+        }
     }
     let cmd = format!("{}   # daemon: {}", h.command, d.command);
     drop(h);
     drop(d);
-    let half: Vec<&(f64, f64, f64)> = samples.iter().filter(|s| s.0 >= total / 2.0).collect();
-    // Least-squares slope of RSS over time in the second half.
-    let n = half.len() as f64;
-    let (mx, my) = (half.iter().map(|s| s.0).sum::<f64>() / n, half.iter().map(|s| s.1).sum::<f64>() / n);
-    let (sxy, sxx) = half.iter().fold((0.0, 0.0), |(a, b), s| (a + (s.0 - mx) * (s.1 - my), b + (s.0 - mx).powi(2)));
-    let slope = if sxx > 0.0 { sxy / sxx * 60.0 / 1024.0 } else { f64::NAN };
-    let rows = samples.iter().map(|(s, rss, socks)| vec![num(*s), bytes(*rss), num(*socks), num(s * 500.0)]).collect();
-    Ok((rows, cmd, slope))
+    Ok((rows, cmd, Trend::of(&samples)))
+}
+
+/// Connections the churn replaces per second.
+const CHURN_RATE: u32 = 500;
+
+/// RSS trend across the churn, in KiB per minute.
+struct Trend {
+    /// Through the lowest sample of each 30 s window.
+    troughs: f64,
+    /// Through every sample of the second half (the saw-tooth's phase shows in it).
+    all: f64,
+    windows: usize,
+}
+
+impl Trend {
+    fn of(samples: &[(f64, f64)]) -> Trend {
+        let mut lows: Vec<(f64, f64)> = Vec::new();
+        for &(s, rss) in samples {
+            let w = (s / 30.0).floor() * 30.0;
+            match lows.last_mut() {
+                Some(last) if (last.0 / 30.0).floor() * 30.0 == w => {
+                    if rss < last.1 {
+                        *last = (s, rss);
+                    }
+                }
+                _ => lows.push((s, rss)),
+            }
+        }
+        let total = samples.last().map_or(0.0, |s| s.0);
+        let half: Vec<(f64, f64)> = samples.iter().copied().filter(|s| s.0 >= total / 2.0).collect();
+        Trend { troughs: slope(&lows), all: slope(&half), windows: lows.len() }
+    }
+}
+
+/// Least-squares slope of (seconds, bytes) in KiB per minute.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|s| s.0).sum::<f64>() / n, points.iter().map(|s| s.1).sum::<f64>() / n);
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), s| (a + (s.0 - mx) * (s.1 - my), b + (s.0 - mx).powi(2)));
+    if sxx > 0.0 { sxy / sxx * 60.0 / 1024.0 } else { f64::NAN }
 }
 
 /// Where the daemon's bytes per socket go, with the structure sizes the criterion benchmark

@@ -160,6 +160,13 @@ pub const FLAG_PROBE_VIA_WAKEUP: u32 = 0;
 pub const FLAG_DEATH_VIA_DONE: u32 = 1;
 pub const FLAG_COUNT: u32 = 2;
 
+/// Slots of the per-hook nesting maps (`keepalive-ebpf/src/nesting.rs`): hooks that can fire
+/// again on a CPU while their program is running there, each with a twin program.
+pub const NEST_STATE: u32 = 0;
+pub const NEST_RESET: u32 = 1;
+pub const NEST_DONE: u32 = 2;
+pub const NEST_SLOTS: u32 = 3;
+
 /// Indexes of the `CALIB_FILTER` array map of the calibration program: the thread arming the
 /// keepalive timer, and the local port of its socket.
 pub const CALIB_TID: u32 = 0;

@@ -99,7 +99,9 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             mode: "tracepoint",
             reason,
         })?;
-        hooks.push(HookStatus { hook, mode: "tracepoint", note: None });
+        if !hooks.iter().any(|h: &HookStatus| h.hook == hook) {
+            hooks.push(HookStatus { hook, mode: "tracepoint", note: None });
+        }
     }
     if p.settings_hooks {
         attach_all(&mut ebpf, &btf, SETTINGS).map_err(|reason| Error::HookRefused {
@@ -146,7 +148,8 @@ const PROBE_SENT: &[Rung] = &[
     ("tracepoint", &[]),
 ];
 const DEATH: &[Rung] = &[
-    ("fentry", &[Prog::FEntry("ka_fentry_done_with_error", "tcp_done_with_error")]),
+    // Each hook that can be re-entered on a CPU comes with its twin (keepalive-ebpf/src/nesting.rs).
+    ("fentry", &[Prog::FEntry("ka_fentry_done_with_error", "tcp_done_with_error"), Prog::FEntry("ka_nest_done_err", "tcp_done_with_error")]),
     ("kprobe", &[Prog::KProbe("ka_kprobe_done_with_error", "tcp_done_with_error")]),
     // The CLOSE transition inside the keepalive timer, seen by the state_change hook.
     ("tracepoint", &[]),
@@ -154,7 +157,9 @@ const DEATH: &[Rung] = &[
 /// Tracepoints on every rung: they are already the cheapest hook for these events.
 const ALWAYS: &[(&str, Prog)] = &[
     ("state_change", Prog::RawTp("ka_inet_sock_set_state", "inet_sock_set_state")),
+    ("state_change", Prog::RawTp("ka_nest_set_state", "inet_sock_set_state")),
     ("reset", Prog::RawTp("ka_tcp_receive_reset", "tcp_receive_reset")),
+    ("reset", Prog::RawTp("ka_nest_rcv_reset", "tcp_receive_reset")),
 ];
 /// Settings changes and owners of accepted sockets, when the syscall tracepoints exist.
 const SETTINGS: &[Prog] = &[

@@ -7,7 +7,6 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, PerCpuArray};
 use axum::{
     Router,
     body::Body,
@@ -39,30 +38,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The kernel's count of events that found the ring buffer full, folded into
 /// `keepalive_events_lost_total{stage="kernel"}` at each scrape.
-pub struct KernelLost {
-    map: PerCpuArray<MapData, u64>,
-    seen: u64,
-}
-
-impl KernelLost {
-    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
-        KernelLost { map, seen: 0 }
-    }
-
-    pub fn refresh(&mut self, metrics: &Metrics) {
-        let Ok(values) = self.map.get(&0, 0) else { return };
-        let total: u64 = values.iter().sum();
-        if total > self.seen {
-            metrics.lost.with_label_values(&["kernel"]).inc_by(total - self.seen);
-            self.seen = total;
-        }
-    }
-}
-
 pub struct Web {
     pub metrics: Arc<Metrics>,
     pub events: broadcast::Sender<Arc<str>>,
-    pub kernel_lost: Mutex<KernelLost>,
+    pub kernel_lost: Mutex<crate::kernel_loss::KernelLoss>,
     pub telemetry_path: String,
     pub inventory: Arc<Mutex<Inventory>>,
     /// Events a reader may be behind before it is disconnected (--web.events-buffer).

@@ -17,6 +17,7 @@ mod inventory;
 mod inventory_metrics;
 mod inventory_offsets;
 mod kernel;
+mod kernel_loss;
 mod logging;
 mod metrics;
 mod netns;

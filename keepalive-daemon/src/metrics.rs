@@ -65,7 +65,7 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(lost.clone())).expect("unique metric");
-        for s in ["kernel", "decode", "icmp"] {
+        for s in ["kernel", "nested", "decode", "icmp"] {
             lost.with_label_values(&[s]);
         }
         let hook_mode = IntGaugeVec::new(

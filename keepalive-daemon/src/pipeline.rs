@@ -4,7 +4,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use keepalive_common::Settings;
 use log::{error, info, warn};
 use tokio::{
@@ -21,7 +21,8 @@ use crate::{
     cli::{HookMode, RunArgs},
     decode::{self, KernelEvent, Kind},
     error::{Error, Result},
-    http::{self, KernelLost, Web},
+    http::{self, Web},
+    kernel_loss::KernelLoss,
     icmp,
     inventory::{Inventory, NsDefaults, resync},
     inventory_offsets, kernel,
@@ -88,9 +89,9 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
     let metrics = Arc::new(Metrics::new());
     metrics.set_hooks(&attached.hooks);
     let metrics_hooks = attached.hooks.clone();
+    let kernel_loss = KernelLoss::new(&mut attached.ebpf).map_err(Error::Load)?;
     let mut take = |name: &str| attached.ebpf.take_map(name).ok_or_else(|| Error::Load(format!("map {name} missing")));
     let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| Error::Load(e.to_string()))?;
-    let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(take("LOST")?).map_err(|e| Error::Load(e.to_string()))?;
 
     let inventory = Arc::new(Mutex::new(Inventory::new(opts.idle_budget)));
     let (events_tx, _) = broadcast::channel(opts.events_buffer as usize);
@@ -130,7 +131,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
     let web = Arc::new(Web {
         metrics: metrics.clone(),
         events: events_tx,
-        kernel_lost: Mutex::new(KernelLost::new(lost)),
+        kernel_lost: Mutex::new(kernel_loss),
         telemetry_path: opts.telemetry_path.clone(),
         inventory: inventory.clone(),
         events_buffer: opts.events_buffer as usize,

@@ -27,7 +27,7 @@ const SAFETY_EVERY: u32 = 20;
 /// Events lost where an open or close could have been among them.
 fn lost(web: &Web) -> u64 {
     web.kernel_lost.lock().unwrap_or_else(|e| e.into_inner()).refresh(&web.metrics);
-    ["kernel", "decode"].iter().map(|s| web.metrics.lost.with_label_values(&[s]).get()).sum()
+    ["kernel", "nested", "decode"].iter().map(|s| web.metrics.lost.with_label_values(&[s]).get()).sum()
 }
 
 /// Runs until the programs are detached (`attached` emptied).

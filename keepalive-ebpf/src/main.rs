@@ -10,6 +10,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics), allow(internal_features))]
 
 mod kernel;
+mod nesting;
 mod state;
 
 mod hooks {

@@ -25,12 +25,38 @@ fn object_has_every_program_of_every_rung() {
         assert!(ok, "{name} has section {:?}", found.section);
         checked += 1;
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 21);
     assert!(matches!(obj.programs.get(ITER).map(|p| &p.section), Some(ProgramSection::Iter { .. })));
     let calib = crate::calibrate::PROG;
     assert!(matches!(obj.programs.get(calib).map(|p| &p.section), Some(ProgramSection::RawTracePoint)), "{calib}");
     // The object carries nothing the daemon does not use.
     assert_eq!(obj.programs.len(), checked + 2);
+}
+
+/// A twin only makes up for its primary if it sits on the same hook and runs after it (the
+/// kernel calls a hook's programs in attach order): each twin is attached right after its
+/// primary, and no primary is attached without its twin.
+#[test]
+fn twins_follow_their_primaries() {
+    let rungs = DEATH.iter().map(|(_, p)| p.to_vec());
+    let lists: Vec<Vec<Prog>> = rungs.chain(std::iter::once(ALWAYS.iter().map(|(_, p)| *p).collect())).collect();
+    let mut seen = 0;
+    for (primary, twin) in crate::kernel_loss::twins() {
+        for list in &lists {
+            let Some(i) = list.iter().position(|p| prog_name(*p) == primary) else { continue };
+            let next = list.get(i + 1).copied().unwrap_or_else(|| panic!("{primary} attached without {twin}"));
+            assert_eq!(prog_name(next), twin);
+            assert_eq!(hook_of(next), hook_of(list[i]), "{twin} on another hook than {primary}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3);
+}
+
+fn hook_of(p: Prog) -> &'static str {
+    match p {
+        Prog::FEntry(_, h) | Prog::FExit(_, h) | Prog::KProbe(_, h) | Prog::RawTp(_, h) | Prog::BtfTp(_, h) | Prog::Tp(_, _, h) => h,
+    }
 }
 
 /// Every rung but the tracepoint one names a kernel function that must exist for it.

@@ -270,9 +270,12 @@ impl Inventory {
 
     /// Sockets with a file but no known owner yet: (socket, inode).
     pub fn unowned(&mut self) -> Vec<(u64, u64)> {
-        // Looked up at polls 1, 2, 4, … 64 after the socket appeared: quick for the common case,
-        // and a host whose /proc is slow to scan is not rescanned for the same socket forever.
-        const LAST_POLL: u8 = 128;
+        // Looked up at polls 1, 2, 4, 8 and 16 after the socket appeared (0.5 to 8 s): each miss
+        // is a scan of every descriptor of every process, tens of ms with 10 k sockets open,
+        // which was most of a quiet daemon's CPU while it went on to poll 64. Accepted sockets
+        // get their owner from the accept hook, connecting ones from their setsockopt; a socket
+        // no process shows within 8 s is a kernel socket or a listener's backlog.
+        const LAST_POLL: u8 = 32;
         let mut out = Vec::new();
         for (sk, e) in self.sockets.iter_mut().filter(|(_, e)| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL) {
             e.owner_tries += 1;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use keepalive_common::HOOK_FENTRY;
 
-use crate::state;
+use crate::{nesting, state};
 
 /// `static void tcp_keepalive_timer(struct timer_list *t)` — never inlined: it is a timer
 /// callback, so it has a trampoline-able symbol on every kernel.
@@ -36,11 +36,24 @@ pub fn ka_fexit_write_wakeup(ctx: FExitContext) -> u32 {
 }
 
 /// `void tcp_done_with_error(struct sock *sk, int err)` — 6.11+ and the 2024 stable backports
-/// (6.1.y, 6.6.y, 5.15.y). Called by the inlined `tcp_write_err` when keepalive gives up.
+/// (6.1.y, 6.6.y, 5.15.y). Called by the inlined `tcp_write_err` when keepalive gives up, and
+/// by `tcp_reset` in process context (backlog), which softirqs can interrupt: hence the twin
+/// (see [`crate::nesting`]).
 #[fentry(function = "tcp_done_with_error")]
 pub fn ka_fentry_done_with_error(ctx: FEntryContext) -> u32 {
+    nesting::primary(nesting::NEST_DONE, || done_with_error(&ctx));
+    0
+}
+
+#[fentry(function = "tcp_done_with_error")]
+pub fn ka_nest_done_err(ctx: FEntryContext) -> u32 {
+    nesting::twin(nesting::NEST_DONE, || done_with_error(&ctx));
+    0
+}
+
+#[inline(always)]
+fn done_with_error(ctx: &FEntryContext) {
     let sk: u64 = ctx.arg(0);
     let err: u64 = ctx.arg(1);
-    state::dying(&ctx, sk, err as i32, true);
-    0
+    state::dying(ctx, sk, err as i32, true);
 }

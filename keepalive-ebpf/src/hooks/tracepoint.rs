@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use keepalive_common::HOOK_TRACEPOINT;
 
-use crate::{kernel, state};
+use crate::{kernel, nesting, state};
 
 /// `timer:timer_expire_entry` — TP_PROTO(struct timer_list *timer, unsigned long baseclk)
 /// (the second argument is `now` before 5.6; unused). Fires for every timer wheel callback, so
@@ -77,20 +77,41 @@ pub fn ka_btf_timer_expire_exit(_ctx: BtfTracePointContext) -> i32 {
 }
 
 /// `sock:inet_sock_set_state` — TP_PROTO(const struct sock *sk, const int oldstate,
-/// const int newstate), 4.16+.
+/// const int newstate), 4.16+. Fires in process context too (connect, close), where softirqs
+/// can interrupt it: see [`nesting`] for the twin below.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn ka_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    let newstate: u64 = ctx.arg(2);
-    state::state_changed(&ctx, sk, newstate as u8, HOOK_TRACEPOINT);
+    nesting::primary(nesting::NEST_STATE, || set_state(&ctx));
     0
 }
 
+/// Twin of [`ka_inet_sock_set_state`], attached after it: runs the hook only in place of a
+/// primary the kernel skipped because this CPU was already inside it.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn ka_nest_set_state(ctx: RawTracePointContext) -> i32 {
+    nesting::twin(nesting::NEST_STATE, || set_state(&ctx));
+    0
+}
+
+#[inline(always)]
+fn set_state(ctx: &RawTracePointContext) {
+    let sk: u64 = ctx.arg(0);
+    let newstate: u64 = ctx.arg(2);
+    state::state_changed(ctx, sk, newstate as u8, HOOK_TRACEPOINT);
+}
+
 /// `tcp:tcp_receive_reset` — TP_PROTO(struct sock *sk), 4.15+. Fires at the top of
-/// `tcp_reset`, before the socket's state changes.
+/// `tcp_reset`, before the socket's state changes; in process context when the RST waited in
+/// the socket's backlog, hence a twin as well.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn ka_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    state::reset_received(sk, HOOK_TRACEPOINT);
+    nesting::primary(nesting::NEST_RESET, || state::reset_received(ctx.arg(0), HOOK_TRACEPOINT));
+    0
+}
+
+/// Twin of [`ka_tcp_receive_reset`] (see [`nesting`]).
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn ka_nest_rcv_reset(ctx: RawTracePointContext) -> i32 {
+    nesting::twin(nesting::NEST_RESET, || state::reset_received(ctx.arg(0), HOOK_TRACEPOINT));
     0
 }
