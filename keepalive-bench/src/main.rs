@@ -59,7 +59,7 @@ pub struct RunOpts {
     #[arg(long)]
     pub quick: bool,
     /// How long the memory churn runs.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 180)]
     pub churn_seconds: u64,
     /// How the report names the command that produced it.
     #[arg(long, default_value = "cargo xtask bench")]

@@ -112,7 +112,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         "RSS across a churn of connections for {} s ({} connections replaced a second at a constant population; each \
          replacement is an open, a close, settings and owner events). The daemon trims its heap every 30 s, so RSS \
          is a saw-tooth between trims; the leak check is the trend through the lowest sample of each 30 s window \
-         (sampled every 2 s, {} windows): {} KiB/min (a line through every sample of the second half, which \
+         (sampled every 2 s, {} windows after the first trim): {} KiB/min (a line through every sample of the second half, which \
          follows the saw-tooth's phase instead: {} KiB/min). The issue asks for 10 minutes; the bench's 20-minute \
          budget allows {} s (`--churn-seconds 600` runs the full length); the churn soak \
          (`cargo xtask test --soak`: 1 000 000 connections over 10 minutes) is the long-run check.",
@@ -192,7 +192,8 @@ struct Trend {
 impl Trend {
     fn of(samples: &[(f64, f64)]) -> Trend {
         let mut lows: Vec<(f64, f64)> = Vec::new();
-        for &(s, rss) in samples {
+        // Before the daemon's first trim (30 s after its start) RSS still holds start-up garbage.
+        for &(s, rss) in samples.iter().filter(|s| s.0 >= 30.0) {
             let w = (s / 30.0).floor() * 30.0;
             match lows.last_mut() {
                 Some(last) if (last.0 / 30.0).floor() * 30.0 == w => {

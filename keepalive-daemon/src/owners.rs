@@ -46,7 +46,11 @@ impl Owners {
             return None;
         }
         self.rescan();
-        self.cached(ino)
+        let found = self.cached(ino);
+        if found.is_none() {
+            log::debug!("socket inode {ino}: no process holds it ({} sockets in /proc)", self.by_inode.len());
+        }
+        found
     }
 
     fn rescan(&mut self) {

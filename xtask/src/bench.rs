@@ -24,7 +24,7 @@ pub struct Options {
     pub out: String,
     /// Length of the memory churn (the 10-minute soak is `cargo test --release -p
     /// keepalive-daemon --test faults churn -- --ignored`).
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 180)]
     pub churn_seconds: u64,
     /// Skip the build (binaries already in target/release).
     #[arg(long)]

@@ -2,7 +2,7 @@
 //! kept current by open/close/settings events and by namespace sysctl changes, and corrected
 //! by a periodic re-walk where events were lost.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -87,6 +87,9 @@ pub struct Inventory {
     procs: HashMap<u32, Proc>,
     /// Owners seen in setsockopt calls on sockets not yet connected or listening.
     pending: HashMap<u64, Owner>,
+    /// Sockets that had a file but no owner when last written: the candidates `unowned` looks
+    /// at, so that a poll does not walk every socket (it was most of a quiet daemon's CPU).
+    ownerless: HashSet<u64>,
     epoch: Instant,
     /// A re-walk of the kernel's tables in progress (see `resync`).
     walk: Option<resync::Walk>,
@@ -101,6 +104,7 @@ impl Inventory {
             members: HashMap::new(),
             procs: HashMap::new(),
             pending: HashMap::new(),
+            ownerless: HashSet::new(),
             epoch: Instant::now(),
             walk: None,
             idle_budget,
@@ -199,6 +203,9 @@ impl Inventory {
                     owner_tries: 0,
                 };
                 let after = self.effective(&new);
+                if new.pid == 0 && new.ino != 0 {
+                    self.ownerless.insert(ev.sk);
+                }
                 self.sockets.insert(ev.sk, new);
                 match before {
                     Some(b) if b != after && ev.kind == Kind::Settings => Some((b, after)),
@@ -275,13 +282,21 @@ impl Inventory {
         // which was most of a quiet daemon's CPU while it went on to poll 64. Accepted sockets
         // get their owner from the accept hook, connecting ones from their setsockopt; a socket
         // no process shows within 8 s is a kernel socket or a listener's backlog.
-        const LAST_POLL: u8 = 32;
+        const LAST_POLL: u8 = 16;
         let mut out = Vec::new();
-        for (sk, e) in self.sockets.iter_mut().filter(|(_, e)| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL) {
+        let sockets = &mut self.sockets;
+        self.ownerless.retain(|sk| {
+            let Some(e) = sockets.get_mut(sk).filter(|e| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL) else {
+                return false;
+            };
             e.owner_tries += 1;
             if e.owner_tries.is_power_of_two() {
                 out.push((*sk, e.ino));
             }
+            true
+        });
+        if self.ownerless.capacity() > 4 * self.ownerless.len().max(64) {
+            self.ownerless.shrink_to_fit();
         }
         out
     }
