@@ -14,6 +14,12 @@
 //! the primary busy, which happens exactly when it runs nested inside the primary — the one
 //! case where the kernel skipped the primary. On a kernel without the recursion check the
 //! nested primary runs and clears the mark before the twin looks, so nothing is done twice.
+//!
+//! What twins cannot cover, and is counted instead (`keepalive_events_lost_total{stage="nested"}`
+//! from each program's `recursion_misses`): a third level (a task preempted inside the primary
+//! while another inside the twin, under heavy churn), and kprobe programs, which share one
+//! per-CPU guard with every kprobe and classic tracepoint program (older kernels do not even
+//! count those skips).
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 pub use keepalive_common::{NEST_DONE, NEST_RESET, NEST_STATE};
 
