@@ -36,11 +36,10 @@ use crate::{inventory::Inventory, inventory_metrics, metrics::Metrics, socket_fi
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The kernel's count of events that found the ring buffer full, folded into
-/// `keepalive_events_lost_total{stage="kernel"}` at each scrape.
 pub struct Web {
     pub metrics: Arc<Metrics>,
     pub events: broadcast::Sender<Arc<str>>,
+    /// Folded into `keepalive_events_lost_total` at each scrape.
     pub kernel_lost: Mutex<crate::kernel_loss::KernelLoss>,
     pub telemetry_path: String,
     pub inventory: Arc<Mutex<Inventory>>,

@@ -31,7 +31,8 @@ pub fn twins() -> impl Iterator<Item = (&'static str, &'static str)> {
 enum Role {
     /// A skip is a loss unless its twin ran instead (`RECOVERED[slot]`).
     Primary(u32),
-    /// Skipped only when it interrupted its primary, which then ran: never a loss.
+    /// Skipped only when the hook fired again while the twin itself ran, and then the primary
+    /// was free to run: never a loss.
     Twin,
     Plain,
 }
