@@ -93,15 +93,13 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
     set_flag(&mut ebpf, FLAG_DEATH_VIA_DONE, death.mode != "tracepoint")?;
     hooks.push(death);
 
-    for &(hook, prog) in ALWAYS {
-        attach(&mut ebpf, &btf, prog).map_err(|reason| Error::HookRefused {
+    for &(hook, progs) in ALWAYS {
+        attach_all(&mut ebpf, &btf, progs).map_err(|reason| Error::HookRefused {
             hook,
             mode: "tracepoint",
             reason,
         })?;
-        if !hooks.iter().any(|h: &HookStatus| h.hook == hook) {
-            hooks.push(HookStatus { hook, mode: "tracepoint", note: None });
-        }
+        hooks.push(HookStatus { hook, mode: "tracepoint", note: None });
     }
     if p.settings_hooks {
         attach_all(&mut ebpf, &btf, SETTINGS).map_err(|reason| Error::HookRefused {
@@ -155,11 +153,10 @@ const DEATH: &[Rung] = &[
     ("tracepoint", &[]),
 ];
 /// Tracepoints on every rung: they are already the cheapest hook for these events.
-const ALWAYS: &[(&str, Prog)] = &[
-    ("state_change", Prog::RawTp("ka_inet_sock_set_state", "inet_sock_set_state")),
-    ("state_change", Prog::RawTp("ka_nest_set_state", "inet_sock_set_state")),
-    ("reset", Prog::RawTp("ka_tcp_receive_reset", "tcp_receive_reset")),
-    ("reset", Prog::RawTp("ka_nest_rcv_reset", "tcp_receive_reset")),
+/// Each comes with its twin (keepalive-ebpf/src/nesting.rs).
+const ALWAYS: &[(&str, &[Prog])] = &[
+    ("state_change", &[Prog::RawTp("ka_inet_sock_set_state", "inet_sock_set_state"), Prog::RawTp("ka_nest_set_state", "inet_sock_set_state")]),
+    ("reset", &[Prog::RawTp("ka_tcp_receive_reset", "tcp_receive_reset"), Prog::RawTp("ka_nest_rcv_reset", "tcp_receive_reset")]),
 ];
 /// Settings changes and owners of accepted sockets, when the syscall tracepoints exist.
 const SETTINGS: &[Prog] = &[

@@ -9,7 +9,7 @@ fn object_has_every_program_of_every_rung() {
     let obj = Object::parse(OBJECT).expect("parse eBPF object");
     let all = [TIMER, PROBE_SENT, DEATH].into_iter().flatten().flat_map(|(_, p)| p.iter().copied());
     let mut checked = 0;
-    for prog in all.chain(TIMER_RAW_TP.iter().copied()).chain(ALWAYS.iter().map(|(_, p)| *p)).chain(SETTINGS[..3].iter().copied()) {
+    for prog in all.chain(TIMER_RAW_TP.iter().copied()).chain(ALWAYS.iter().flat_map(|(_, p)| p.iter().copied())).chain(SETTINGS[..3].iter().copied()) {
         let name = prog_name(prog);
         let found = obj.programs.get(name).unwrap_or_else(|| panic!("{name} missing"));
         let ok = match (prog, &found.section) {
@@ -38,8 +38,7 @@ fn object_has_every_program_of_every_rung() {
 /// primary, and no primary is attached without its twin.
 #[test]
 fn twins_follow_their_primaries() {
-    let rungs = DEATH.iter().map(|(_, p)| p.to_vec());
-    let lists: Vec<Vec<Prog>> = rungs.chain(std::iter::once(ALWAYS.iter().map(|(_, p)| *p).collect())).collect();
+    let lists: Vec<&[Prog]> = DEATH.iter().chain(ALWAYS).map(|(_, p)| *p).collect();
     let mut seen = 0;
     for (primary, twin) in crate::kernel_loss::twins() {
         for list in &lists {
