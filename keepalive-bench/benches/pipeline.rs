@@ -92,12 +92,18 @@ struct Pipeline {
 impl Pipeline {
     fn new(tx: tokio::sync::broadcast::Sender<Arc<str>>) -> Self {
         let metrics = Arc::new(metrics::Metrics::new());
-        Pipeline { tracker: tracker::Tracker::new(tracker::realtime_offset_ns()), sinks: sinks::Sinks::new(false, tx, metrics) }
+        Pipeline {
+            tracker: tracker::Tracker::new(tracker::realtime_offset_ns()),
+            sinks: sinks::Sinks::new(false, tx, metrics),
+        }
     }
 
     fn dispatch(&mut self, ev: &decode::KernelEvent) {
         let out = self.tracker.handle(ev);
-        self.sinks.metrics.probing_sockets.set(self.tracker.probing() as i64);
+        self.sinks
+            .metrics
+            .probing_sockets
+            .set(self.tracker.probing() as i64);
         self.sinks.publish(out, ev.ino);
     }
 }
@@ -124,7 +130,12 @@ fn bench(c: &mut Criterion) {
     // A real socket of this process: its owner is found by the one /proc scan below and then
     // served from the cache, as for a long-lived connection in the daemon.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let ino = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&listener))).map(|m| m.ino()).unwrap_or(0);
+    let ino = std::fs::metadata(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&listener)
+    ))
+    .map(|m| m.ino())
+    .unwrap_or(0);
     let records = storm(ino);
     let n = records.len() as u64;
     let mut g = c.benchmark_group("pipeline");

@@ -41,13 +41,20 @@ pub struct Delta {
 
 impl Delta {
     pub fn per_run(&self) -> f64 {
-        if self.runs == 0 { f64::NAN } else { self.ns as f64 / self.runs as f64 }
+        if self.runs == 0 {
+            f64::NAN
+        } else {
+            self.ns as f64 / self.runs as f64
+        }
     }
 }
 
 pub fn delta(before: &HashMap<u32, Prog>, after: &HashMap<u32, Prog>, id: u32) -> Delta {
     match (before.get(&id), after.get(&id)) {
-        (Some(b), Some(a)) => Delta { runs: a.run_cnt.saturating_sub(b.run_cnt), ns: a.run_time_ns.saturating_sub(b.run_time_ns) },
+        (Some(b), Some(a)) => Delta {
+            runs: a.run_cnt.saturating_sub(b.run_cnt),
+            ns: a.run_time_ns.saturating_sub(b.run_time_ns),
+        },
         _ => Delta::default(),
     }
 }
@@ -68,7 +75,13 @@ pub struct Map {
 pub fn maps(ids: &[u32]) -> Result<Vec<Map>> {
     ids.iter()
         .map(|id| {
-            let text = sys::output(Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]))?;
+            let text = sys::output(Command::new("bpftool").args([
+                "-j",
+                "map",
+                "show",
+                "id",
+                &id.to_string(),
+            ]))?;
             Ok(serde_json::from_str(&text)?)
         })
         .collect()
@@ -120,18 +133,23 @@ impl Empty {
         let btf = aya::Btf::from_sys_fs()?;
         let mut ids = Vec::new();
         for &(name, category, event) in ATTACH {
-            let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("{name} missing from keepalive-empty"))?;
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("{name} missing from keepalive-empty"))?;
             let id = match category {
                 "" => {
                     let p: &mut RawTracePoint = prog.try_into()?;
                     p.load().with_context(|| format!("load {name}"))?;
-                    p.attach(event).with_context(|| format!("attach {name} to {event}"))?;
+                    p.attach(event)
+                        .with_context(|| format!("attach {name} to {event}"))?;
                     p.info()?.id()
                 }
                 "btf" => {
                     let p: &mut BtfTracePoint = prog.try_into()?;
-                    p.load(event, &btf).with_context(|| format!("load {name}"))?;
-                    p.attach().with_context(|| format!("attach {name} to {event}"))?;
+                    p.load(event, &btf)
+                        .with_context(|| format!("load {name}"))?;
+                    p.attach()
+                        .with_context(|| format!("attach {name} to {event}"))?;
                     p.info()?.id()
                 }
                 _ => {
@@ -139,13 +157,17 @@ impl Empty {
                     if p.fd().is_err() {
                         p.load().with_context(|| format!("load {name}"))?;
                     }
-                    p.attach(category, event).with_context(|| format!("attach {name} to {event}"))?;
+                    p.attach(category, event)
+                        .with_context(|| format!("attach {name} to {event}"))?;
                     p.info()?.id()
                 }
             };
             ids.push((name, id));
         }
-        let it: &mut Iter = ebpf.program_mut("empty_iter_tcp").context("empty_iter_tcp missing")?.try_into()?;
+        let it: &mut Iter = ebpf
+            .program_mut("empty_iter_tcp")
+            .context("empty_iter_tcp missing")?
+            .try_into()?;
         it.load("tcp", &btf).context("load empty_iter_tcp")?;
         ids.push(("empty_iter_tcp", it.info()?.id()));
         ids.dedup();
@@ -163,15 +185,23 @@ impl Empty {
     }
 
     fn counter(&self, map: &str, slot: u32) -> u64 {
-        let Some(map) = self.ebpf.map(map) else { return 0 };
-        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
+        let Some(map) = self.ebpf.map(map) else {
+            return 0;
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
         arr.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     /// Runs the empty iterator over every TCP socket once (what the daemon's startup walk
     /// does with its describing program).
     pub fn walk(&mut self) -> Result<()> {
-        let it: &mut Iter = self.ebpf.program_mut("empty_iter_tcp").context("iter")?.try_into()?;
+        let it: &mut Iter = self
+            .ebpf
+            .program_mut("empty_iter_tcp")
+            .context("iter")?
+            .try_into()?;
         let link = it.attach()?;
         let link = it.take_link(link)?;
         let mut f = link.into_file()?;

@@ -31,7 +31,9 @@ pub struct Btf {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32> {
-    Ok(u32::from_le_bytes(b.get(off..off + 4).context("BTF truncated")?.try_into()?))
+    Ok(u32::from_le_bytes(
+        b.get(off..off + 4).context("BTF truncated")?.try_into()?,
+    ))
 }
 
 impl Btf {
@@ -47,14 +49,29 @@ impl Btf {
         let hdr = u32_at(b, 4)? as usize;
         let (type_off, type_len) = (u32_at(b, 8)? as usize, u32_at(b, 12)? as usize);
         let (str_off, str_len) = (u32_at(b, 16)? as usize, u32_at(b, 20)? as usize);
-        let t = b.get(hdr + type_off..hdr + type_off + type_len).context("type section")?;
-        let strings = b.get(hdr + str_off..hdr + str_off + str_len).context("string section")?.to_vec();
+        let t = b
+            .get(hdr + type_off..hdr + type_off + type_len)
+            .context("type section")?;
+        let strings = b
+            .get(hdr + str_off..hdr + str_off + str_len)
+            .context("string section")?
+            .to_vec();
         // Type id 0 is void; ids count from 1 in section order.
-        let mut types = vec![Ty { name_off: 0, kind: 0, kflag: false, size_or_type: 0, members: Vec::new() }];
+        let mut types = vec![Ty {
+            name_off: 0,
+            kind: 0,
+            kflag: false,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
         let mut p = 0;
         while p + 12 <= t.len() {
             let (name_off, info, sot) = (u32_at(t, p)?, u32_at(t, p + 4)?, u32_at(t, p + 8)?);
-            let (vlen, kind, kflag) = ((info & 0xffff) as usize, (info >> 24) & 0x1f, info >> 31 == 1);
+            let (vlen, kind, kflag) = (
+                (info & 0xffff) as usize,
+                (info >> 24) & 0x1f,
+                info >> 31 == 1,
+            );
             p += 12;
             let mut members = Vec::new();
             let extra = match kind {
@@ -72,9 +89,19 @@ impl Btf {
                 _ => 0,
             };
             p += extra;
-            types.push(Ty { name_off, kind, kflag, size_or_type: sot, members });
+            types.push(Ty {
+                name_off,
+                kind,
+                kflag,
+                size_or_type: sot,
+                members,
+            });
         }
-        let mut btf = Btf { types, strings, by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
         for (id, ty) in btf.types.iter().enumerate() {
             if matches!(ty.kind, KIND_STRUCT | KIND_UNION) && ty.name_off != 0 {
                 let name = btf.name(ty.name_off).to_string();
@@ -120,7 +147,9 @@ impl Btf {
     fn strip(&self, mut id: u32) -> u32 {
         for _ in 0..16 {
             match self.types.get(id as usize) {
-                Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST) => id = t.size_or_type,
+                Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST) => {
+                    id = t.size_or_type
+                }
                 _ => break,
             }
         }
@@ -144,8 +173,12 @@ pub fn offsets() -> Result<Offsets> {
         .or_else(|| btf.offset("sock", "sk_timer"))
         .context("neither icsk_keepalive_timer nor sk_timer in BTF")?;
     Ok(Offsets {
-        timer_function: btf.offset("timer_list", "function").context("timer_list.function")?,
+        timer_function: btf
+            .offset("timer_list", "function")
+            .context("timer_list.function")?,
         keepalive_timer,
-        probes_out: btf.offset("inet_connection_sock", "icsk_probes_out").context("icsk_probes_out")?,
+        probes_out: btf
+            .offset("inet_connection_sock", "icsk_probes_out")
+            .context("icsk_probes_out")?,
     })
 }

@@ -28,7 +28,12 @@ impl Daemon {
     pub fn start(bin: &Path, extra: &[&str], log: &Path) -> Result<Self> {
         let port = sys::free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["--web.listen-address", listen.as_str(), "--log.level", "warn"];
+        let mut args = vec![
+            "--web.listen-address",
+            listen.as_str(),
+            "--log.level",
+            "warn",
+        ];
         args.extend_from_slice(extra);
         let command = format!("keepalive-daemon {}", args.join(" "));
         let child = sys::die_with_parent(&mut Command::new(bin))
@@ -38,11 +43,18 @@ impl Daemon {
             .stderr(File::create(log).with_context(|| log.display().to_string())?)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut d = Daemon { child, port, command };
+        let mut d = Daemon {
+            child,
+            port,
+            command,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = d.child.try_wait() {
-                bail!("daemon exited during startup ({status}); see {}", log.display());
+                bail!(
+                    "daemon exited during startup ({status}); see {}",
+                    log.display()
+                );
             }
             if get(port, "/healthz").is_ok_and(|(_, body)| body.starts_with("ok")) {
                 break;
@@ -79,7 +91,8 @@ impl Daemon {
         let (mut last, mut since) = (-1.0, Instant::now());
         loop {
             let m = self.metrics()?;
-            let have = m.get("keepalive_sockets{keepalive=\"on\"}") + m.get("keepalive_sockets{keepalive=\"off\"}");
+            let have = m.get("keepalive_sockets{keepalive=\"on\"}")
+                + m.get("keepalive_sockets{keepalive=\"off\"}");
             if have > last {
                 (last, since) = (have, Instant::now());
             }
@@ -115,9 +128,10 @@ impl Metrics {
         let mut m = HashMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             if let Some((k, v)) = line.rsplit_once(' ')
-                && let Ok(v) = v.parse() {
-                    m.insert(k.to_string(), v);
-                }
+                && let Ok(v) = v.parse()
+            {
+                m.insert(k.to_string(), v);
+            }
         }
         Metrics(m)
     }
@@ -132,7 +146,10 @@ impl Metrics {
     }
 
     pub fn lost(&self) -> f64 {
-        ["kernel", "decode", "icmp"].iter().map(|s| self.get(&format!("keepalive_events_lost_total{{stage=\"{s}\"}}"))).sum()
+        ["kernel", "decode", "icmp"]
+            .iter()
+            .map(|s| self.get(&format!("keepalive_events_lost_total{{stage=\"{s}\"}}")))
+            .sum()
     }
 }
 
@@ -146,7 +163,9 @@ pub fn get(port: u16, path: &str) -> Result<(Duration, String)> {
     s.read_to_end(&mut buf)?;
     let elapsed = t.elapsed();
     let text = String::from_utf8_lossy(&buf);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { bail!("no HTTP header end") };
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("no HTTP header end")
+    };
     if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
         bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
     }
@@ -178,7 +197,15 @@ impl EventsReader {
                 if quickack {
                     let one: i32 = 1;
                     // SAFETY: valid descriptor and a 4-byte option value.
-                    unsafe { libc::setsockopt(std::os::fd::AsRawFd::as_raw_fd(r.get_ref()), libc::IPPROTO_TCP, libc::TCP_QUICKACK, (&raw const one).cast(), 4) };
+                    unsafe {
+                        libc::setsockopt(
+                            std::os::fd::AsRawFd::as_raw_fd(r.get_ref()),
+                            libc::IPPROTO_TCP,
+                            libc::TCP_QUICKACK,
+                            (&raw const one).cast(),
+                            4,
+                        )
+                    };
                 }
                 match r.read_line(&mut line) {
                     Ok(0) => break,
@@ -196,13 +223,19 @@ impl EventsReader {
             }
             lat
         });
-        Ok(EventsReader { stop, handle: Some(handle) })
+        Ok(EventsReader {
+            stop,
+            handle: Some(handle),
+        })
     }
 
     /// Stops and returns the delays in nanoseconds.
     pub fn finish(mut self) -> Vec<i64> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -211,7 +244,9 @@ impl EventsReader {
 /// RFC 3339 parser would make the reader, not the daemon, the bottleneck.
 fn ts_of(line: &str) -> Option<i128> {
     let rest = line.split_once("\"ts\":\"")?.1.as_bytes();
-    let n = |a: usize, b: usize| -> Option<i64> { std::str::from_utf8(rest.get(a..b)?).ok()?.parse().ok() };
+    let n = |a: usize, b: usize| -> Option<i64> {
+        std::str::from_utf8(rest.get(a..b)?).ok()?.parse().ok()
+    };
     if rest.get(10) != Some(&b'T') || rest.get(19) != Some(&b'.') {
         return None;
     }
@@ -232,7 +267,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-
 /// Where the bench writes daemon logs and scratch files.
 pub fn scratch_dir() -> PathBuf {
     let d = PathBuf::from("target/bench");
@@ -244,9 +278,13 @@ pub fn scratch_dir() -> PathBuf {
 mod tests {
     #[test]
     fn parses_the_daemons_timestamps() {
-        let ns = super::ts_of("{\"ts\":\"2023-11-14T22:13:20.000000123Z\",\"event\":\"probe\"}").unwrap();
+        let ns = super::ts_of("{\"ts\":\"2023-11-14T22:13:20.000000123Z\",\"event\":\"probe\"}")
+            .unwrap();
         assert_eq!(ns, 1_700_000_000_000_000_123);
-        assert_eq!(super::ts_of("{\"ts\":\"1970-01-01T00:00:01.5Z\"}"), Some(1_500_000_000));
+        assert_eq!(
+            super::ts_of("{\"ts\":\"1970-01-01T00:00:01.5Z\"}"),
+            Some(1_500_000_000)
+        );
         assert_eq!(super::ts_of("{\"event\":\"probe\"}"), None);
     }
 }

@@ -67,7 +67,11 @@ fn keepalive(s: &TcpStream, o: &HoldOpts) {
     }
     let fd = s.as_raw_fd();
     setopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    for (name, v) in [(libc::TCP_KEEPIDLE, o.idle), (libc::TCP_KEEPINTVL, o.intvl), (libc::TCP_KEEPCNT, o.cnt)] {
+    for (name, v) in [
+        (libc::TCP_KEEPIDLE, o.idle),
+        (libc::TCP_KEEPINTVL, o.intvl),
+        (libc::TCP_KEEPCNT, o.cnt),
+    ] {
         if let Some(v) = v {
             setopt(fd, libc::IPPROTO_TCP, name, v);
         }
@@ -84,9 +88,20 @@ fn open_pair(l: &TcpListener, addr: SocketAddr, o: &HoldOpts) -> Result<(TcpStre
 
 fn close_pair((c, s): (TcpStream, TcpStream), rst: bool) {
     if rst {
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: valid descriptor and option struct.
-        unsafe { libc::setsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), size_of::<libc::linger>() as u32) };
+        unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as u32,
+            )
+        };
     }
     drop(c);
     drop(s);
@@ -134,7 +149,8 @@ pub fn hold(o: HoldOpts) -> Result<()> {
             }
             lo_up()?;
         }
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, o.port)).with_context(|| format!("bind port {}", o.port))?;
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, o.port))
+            .with_context(|| format!("bind port {}", o.port))?;
         let addr = l.local_addr()?;
         for i in 0..o.connections {
             held.push_back(open_pair(&l, addr, &o)?);
@@ -190,7 +206,11 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(20000);
 impl Holder {
     pub fn spawn(o: &HoldOpts) -> Result<Self> {
         let exe = crate::sys::self_exe()?;
-        let mut args: Vec<String> = vec!["hold".into(), "--connections".into(), o.connections.to_string()];
+        let mut args: Vec<String> = vec![
+            "hold".into(),
+            "--connections".into(),
+            o.connections.to_string(),
+        ];
         let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
         args.extend(["--port".into(), port.to_string()]);
         if let Some(ns) = &o.netns {
@@ -216,7 +236,12 @@ impl Holder {
             args.extend(["--namespaces".into(), o.namespaces.to_string()]);
         }
         let command = format!("keepalive-bench {}", args.join(" "));
-        let mut child = Command::new(exe).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut child = Command::new(exe)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let stdin = child.stdin.take();
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("holder stdout")?).read_line(&mut line)?;
@@ -224,7 +249,11 @@ impl Holder {
             let _ = child.kill();
             bail!("holder failed to start: {command}");
         }
-        Ok(Holder { child, stdin, command })
+        Ok(Holder {
+            child,
+            stdin,
+            command,
+        })
     }
 }
 
@@ -249,7 +278,10 @@ pub fn spawn_many(base: &HoldOpts, connections: usize) -> Result<Vec<Holder>> {
     let mut left = connections;
     while left > 0 {
         let n = left.min(PER_PROCESS);
-        out.push(Holder::spawn(&HoldOpts { connections: n, ..base.clone() })?);
+        out.push(Holder::spawn(&HoldOpts {
+            connections: n,
+            ..base.clone()
+        })?);
         left -= n;
     }
     Ok(out)

@@ -24,17 +24,61 @@ use crate::{
 /// either is compared with the empty raw tracepoint on the same hook: both kinds are called the
 /// same way (`bpf_trace_run*`), which `btf_tmr_entry` in the reference table checks.
 const PAIRS: &[(&str, &str, &str)] = &[
-    ("timer_expire_entry (tp_btf)", "ka_btf_timer_expire_entry", "empty_tmr_entry"),
-    ("timer_expire_entry (raw tp)", "ka_timer_expire_entry", "empty_tmr_entry"),
-    ("timer_expire_exit (tp_btf)", "ka_btf_timer_expire_exit", "empty_tmr_exit"),
-    ("timer_expire_exit (raw tp)", "ka_timer_expire_exit", "empty_tmr_exit"),
-    ("inet_sock_set_state (raw tp)", "ka_inet_sock_set_state", "empty_set_state"),
-    ("inet_sock_set_state (raw tp, twin)", "ka_nest_set_state", "empty_set_state"),
-    ("tcp_receive_reset (raw tp)", "ka_tcp_receive_reset", "empty_rcv_reset"),
-    ("tcp_receive_reset (raw tp, twin)", "ka_nest_rcv_reset", "empty_rcv_reset"),
-    ("sys_enter_setsockopt (tp)", "ka_sys_enter_setsockopt", "empty_enter_sso"),
-    ("sys_exit_setsockopt (tp)", "ka_sys_exit_setsockopt", "empty_exit_sso"),
-    ("sys_exit_accept4/accept (tp)", "ka_sys_exit_accept", "empty_accept"),
+    (
+        "timer_expire_entry (tp_btf)",
+        "ka_btf_timer_expire_entry",
+        "empty_tmr_entry",
+    ),
+    (
+        "timer_expire_entry (raw tp)",
+        "ka_timer_expire_entry",
+        "empty_tmr_entry",
+    ),
+    (
+        "timer_expire_exit (tp_btf)",
+        "ka_btf_timer_expire_exit",
+        "empty_tmr_exit",
+    ),
+    (
+        "timer_expire_exit (raw tp)",
+        "ka_timer_expire_exit",
+        "empty_tmr_exit",
+    ),
+    (
+        "inet_sock_set_state (raw tp)",
+        "ka_inet_sock_set_state",
+        "empty_set_state",
+    ),
+    (
+        "inet_sock_set_state (raw tp, twin)",
+        "ka_nest_set_state",
+        "empty_set_state",
+    ),
+    (
+        "tcp_receive_reset (raw tp)",
+        "ka_tcp_receive_reset",
+        "empty_rcv_reset",
+    ),
+    (
+        "tcp_receive_reset (raw tp, twin)",
+        "ka_nest_rcv_reset",
+        "empty_rcv_reset",
+    ),
+    (
+        "sys_enter_setsockopt (tp)",
+        "ka_sys_enter_setsockopt",
+        "empty_enter_sso",
+    ),
+    (
+        "sys_exit_setsockopt (tp)",
+        "ka_sys_exit_setsockopt",
+        "empty_exit_sso",
+    ),
+    (
+        "sys_exit_accept4/accept (tp)",
+        "ka_sys_exit_accept",
+        "empty_accept",
+    ),
 ];
 /// Hooks whose common path the noise condition exercises.
 const COMMON: &[&str] = &[
@@ -47,10 +91,30 @@ const COMMON: &[&str] = &[
 ];
 /// Reference filters from keepalive-empty: (hook, program, its empty baseline, what it is).
 const REFS: &[(&str, &str, &str, &str)] = &[
-    ("timer_expire_entry (raw tp)", "filter_tmr_entry", "empty_tmr_entry", "bare filter: read `function` with the helper, compare"),
-    ("timer_expire_entry (tp_btf)", "btf_tmr_entry", "empty_tmr_entry", "empty tp_btf program (vs the empty raw tp)"),
-    ("timer_expire_entry (tp_btf)", "btf_filter_entry", "btf_tmr_entry", "same filter as a tp_btf program: a plain load"),
-    ("sys_enter_setsockopt (tp)", "direct_enter_sso", "empty_enter_sso", "the daemon's filter with context loads instead of the helper"),
+    (
+        "timer_expire_entry (raw tp)",
+        "filter_tmr_entry",
+        "empty_tmr_entry",
+        "bare filter: read `function` with the helper, compare",
+    ),
+    (
+        "timer_expire_entry (tp_btf)",
+        "btf_tmr_entry",
+        "empty_tmr_entry",
+        "empty tp_btf program (vs the empty raw tp)",
+    ),
+    (
+        "timer_expire_entry (tp_btf)",
+        "btf_filter_entry",
+        "btf_tmr_entry",
+        "same filter as a tp_btf program: a plain load",
+    ),
+    (
+        "sys_enter_setsockopt (tp)",
+        "direct_enter_sso",
+        "empty_enter_sso",
+        "the daemon's filter with context loads instead of the helper",
+    ),
 ];
 
 /// One measurement window: per program id, and keepalive timer expirations counted.
@@ -62,12 +126,25 @@ struct Window {
 }
 
 fn window(empty: &Empty, ids: &[u32], secs: f64) -> Result<Window> {
-    let (b, k0, s0) = (bpf::snapshot()?, empty.keepalive_timers(), empty.keepalive_setsockopts());
+    let (b, k0, s0) = (
+        bpf::snapshot()?,
+        empty.keepalive_timers(),
+        empty.keepalive_setsockopts(),
+    );
     let t = std::time::Instant::now();
     sys::sleep_s(secs);
-    let (a, k1, s1) = (bpf::snapshot()?, empty.keepalive_timers(), empty.keepalive_setsockopts());
+    let (a, k1, s1) = (
+        bpf::snapshot()?,
+        empty.keepalive_timers(),
+        empty.keepalive_setsockopts(),
+    );
     let secs = t.elapsed().as_secs_f64();
-    Ok(Window { d: ids.iter().map(|&id| (id, bpf::delta(&b, &a, id))).collect(), ka_timers: k1 - k0, ka_setsockopts: s1 - s0, secs })
+    Ok(Window {
+        d: ids.iter().map(|&id| (id, bpf::delta(&b, &a, id))).collect(),
+        ka_timers: k1 - k0,
+        ka_setsockopts: s1 - s0,
+        secs,
+    })
 }
 
 fn windows(empty: &Empty, ids: &[u32], n: usize, secs: f64) -> Result<Vec<Window>> {
@@ -81,7 +158,11 @@ fn clean_windows(empty: &Empty, ids: &[u32], n: usize, secs: f64) -> Result<(Vec
     let (mut clean, mut dirty) = (Vec::new(), Vec::new());
     for _ in 0..3 * n {
         let w = window(empty, ids, secs)?;
-        if w.ka_timers == 0 && w.ka_setsockopts == 0 { clean.push(w) } else { dirty.push(w) }
+        if w.ka_timers == 0 && w.ka_setsockopts == 0 {
+            clean.push(w)
+        } else {
+            dirty.push(w)
+        }
         if clean.len() == n {
             break;
         }
@@ -98,7 +179,12 @@ fn clean_windows(empty: &Empty, ids: &[u32], n: usize, secs: f64) -> Result<(Vec
 /// the daemon's, since the programs on one hook run in attach order and the first pays for cold
 /// caches), both copies together.
 fn sum(w: &Window, ids: &[u32]) -> Delta {
-    ids.iter().filter_map(|id| w.d.get(id)).fold(Delta::default(), |a, d| Delta { runs: a.runs + d.runs, ns: a.ns + d.ns })
+    ids.iter()
+        .filter_map(|id| w.d.get(id))
+        .fold(Delta::default(), |a, d| Delta {
+            runs: a.runs + d.runs,
+            ns: a.ns + d.ns,
+        })
 }
 
 fn per_run(ws: &[Window], ids: &[u32]) -> f64 {
@@ -106,12 +192,20 @@ fn per_run(ws: &[Window], ids: &[u32]) -> f64 {
 }
 
 fn rate(ws: &[Window], ids: &[u32]) -> f64 {
-    median(&ws.iter().map(|w| sum(w, ids).runs as f64 / ids.len().max(1) as f64 / w.secs).collect::<Vec<_>>())
+    median(
+        &ws.iter()
+            .map(|w| sum(w, ids).runs as f64 / ids.len().max(1) as f64 / w.secs)
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Ratio per window (both programs saw the same events), then the median.
 fn ratio(ws: &[Window], a: &[u32], b: &[u32]) -> f64 {
-    median(&ws.iter().map(|w| sum(w, a).per_run() / sum(w, b).per_run()).collect::<Vec<_>>())
+    median(
+        &ws.iter()
+            .map(|w| sum(w, a).per_run() / sum(w, b).per_run())
+            .collect::<Vec<_>>(),
+    )
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
@@ -122,7 +216,13 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let mut second = Empty::load(ctx.ka_fn, ctx.offsets.timer_function)?;
     let snap = bpf::snapshot()?;
     let mut names: HashMap<String, Vec<u32>> = HashMap::new();
-    for (n, i) in bpf::programs_of(daemon.pid(), &snap).into_iter().chain(first.ids.iter().chain(&second.ids).map(|(n, i)| (n.to_string(), *i))) {
+    for (n, i) in bpf::programs_of(daemon.pid(), &snap).into_iter().chain(
+        first
+            .ids
+            .iter()
+            .chain(&second.ids)
+            .map(|(n, i)| (n.to_string(), *i)),
+    ) {
         names.entry(n).or_default().push(i);
     }
     let ids: Vec<u32> = names.values().flatten().copied().collect();
@@ -133,13 +233,28 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let before = bpf::snapshot()?;
     second.walk()?;
     let after = bpf::snapshot()?;
-    let iter_ours = id("ka_iter_tcp").and_then(|i| snap.get(&i[0])).map(|p| Delta { runs: p.run_cnt, ns: p.run_time_ns }).unwrap_or_default();
-    let iter_empty = second.ids.iter().find(|(n, _)| *n == "empty_iter_tcp").map(|(_, i)| bpf::delta(&before, &after, *i)).unwrap_or_default();
+    let iter_ours = id("ka_iter_tcp")
+        .and_then(|i| snap.get(&i[0]))
+        .map(|p| Delta {
+            runs: p.run_cnt,
+            ns: p.run_time_ns,
+        })
+        .unwrap_or_default();
+    let iter_empty = second
+        .ids
+        .iter()
+        .find(|(n, _)| *n == "empty_iter_tcp")
+        .map(|(_, i)| bpf::delta(&before, &after, *i))
+        .unwrap_or_default();
     // The first copy counts keepalive expirations for the windows; the second stays attached.
     let empty = first;
 
     let (reps, secs) = (ctx.reps(), ctx.window() * 0.75);
-    let noise_opts = NoiseOpts { netns: Some(ctx.quiet_ns.path()), timer_threads: 24, setsockopts: 10_000 };
+    let noise_opts = NoiseOpts {
+        netns: Some(ctx.quiet_ns.path()),
+        timer_threads: 24,
+        setsockopts: 10_000,
+    };
     let (idle, idle_dirty) = clean_windows(&empty, &ids, reps, secs)?;
     let noise = NoiseProc::spawn(&noise_opts)?;
     sys::sleep_s(1.0);
@@ -148,19 +263,40 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     drop(noise);
 
     let storm_conns = ctx.scale(5_000);
-    let storm = HoldOpts { netns: Some(ctx.storm_ns.path()), keepalive: true, rate: 10_000, ..Default::default() };
+    let storm = HoldOpts {
+        netns: Some(ctx.storm_ns.path()),
+        keepalive: true,
+        rate: 10_000,
+        ..Default::default()
+    };
     let holders = holder::spawn_many(&storm, storm_conns)?;
     // Connections opened and closed with a RST: set_state, setsockopt, accept and reset hooks.
-    let churn = HoldOpts { connections: 100, churn: 500, rst: true, idle: Some(1), intvl: Some(1), cnt: Some(3), ..storm.clone() };
+    let churn = HoldOpts {
+        connections: 100,
+        churn: 500,
+        rst: true,
+        idle: Some(1),
+        intvl: Some(1),
+        cnt: Some(3),
+        ..storm.clone()
+    };
     let churner = holder::Holder::spawn(&churn)?;
     sys::sleep_s(3.0);
     let busy = windows(&empty, &ids, reps, secs)?;
     let cmds = vec![
         "sysctl kernel.bpf_stats_enabled=1".to_string(),
         daemon.command.clone(),
-        format!("{}   # before and after each {secs:.0} s window; per program Δrun_time_ns / Δrun_cnt", bpf::PROG_SHOW),
+        format!(
+            "{}   # before and after each {secs:.0} s window; per program Δrun_time_ns / Δrun_cnt",
+            bpf::PROG_SHOW
+        ),
         format!("{}   # noise", noise_cmd),
-        format!("{}   # storm, x{}, netns {} (tcp_keepalive_time = intvl = 1)", holders[0].command, holders.len(), ctx.storm_ns.name),
+        format!(
+            "{}   # storm, x{}, netns {} (tcp_keepalive_time = intvl = 1)",
+            holders[0].command,
+            holders.len(),
+            ctx.storm_ns.name
+        ),
         format!("{}   # churn", churner.command),
     ];
     drop((churner, holders));
@@ -169,7 +305,9 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let mut common = Vec::new();
     let mut worst: (f64, &str) = (0.0, "");
     for &(hook, o, e) in PAIRS.iter().filter(|(_, o, _)| COMMON.contains(o)) {
-        let (Some(oi), Some(ei)) = (id(o), id(e)) else { continue };
+        let (Some(oi), Some(ei)) = (id(o), id(e)) else {
+            continue;
+        };
         let (oi, ei) = (&oi[..], &ei[..]);
         let r = ratio(&noisy, oi, ei);
         if r > worst.0 {
@@ -181,14 +319,27 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             format!("{} / {}", num(per_run(&idle, oi)), num(per_run(&idle, ei))),
             format!("{}×", num(ratio(&idle, oi, ei))),
             num(rate(&noisy, oi)),
-            format!("{} / {}", num(per_run(&noisy, oi)), num(per_run(&noisy, ei))),
+            format!(
+                "{} / {}",
+                num(per_run(&noisy, oi)),
+                num(per_run(&noisy, ei))
+            ),
             format!("{}×", num(r)),
-            if r <= 1.5 { "yes".into() } else { format!("**no** (+{} ns)", num(per_run(&noisy, oi) - per_run(&noisy, ei))) },
+            if r <= 1.5 {
+                "yes".into()
+            } else {
+                format!(
+                    "**no** (+{} ns)",
+                    num(per_run(&noisy, oi) - per_run(&noisy, ei))
+                )
+            },
         ]);
     }
     let mut refs = Vec::new();
     for &(hook, o, e, what) in REFS {
-        let (Some(oi), Some(ei)) = (id(o), id(e)) else { continue };
+        let (Some(oi), Some(ei)) = (id(o), id(e)) else {
+            continue;
+        };
         let (oi, ei) = (&oi[..], &ei[..]);
         refs.push(vec![
             hook.into(),
@@ -196,22 +347,40 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             format!("{} / {}", num(per_run(&idle, oi)), num(per_run(&idle, ei))),
             format!("{}×", num(ratio(&idle, oi, ei))),
             num(rate(&noisy, oi)),
-            format!("{} / {}", num(per_run(&noisy, oi)), num(per_run(&noisy, ei))),
+            format!(
+                "{} / {}",
+                num(per_run(&noisy, oi)),
+                num(per_run(&noisy, ei))
+            ),
             format!("{}×", num(ratio(&noisy, oi, ei))),
         ]);
     }
     // Event path: the storm windows.
     let mut events = Vec::new();
     for &(hook, o, e) in PAIRS {
-        let (Some(oi), Some(ei)) = (id(o), id(e)) else { continue };
+        let (Some(oi), Some(ei)) = (id(o), id(e)) else {
+            continue;
+        };
         let (oi, ei) = (&oi[..], &ei[..]);
-        events.push(vec![hook.into(), format!("`{o}`"), num(rate(&busy, oi)), format!("{} / {}", num(per_run(&busy, oi)), num(per_run(&busy, ei))), format!("{}×", num(ratio(&busy, oi, ei))), num(per_run(&busy, oi) - per_run(&busy, ei)), format!("{} µs/s", num(rate(&busy, oi) * per_run(&busy, oi) / 1e3))]);
+        events.push(vec![
+            hook.into(),
+            format!("`{o}`"),
+            num(rate(&busy, oi)),
+            format!("{} / {}", num(per_run(&busy, oi)), num(per_run(&busy, ei))),
+            format!("{}×", num(ratio(&busy, oi, ei))),
+            num(per_run(&busy, oi) - per_run(&busy, ei)),
+            format!("{} µs/s", num(rate(&busy, oi) * per_run(&busy, oi) / 1e3)),
+        ]);
     }
     events.push(vec![
         "iter/tcp (startup walk)".into(),
         "`ka_iter_tcp`".into(),
         format!("{} sockets, once", iter_ours.runs),
-        format!("{} / {}", num(iter_ours.per_run()), num(iter_empty.per_run())),
+        format!(
+            "{} / {}",
+            num(iter_ours.per_run()),
+            num(iter_empty.per_run())
+        ),
         format!("{}×", num(iter_ours.per_run() / iter_empty.per_run())),
         num(iter_ours.per_run() - iter_empty.per_run()),
         String::new(),
@@ -225,8 +394,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let dn = |ws: &[Window], a: &str| id(a).map_or(f64::NAN, |a| per_run(ws, &a));
     // The timer pair the daemon attached (tp_btf unless the kernel refused it).
     let btf = id("ka_btf_timer_expire_entry").is_some();
-    let (t_entry, t_exit) =
-        if btf { ("ka_btf_timer_expire_entry", "ka_btf_timer_expire_exit") } else { ("ka_timer_expire_entry", "ka_timer_expire_exit") };
+    let (t_entry, t_exit) = if btf {
+        ("ka_btf_timer_expire_entry", "ka_btf_timer_expire_exit")
+    } else {
+        ("ka_timer_expire_entry", "ka_timer_expire_exit")
+    };
     let why = Why {
         btf,
         entry: rn(t_entry, "empty_tmr_entry"),
@@ -238,7 +410,13 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         tmr_exit: rn(t_exit, "empty_tmr_exit"),
         helper_read_ns: dn(&noisy, "filter_tmr_entry") - dn(&noisy, "empty_tmr_entry"),
         btf_read_ns: dn(&noisy, "btf_filter_entry") - dn(&noisy, "btf_tmr_entry"),
-        emit_ns: ["ka_sys_exit_setsockopt", "ka_sys_exit_accept", "ka_inet_sock_set_state", t_exit].map(|n| dn(&busy, n)),
+        emit_ns: [
+            "ka_sys_exit_setsockopt",
+            "ka_sys_exit_accept",
+            "ka_inet_sock_set_state",
+            t_exit,
+        ]
+        .map(|n| dn(&busy, n)),
     };
     let r = &mut ctx.report;
     r.h2("1. Kernel cost per program (host, tracepoint mode)");
@@ -259,10 +437,33 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
          {idle_dirty} idle and {noisy_dirty} noise windows were discarded in this run{}.",
         if noisy.iter().any(|w| w.ka_timers > 0 || w.ka_setsockopts > 0) { "; no clean noise window was found, so the figures below include other work's keepalive events" } else { "" }
     ));
-    r.table(&["hook", "program", "idle ns/run", "idle ratio", "noise runs/s", "noise ns/run", "noise ratio", "≤ 1.5×"], &common);
+    r.table(
+        &[
+            "hook",
+            "program",
+            "idle ns/run",
+            "idle ratio",
+            "noise runs/s",
+            "noise ns/run",
+            "noise ratio",
+            "≤ 1.5×",
+        ],
+        &common,
+    );
     r.p("Reference filters (keepalive-empty, attached in the same windows; ns/run *filter / its baseline*): the \
          floor of each filter as written, and as the fixes proposed below would write it.");
-    r.table(&["hook", "reference program", "idle ns/run", "idle ratio", "noise runs/s", "noise ns/run", "noise ratio"], &refs);
+    r.table(
+        &[
+            "hook",
+            "reference program",
+            "idle ns/run",
+            "idle ratio",
+            "noise runs/s",
+            "noise ns/run",
+            "noise ratio",
+        ],
+        &refs,
+    );
     r.p(&format!(
         "**Event path** — *storm*: {storm_conns} loopback connections, both ends probing every second (idle = intvl \
          = 1 s: ≈ {} keepalive timer expirations/s, each answered and re-probed: two events), plus 100 connections \
@@ -271,13 +472,33 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
          compared with that, so the table shows the added nanoseconds and what they add up to per second.",
         storm_conns * 2
     ));
-    r.table(&["hook", "program", "storm runs/s", "ns/run (ours / empty)", "ratio", "added ns/run", "CPU used"], &events);
-    let progs = [(t_entry, id(t_entry)), ("empty_tmr_entry", id("empty_tmr_entry")), ("filter_tmr_entry", Some(filter))];
+    r.table(
+        &[
+            "hook",
+            "program",
+            "storm runs/s",
+            "ns/run (ours / empty)",
+            "ratio",
+            "added ns/run",
+            "CPU used",
+        ],
+        &events,
+    );
+    let progs = [
+        (t_entry, id(t_entry)),
+        ("empty_tmr_entry", id("empty_tmr_entry")),
+        ("filter_tmr_entry", Some(filter)),
+    ];
     drop(second);
     split_timer_cost(r, &noisy, &busy, &progs);
     why.write(r);
     r.commands(&cmds);
-    r.verdict("1 kernel cost", "each program ≤ 1.5× the empty one (common path)", format!("worst {}× (`{}`, noise windows)", num(worst.0), worst.1), worst.0 <= 1.5);
+    r.verdict(
+        "1 kernel cost",
+        "each program ≤ 1.5× the empty one (common path)",
+        format!("worst {}× (`{}`, noise windows)", num(worst.0), worst.1),
+        worst.0 <= 1.5,
+    );
     Ok(())
 }
 
@@ -285,12 +506,22 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 /// directly in the noise windows (no keepalive timer fires there); its cost per keepalive timer
 /// is what remains of the storm windows' total once the other timers are charged at that rate:
 /// c_keepalive = (ns − others × c_other) / keepalive.
-fn split_timer_cost(r: &mut crate::report::Report, noisy: &[Window], storm: &[Window], progs: &[(&str, Option<Vec<u32>>)]) {
+fn split_timer_cost(
+    r: &mut crate::report::Report,
+    noisy: &[Window],
+    storm: &[Window],
+    progs: &[(&str, Option<Vec<u32>>)],
+) {
     let total = |ws: &[Window], ids: &[u32]| {
         ws.iter().fold((0u64, 0u64, 0u64, 0.0), |(n, t, k, s), w| {
             let d = sum(w, ids);
             let copies = ids.len().max(1) as u64;
-            (n + d.runs / copies, t + d.ns / copies, k + w.ka_timers, s + w.secs)
+            (
+                n + d.runs / copies,
+                t + d.ns / copies,
+                k + w.ka_timers,
+                s + w.secs,
+            )
         })
     };
     let mut rows = Vec::new();
@@ -303,7 +534,12 @@ fn split_timer_cost(r: &mut crate::report::Report, noisy: &[Window], storm: &[Wi
         let others = n2.saturating_sub(k2) as f64;
         let c_ka = (t2 as f64 - others * c_other) / (k2.max(1) as f64);
         (ka_rate, other_rate) = (k2 as f64 / s2, others / s2);
-        rows.push(vec![format!("`{name}`"), num(c_other), num(c_ka), format!("{k1} of {n1}")]);
+        rows.push(vec![
+            format!("`{name}`"),
+            num(c_other),
+            num(c_ka),
+            format!("{k1} of {n1}"),
+        ]);
     }
     r.p(&format!(
         "Timer filter split. `timer_expire_entry` fires for every timer-wheel expiry on the machine. Per \
@@ -311,7 +547,15 @@ fn split_timer_cost(r: &mut crate::report::Report, noisy: &[Window], storm: &[Wi
          keepalive expirations/s, counted by `filter_tmr_entry`, and {} others/s) less the others at the \
          non-keepalive rate. A keepalive expiry of the storm emits an `answered` event here, which is most of its cost."
     , num(ka_rate), num(other_rate)));
-    r.table(&["program", "ns per non-keepalive timer", "ns per keepalive timer", "keepalive timers seen in noise windows (of runs)"], &rows);
+    r.table(
+        &[
+            "program",
+            "ns per non-keepalive timer",
+            "ns per keepalive timer",
+            "keepalive timers seen in noise windows (of runs)",
+        ],
+        &rows,
+    );
 }
 
 /// What the explanation of the misses quotes, measured in this run.

@@ -57,36 +57,122 @@ enum Kind {
 
 /// (mode, hook as printed, kernel function, kind, the daemon's program, its empty twin in
 /// keepalive-empty). The daemon's side mirrors keepalive-daemon/src/attach.rs's ladders.
-type Pair = (&'static str, &'static str, &'static str, Kind, &'static str, &'static str);
+type Pair = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Kind,
+    &'static str,
+    &'static str,
+);
 const PAIRS: &[Pair] = &[
-    ("fentry", "tcp_keepalive_timer/fentry", "tcp_keepalive_timer", Kind::FEntry, "ka_fentry_keepalive_timer", "vm_fen_ka_timer"),
-    ("fentry", "tcp_keepalive_timer/fexit", "tcp_keepalive_timer", Kind::FExit, "ka_fexit_keepalive_timer", "vm_fex_ka_timer"),
-    ("fentry", "tcp_write_wakeup/fexit", "tcp_write_wakeup", Kind::FExit, "ka_fexit_write_wakeup", "vm_fex_wakeup"),
-    ("fentry", "tcp_done_with_error/fentry", "tcp_done_with_error", Kind::FEntry, "ka_fentry_done_with_error", "vm_fen_done_err"),
+    (
+        "fentry",
+        "tcp_keepalive_timer/fentry",
+        "tcp_keepalive_timer",
+        Kind::FEntry,
+        "ka_fentry_keepalive_timer",
+        "vm_fen_ka_timer",
+    ),
+    (
+        "fentry",
+        "tcp_keepalive_timer/fexit",
+        "tcp_keepalive_timer",
+        Kind::FExit,
+        "ka_fexit_keepalive_timer",
+        "vm_fex_ka_timer",
+    ),
+    (
+        "fentry",
+        "tcp_write_wakeup/fexit",
+        "tcp_write_wakeup",
+        Kind::FExit,
+        "ka_fexit_write_wakeup",
+        "vm_fex_wakeup",
+    ),
+    (
+        "fentry",
+        "tcp_done_with_error/fentry",
+        "tcp_done_with_error",
+        Kind::FEntry,
+        "ka_fentry_done_with_error",
+        "vm_fen_done_err",
+    ),
     // The twin that stands in for the primary when an interrupt re-enters it (nesting.rs).
-    ("fentry", "tcp_done_with_error/fentry-twin", "tcp_done_with_error", Kind::FEntry, "ka_nest_done_err", "vm_fen_done_err"),
-    ("kprobe", "tcp_keepalive_timer/kprobe", "tcp_keepalive_timer", Kind::KProbe, "ka_kprobe_keepalive_timer", "vm_kp_ka_timer"),
-    ("kprobe", "tcp_keepalive_timer/kretprobe", "tcp_keepalive_timer", Kind::KProbe, "ka_kretprobe_keepalive_timer", "vm_krp_ka_timer"),
-    ("kprobe", "tcp_write_wakeup/kprobe", "tcp_write_wakeup", Kind::KProbe, "ka_kprobe_write_wakeup", "vm_kp_wakeup"),
-    ("kprobe", "tcp_write_wakeup/kretprobe", "tcp_write_wakeup", Kind::KProbe, "ka_kretprobe_write_wakeup", "vm_krp_wakeup"),
-    ("kprobe", "tcp_done_with_error/kprobe", "tcp_done_with_error", Kind::KProbe, "ka_kprobe_done_with_error", "vm_kp_done_err"),
+    (
+        "fentry",
+        "tcp_done_with_error/fentry-twin",
+        "tcp_done_with_error",
+        Kind::FEntry,
+        "ka_nest_done_err",
+        "vm_fen_done_err",
+    ),
+    (
+        "kprobe",
+        "tcp_keepalive_timer/kprobe",
+        "tcp_keepalive_timer",
+        Kind::KProbe,
+        "ka_kprobe_keepalive_timer",
+        "vm_kp_ka_timer",
+    ),
+    (
+        "kprobe",
+        "tcp_keepalive_timer/kretprobe",
+        "tcp_keepalive_timer",
+        Kind::KProbe,
+        "ka_kretprobe_keepalive_timer",
+        "vm_krp_ka_timer",
+    ),
+    (
+        "kprobe",
+        "tcp_write_wakeup/kprobe",
+        "tcp_write_wakeup",
+        Kind::KProbe,
+        "ka_kprobe_write_wakeup",
+        "vm_kp_wakeup",
+    ),
+    (
+        "kprobe",
+        "tcp_write_wakeup/kretprobe",
+        "tcp_write_wakeup",
+        Kind::KProbe,
+        "ka_kretprobe_write_wakeup",
+        "vm_krp_wakeup",
+    ),
+    (
+        "kprobe",
+        "tcp_done_with_error/kprobe",
+        "tcp_done_with_error",
+        Kind::KProbe,
+        "ka_kprobe_done_with_error",
+        "vm_kp_done_err",
+    ),
 ];
 
 /// Programs that emit an event on every run under the storm (state.rs: `timer_enter` reports the
 /// answer to the previous probe, `timer_exit` the probe sent or the re-arm).
-const EVENT_PATH: &[&str] = &["ka_fentry_keepalive_timer", "ka_fexit_keepalive_timer", "ka_kprobe_keepalive_timer", "ka_kretprobe_keepalive_timer"];
+const EVENT_PATH: &[&str] = &[
+    "ka_fentry_keepalive_timer",
+    "ka_fexit_keepalive_timer",
+    "ka_kprobe_keepalive_timer",
+    "ka_kretprobe_keepalive_timer",
+];
 
 /// One copy of the twins for `mode`; (name, id) of each one attached. A twin the kernel refuses
 /// (tcp_done_with_error missing before its backport) is reported and left out.
 fn load_twins(mode: &str) -> Result<(Ebpf, Vec<(&'static str, u32)>)> {
-    let mut ebpf = EbpfLoader::new().load(EMPTY).context("loading keepalive-empty")?;
+    let mut ebpf = EbpfLoader::new()
+        .load(EMPTY)
+        .context("loading keepalive-empty")?;
     let btf = aya::Btf::from_sys_fs()?;
     let mut ids = Vec::new();
     for &(_, hook, func, kind, _, name) in PAIRS.iter().filter(|p| p.0 == mode) {
         if ids.iter().any(|(n, _)| *n == name) {
             continue; // one empty program serves a primary and its twin
         }
-        let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("{name} missing from keepalive-empty"))?;
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("{name} missing from keepalive-empty"))?;
         let attached = (|| -> Result<u32> {
             Ok(match kind {
                 Kind::FEntry => {
@@ -137,7 +223,14 @@ fn prog_stats(id: u32) -> Option<(String, Delta)> {
     attr[0] = (fd as u64 & 0xffff_ffff) | ((size_of_val(&info) as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
     // SAFETY: `info` outlives the call and is as long as info_len says.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), 128) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            128,
+        )
+    };
     // SAFETY: we own fd.
     unsafe { libc::close(fd as i32) };
     if r != 0 {
@@ -145,11 +238,19 @@ fn prog_stats(id: u32) -> Option<(String, Delta)> {
     }
     let bytes: Vec<u8> = info[8..10].iter().flat_map(|w| w.to_ne_bytes()).collect();
     let name = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
-    Some((name, Delta { runs: info[25], ns: info[24] }))
+    Some((
+        name,
+        Delta {
+            runs: info[25],
+            ns: info[24],
+        },
+    ))
 }
 
 fn snapshot(ids: &[u32]) -> HashMap<u32, Delta> {
-    ids.iter().filter_map(|&id| Some((id, prog_stats(id)?.1))).collect()
+    ids.iter()
+        .filter_map(|&id| Some((id, prog_stats(id)?.1)))
+        .collect()
 }
 
 /// The kernel keeps 15 characters of a program's name.
@@ -180,19 +281,44 @@ pub fn run(o: VmOpts) -> Result<()> {
         names.entry(name.to_string()).or_default().push(*id);
     }
     // Each copy alone too: on kretprobes especially, attach order changes what a program pays.
-    let copy = |c: &[(&str, u32)], twin: &str| c.iter().filter(|(n, _)| *n == twin).map(|(_, i)| *i).collect::<Vec<u32>>();
+    let copy = |c: &[(&str, u32)], twin: &str| {
+        c.iter()
+            .filter(|(n, _)| *n == twin)
+            .map(|(_, i)| *i)
+            .collect::<Vec<u32>>()
+    };
     let ids: Vec<u32> = names.values().flatten().copied().collect();
 
     // Load: the keepalive storm (idle = intvl = 1 in its namespace, both ends probing every
     // second: tcp_keepalive_timer and tcp_write_wakeup), a churn closing with RSTs (the peer's
     // tcp_reset calls tcp_done_with_error), and the host bench's noise, scaled down for TCG.
-    let keepalive = [("net.ipv4.tcp_keepalive_time", "1"), ("net.ipv4.tcp_keepalive_intvl", "1"), ("net.ipv4.tcp_keepalive_probes", "9")];
+    let keepalive = [
+        ("net.ipv4.tcp_keepalive_time", "1"),
+        ("net.ipv4.tcp_keepalive_intvl", "1"),
+        ("net.ipv4.tcp_keepalive_probes", "9"),
+    ];
     let ns = sys::Netns::create(&format!("kab-vm-{}", std::process::id()), &keepalive)?;
-    let storm = HoldOpts { netns: Some(ns.path()), keepalive: true, ..Default::default() };
+    let storm = HoldOpts {
+        netns: Some(ns.path()),
+        keepalive: true,
+        ..Default::default()
+    };
     let holders = holder::spawn_many(&storm, o.connections)?;
-    let churn = HoldOpts { connections: 20, churn: 20, rst: true, idle: Some(1), intvl: Some(1), cnt: Some(3), ..storm.clone() };
+    let churn = HoldOpts {
+        connections: 20,
+        churn: 20,
+        rst: true,
+        idle: Some(1),
+        intvl: Some(1),
+        cnt: Some(3),
+        ..storm.clone()
+    };
     let churner = holder::Holder::spawn(&churn)?;
-    let noise = NoiseProc::spawn(&NoiseOpts { netns: Some(ns.path()), timer_threads: 2, setsockopts: 500 })?;
+    let noise = NoiseProc::spawn(&NoiseOpts {
+        netns: Some(ns.path()),
+        timer_threads: 2,
+        setsockopts: 500,
+    })?;
     sys::sleep_s(2.0);
 
     let mut windows = Vec::new();
@@ -205,7 +331,13 @@ pub fn run(o: VmOpts) -> Result<()> {
             .iter()
             .map(|(id, a)| {
                 let b = b.get(id).copied().unwrap_or_default();
-                (*id, Delta { runs: a.runs.saturating_sub(b.runs), ns: a.ns.saturating_sub(b.ns) })
+                (
+                    *id,
+                    Delta {
+                        runs: a.runs.saturating_sub(b.runs),
+                        ns: a.ns.saturating_sub(b.ns),
+                    },
+                )
             })
             .collect();
         windows.push((d, t.elapsed().as_secs_f64()));
@@ -213,14 +345,36 @@ pub fn run(o: VmOpts) -> Result<()> {
     drop((noise, churner, holders));
 
     let sum = |d: &HashMap<u32, Delta>, ids: &[u32]| {
-        ids.iter().filter_map(|i| d.get(i)).fold(Delta::default(), |a, d| Delta { runs: a.runs + d.runs, ns: a.ns + d.ns })
+        ids.iter()
+            .filter_map(|i| d.get(i))
+            .fold(Delta::default(), |a, d| Delta {
+                runs: a.runs + d.runs,
+                ns: a.ns + d.ns,
+            })
     };
     for &(_, hook, _, _, ours, twin) in PAIRS.iter().filter(|p| p.0 == mode) {
         let oi = names.get(kernel_name(ours)).cloned().unwrap_or_default();
         let ei = names.get(twin).cloned().unwrap_or_default();
-        let per = |ids: &[u32]| median(&windows.iter().map(|(d, _)| sum(d, ids).per_run()).collect::<Vec<_>>());
-        let ratio = median(&windows.iter().map(|(d, _)| sum(d, &oi).per_run() / sum(d, &ei).per_run()).collect::<Vec<_>>());
-        let rate = median(&windows.iter().map(|(d, s)| sum(d, &oi).runs as f64 / s).collect::<Vec<_>>());
+        let per = |ids: &[u32]| {
+            median(
+                &windows
+                    .iter()
+                    .map(|(d, _)| sum(d, ids).per_run())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let ratio = median(
+            &windows
+                .iter()
+                .map(|(d, _)| sum(d, &oi).per_run() / sum(d, &ei).per_run())
+                .collect::<Vec<_>>(),
+        );
+        let rate = median(
+            &windows
+                .iter()
+                .map(|(d, s)| sum(d, &oi).runs as f64 / s)
+                .collect::<Vec<_>>(),
+        );
         let runs: u64 = windows.iter().map(|(d, _)| sum(d, &oi).runs).sum();
         let empty_runs: u64 = windows.iter().map(|(d, _)| sum(d, &ei).runs).sum();
         // One line, no spaces inside values: xtask reads it off the serial console.
@@ -244,15 +398,35 @@ pub fn run(o: VmOpts) -> Result<()> {
 /// Lines: `kcost-vm k=v…` (one per program), `kcost-vm-note …`, `kcost-vm-daemon <command>`,
 /// and xtask's own `kcost-vm-guest <kernel, package>` and `kcost-vm-cmd <command>`.
 pub fn section(ctx: &mut crate::Ctx) -> Result<()> {
-    let path = ctx.vm_results.clone().context("no --vm-results: `cargo xtask bench` runs the VM part (skip it with --no-vm)")?;
+    let path = ctx
+        .vm_results
+        .clone()
+        .context("no --vm-results: `cargo xtask bench` runs the VM part (skip it with --no-vm)")?;
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let rows = parse(&text);
     if rows.is_empty() {
-        bail!("{}: no kcost-vm lines (the guest's console is in target/vm/logs/bench-6.1.log)", path.display());
+        bail!(
+            "{}: no kcost-vm lines (the guest's console is in target/vm/logs/bench-6.1.log)",
+            path.display()
+        );
     }
-    let rest = |tag: &str| text.lines().filter_map(|l| l.strip_prefix(tag)).map(str::to_string).collect::<Vec<_>>();
-    let (guest, cmds, notes, daemons) = (rest("kcost-vm-guest "), rest("kcost-vm-cmd "), rest("kcost-vm-note "), rest("kcost-vm-daemon "));
-    let f = |r: &HashMap<String, String>, k: &str| r.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let rest = |tag: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (guest, cmds, notes, daemons) = (
+        rest("kcost-vm-guest "),
+        rest("kcost-vm-cmd "),
+        rest("kcost-vm-note "),
+        rest("kcost-vm-daemon "),
+    );
+    let f = |r: &HashMap<String, String>, k: &str| {
+        r.get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     let num = crate::report::num;
     let mut table = Vec::new();
     let mut worst: (f64, String) = (0.0, String::new());
@@ -265,7 +439,13 @@ pub fn section(ctx: &mut crate::Ctx) -> Result<()> {
             worst = (ratio, format!("`{}`, {}", g("prog"), g("mode")));
         }
         if !event && ratio > 1.5 {
-            misses.push(miss_reason(&g("prog"), &g("mode"), f(r, "ours_ns") - f(r, "empty_ns"), (f(r, "empty_after_ns") - f(r, "empty_before_ns")).abs(), f(r, "runs_per_s")));
+            misses.push(miss_reason(
+                &g("prog"),
+                &g("mode"),
+                f(r, "ours_ns") - f(r, "empty_ns"),
+                (f(r, "empty_after_ns") - f(r, "empty_before_ns")).abs(),
+                f(r, "runs_per_s"),
+            ));
         }
         table.push(vec![
             g("mode"),
@@ -274,7 +454,11 @@ pub fn section(ctx: &mut crate::Ctx) -> Result<()> {
             format!("`{}`", g("prog")),
             num(f(r, "runs_per_s")),
             format!("{} / {}", num(f(r, "ours_ns")), num(f(r, "empty_ns"))),
-            format!("{} / {}", num(f(r, "empty_before_ns")), num(f(r, "empty_after_ns"))),
+            format!(
+                "{} / {}",
+                num(f(r, "empty_before_ns")),
+                num(f(r, "empty_after_ns"))
+            ),
             format!("{}×", num(ratio)),
             match ratio {
                 x if !x.is_finite() => "not measured (no runs)".into(),
@@ -283,7 +467,10 @@ pub fn section(ctx: &mut crate::Ctx) -> Result<()> {
             },
         ]);
     }
-    let (w, s) = (rows[0].get("windows").cloned().unwrap_or_default(), rows[0].get("secs").cloned().unwrap_or_default());
+    let (w, s) = (
+        rows[0].get("windows").cloned().unwrap_or_default(),
+        rows[0].get("secs").cloned().unwrap_or_default(),
+    );
     let r = &mut ctx.report;
     r.h2("1b. Kernel cost in the 6.1 VM (fentry, kprobe)");
     r.p(&format!(
@@ -311,7 +498,20 @@ pub fn section(ctx: &mut crate::Ctx) -> Result<()> {
          `tcp_done_with_error`), and section 1's noise generator at a tenth of its rate. Unlike the tracepoint \
          rung's, these hooks fire only in the functions that matter (no other timer or socket option reaches \
          them): every run below is a keepalive timer, a keepalive probe or a socket death.");
-    r.table(&["mode", "path", "hook", "program", "runs/s", "ns/run (ours / empty)", "empty copies (before / after ours)", "ratio", "≤ 1.5×"], &table);
+    r.table(
+        &[
+            "mode",
+            "path",
+            "hook",
+            "program",
+            "runs/s",
+            "ns/run (ours / empty)",
+            "empty copies (before / after ours)",
+            "ratio",
+            "≤ 1.5×",
+        ],
+        &table,
+    );
     if !misses.is_empty() {
         r.p(&format!(
             "**Why the common-path misses.** On these hooks the daemon's programs do the least a filter can: one \
@@ -341,11 +541,21 @@ pub fn section(ctx: &mut crate::Ctx) -> Result<()> {
 /// empty copies already disagree in the same windows.
 fn miss_reason(prog: &str, mode: &str, excess_ns: f64, spread_ns: f64, runs_per_s: f64) -> String {
     let num = crate::report::num;
-    let head = format!("`{prog}` ({mode}) +{} ns at {} runs/s", num(excess_ns), num(runs_per_s));
+    let head = format!(
+        "`{prog}` ({mode}) +{} ns at {} runs/s",
+        num(excess_ns),
+        num(runs_per_s)
+    );
     if excess_ns <= spread_ns {
-        format!("{head}, less than the {} ns between the two identical empty copies: below what this setup resolves", num(spread_ns))
+        format!(
+            "{head}, less than the {} ns between the two identical empty copies: below what this setup resolves",
+            num(spread_ns)
+        )
     } else {
-        format!("{head} (the empty copies differ by {} ns): the lookup's emulated cost", num(spread_ns))
+        format!(
+            "{head} (the empty copies differ by {} ns): the lookup's emulated cost",
+            num(spread_ns)
+        )
     }
 }
 
@@ -353,7 +563,12 @@ fn miss_reason(prog: &str, mode: &str, excess_ns: f64, spread_ns: f64, runs_per_
 fn parse(text: &str) -> Vec<HashMap<String, String>> {
     text.lines()
         .filter_map(|l| l.strip_prefix("kcost-vm "))
-        .map(|l| l.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
         .collect()
 }
 
@@ -361,7 +576,9 @@ fn parse(text: &str) -> Vec<HashMap<String, String>> {
 mod tests {
     #[test]
     fn reads_the_guest_lines() {
-        let rows = super::parse("kcost-vm-guest x\nkcost-vm mode=fentry hook=a/fexit prog=p empty=e ours_ns=10.0 ratio=1.2\n");
+        let rows = super::parse(
+            "kcost-vm-guest x\nkcost-vm mode=fentry hook=a/fexit prog=p empty=e ours_ns=10.0 ratio=1.2\n",
+        );
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["hook"], "a/fexit");
         assert_eq!(rows[0]["ratio"], "1.2");
@@ -369,7 +586,10 @@ mod tests {
 
     #[test]
     fn kernel_names_are_cut_at_15() {
-        assert_eq!(super::kernel_name("ka_fentry_keepalive_timer"), "ka_fentry_keepa");
+        assert_eq!(
+            super::kernel_name("ka_fentry_keepalive_timer"),
+            "ka_fentry_keepa"
+        );
         assert_eq!(super::kernel_name("vm_kp_wakeup"), "vm_kp_wakeup");
     }
 }

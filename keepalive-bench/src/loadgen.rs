@@ -53,7 +53,11 @@ const WARMUP: Duration = Duration::from_millis(500);
 
 fn set_keepalive(s: &TcpStream) {
     let fd = s.as_raw_fd();
-    for (level, name) in [(libc::SOL_SOCKET, libc::SO_KEEPALIVE), (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL)] {
+    for (level, name) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    ] {
         let one: i32 = 1;
         // SAFETY: valid descriptor and a 4-byte option value.
         unsafe { libc::setsockopt(fd, level, name, (&raw const one).cast(), 4) };
@@ -108,7 +112,8 @@ pub fn load(o: LoadOpts) -> Result<()> {
             }
         }));
         // Client end: writes blocks, or sends requests and counts the answered ones.
-        let (stop_c, counting_c, trans_c, start_c) = (stop.clone(), counting.clone(), trans.clone(), start.clone());
+        let (stop_c, counting_c, trans_c, start_c) =
+            (stop.clone(), counting.clone(), trans.clone(), start.clone());
         threads.push(std::thread::spawn(move || {
             let block = vec![7u8; BLOCK.max(msg)];
             let mut back = vec![0u8; msg];
@@ -139,7 +144,11 @@ pub fn load(o: LoadOpts) -> Result<()> {
     counting.store(false, Ordering::SeqCst);
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
-    let result = LoadResult { bytes: bytes.load(Ordering::SeqCst), transactions: trans.load(Ordering::SeqCst), secs };
+    let result = LoadResult {
+        bytes: bytes.load(Ordering::SeqCst),
+        transactions: trans.load(Ordering::SeqCst),
+        secs,
+    };
     for t in threads {
         let _ = t.join();
     }
@@ -149,8 +158,19 @@ pub fn load(o: LoadOpts) -> Result<()> {
 
 /// Runs one `load` child and returns its result.
 pub fn run_child(o: &LoadOpts) -> Result<(LoadResult, String)> {
-    let mut args = vec!["load".to_string(), "--mode".into(), o.mode.clone(), "--conns".into(), o.conns.to_string()];
-    args.extend(["--secs".into(), o.secs.to_string(), "--msg".into(), o.msg.to_string()]);
+    let mut args = vec![
+        "load".to_string(),
+        "--mode".into(),
+        o.mode.clone(),
+        "--conns".into(),
+        o.conns.to_string(),
+    ];
+    args.extend([
+        "--secs".into(),
+        o.secs.to_string(),
+        "--msg".into(),
+        o.msg.to_string(),
+    ]);
     if let Some(ns) = &o.netns {
         args.extend(["--netns".into(), ns.display().to_string()]);
     }
@@ -158,5 +178,8 @@ pub fn run_child(o: &LoadOpts) -> Result<(LoadResult, String)> {
         args.push("--keepalive".into());
     }
     let out = sys::output(std::process::Command::new(crate::sys::self_exe()?).args(&args))?;
-    Ok((serde_json::from_str(out.trim())?, format!("keepalive-bench {}", args.join(" "))))
+    Ok((
+        serde_json::from_str(out.trim())?,
+        format!("keepalive-bench {}", args.join(" ")),
+    ))
 }

@@ -125,7 +125,10 @@ fn run(o: RunOpts) -> Result<()> {
         bail!("run as root: the bench loads BPF programs and creates network namespaces");
     }
     if !o.daemon.exists() {
-        bail!("{} missing: cargo build --release -p keepalive-daemon", o.daemon.display());
+        bail!(
+            "{} missing: cargo build --release -p keepalive-daemon",
+            o.daemon.display()
+        );
     }
     sys::raise_nofile();
     sys::remove_stale_netns();
@@ -134,7 +137,11 @@ fn run(o: RunOpts) -> Result<()> {
     let t0 = std::time::Instant::now();
     let load_before = sys::loadavg();
     let tag = std::process::id();
-    let keepalive = [("net.ipv4.tcp_keepalive_time", "1"), ("net.ipv4.tcp_keepalive_intvl", "1"), ("net.ipv4.tcp_keepalive_probes", "9")];
+    let keepalive = [
+        ("net.ipv4.tcp_keepalive_time", "1"),
+        ("net.ipv4.tcp_keepalive_intvl", "1"),
+        ("net.ipv4.tcp_keepalive_probes", "9"),
+    ];
     let mut ctx = Ctx {
         daemon_bin: o.daemon.canonicalize()?,
         quick: o.quick,
@@ -164,22 +171,36 @@ fn run(o: RunOpts) -> Result<()> {
         if !want(name) {
             continue;
         }
-        eprintln!("keepalive-bench: {name} ({:.0} s so far)", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "keepalive-bench: {name} ({:.0} s so far)",
+            t0.elapsed().as_secs_f64()
+        );
         if let Err(e) = f(&mut ctx) {
             // A failed section is reported, not fatal: the others still say something.
             eprintln!("keepalive-bench: {name} failed: {e:#}");
             ctx.report.h2(&format!("{name}: failed"));
-            ctx.report.p(&format!("This section did not complete: `{e:#}`"));
-            ctx.report.verdict(name, "section ran", format!("failed: {e}"), false);
+            ctx.report
+                .p(&format!("This section did not complete: `{e:#}`"));
+            ctx.report
+                .verdict(name, "section ran", format!("failed: {e}"), false);
         }
     }
     if o.only.is_empty() && o.vm_results.is_none() {
         not_measured(&mut ctx.report);
     }
-    let text = ctx.report.render(&started, t0.elapsed().as_secs_f64(), (&load_before, &sys::loadavg()), &o.command);
+    let text = ctx.report.render(
+        &started,
+        t0.elapsed().as_secs_f64(),
+        (&load_before, &sys::loadavg()),
+        &o.command,
+    );
     sys::remove_self_copy();
     std::fs::write(&o.out, text).with_context(|| o.out.display().to_string())?;
-    eprintln!("keepalive-bench: wrote {} in {:.0} s", o.out.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "keepalive-bench: wrote {} in {:.0} s",
+        o.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::{
-    Ctx,
-    bpf,
+    Ctx, bpf,
     daemon::{self, Daemon},
     holder::{self, HoldOpts},
     report::{bytes, median, num},
@@ -23,8 +22,16 @@ fn scrape(d: &Daemon, n: usize) -> Result<(f64, f64, usize, usize)> {
         times.push(t.as_secs_f64() * 1e3);
         body = b;
     }
-    let series = body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
-    Ok((median(&times), times.iter().copied().fold(0.0, f64::max), body.len(), series))
+    let series = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    Ok((
+        median(&times),
+        times.iter().copied().fold(0.0, f64::max),
+        body.len(),
+        series,
+    ))
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
@@ -34,9 +41,17 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let rss0 = d.rss() as f64;
     // Paced: a burst of socket events beyond the ring buffer would lose sockets from the
     // inventory, which is not what this section measures (losses are counted below anyway).
-    let quiet = HoldOpts { netns: Some(ctx.quiet_ns.path()), keepalive: true, rate: 4_000, ..Default::default() };
+    let quiet = HoldOpts {
+        netns: Some(ctx.quiet_ns.path()),
+        keepalive: true,
+        rate: 4_000,
+        ..Default::default()
+    };
     let lost0 = d.metrics()?.lost();
-    let steps: Vec<usize> = [5_000, 25_000, 50_000].iter().map(|&n| ctx.scale(n)).collect();
+    let steps: Vec<usize> = [5_000, 25_000, 50_000]
+        .iter()
+        .map(|&n| ctx.scale(n))
+        .collect();
     let mut holders = Vec::new();
     let (mut held, mut rows, mut scrapes) = (0, Vec::new(), Vec::new());
     let mut per_socket = Vec::new();
@@ -51,29 +66,75 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         let added = have - base;
         let b = (rss - rss0) / added.max(1.0);
         per_socket.push(b);
-        rows.push(vec![format!("{}", have as u64), format!("{}", added as u64), bytes(rss), bytes(rss - rss0), format!("{} B", num(b))]);
+        rows.push(vec![
+            format!("{}", have as u64),
+            format!("{}", added as u64),
+            bytes(rss),
+            bytes(rss - rss0),
+            format!("{} B", num(b)),
+        ]);
         let (med, max, size, series) = scrape(&d, n_scrapes)?;
-        scrapes.push(vec![format!("{} sockets, 1 bench namespace", have as u64), num(med), num(max), bytes(size as f64), series.to_string()]);
+        scrapes.push(vec![
+            format!("{} sockets, 1 bench namespace", have as u64),
+            num(med),
+            num(max),
+            bytes(size as f64),
+            series.to_string(),
+        ]);
     }
     // Maximum caps: more namespaces than keepalive_namespace_default exports (256).
     let ns_count = if ctx.quick { 30 } else { 300 };
-    let fan = holder::Holder::spawn(&HoldOpts { netns: None, connections: 1, keepalive: true, namespaces: ns_count, ..Default::default() })?;
-    let have = d.wait_sockets(base + 2.0 * held as f64 + 3.0 * ns_count as f64, Duration::from_secs(60))?;
+    let fan = holder::Holder::spawn(&HoldOpts {
+        netns: None,
+        connections: 1,
+        keepalive: true,
+        namespaces: ns_count,
+        ..Default::default()
+    })?;
+    let have = d.wait_sockets(
+        base + 2.0 * held as f64 + 3.0 * ns_count as f64,
+        Duration::from_secs(60),
+    )?;
     sys::sleep_s(2.0);
     let (med, max, size, series) = scrape(&d, n_scrapes)?;
-    scrapes.push(vec![format!("{} sockets, {} more namespaces", have as u64, ns_count), num(med), num(max), bytes(size as f64), series.to_string()]);
+    scrapes.push(vec![
+        format!("{} sockets, {} more namespaces", have as u64, ns_count),
+        num(med),
+        num(max),
+        bytes(size as f64),
+        series.to_string(),
+    ]);
 
     let setup_lost = d.metrics()?.lost() - lost0;
     let maps = bpf::maps(&sys::bpf_ids(d.pid(), "map_id"))?;
     let kernel_total: u64 = maps.iter().map(|m| m.bytes_memlock).sum();
-    let map_rows: Vec<Vec<String>> = maps.iter().map(|m| vec![format!("`{}`", m.name), m.kind.clone(), m.max_entries.to_string(), bytes(m.bytes_memlock as f64)]).collect();
+    let map_rows: Vec<Vec<String>> = maps
+        .iter()
+        .map(|m| {
+            vec![
+                format!("`{}`", m.name),
+                m.kind.clone(),
+                m.max_entries.to_string(),
+                bytes(m.bytes_memlock as f64),
+            ]
+        })
+        .collect();
     let cmds = vec![
         d.command.clone(),
-        format!("{}   # x{} (≤ {} connections each), netns {} (default sysctls: no probes)", holders[0].command, holders.len(), holder::PER_PROCESS, ctx.quiet_ns.name),
+        format!(
+            "{}   # x{} (≤ {} connections each), netns {} (default sysctls: no probes)",
+            holders[0].command,
+            holders.len(),
+            holder::PER_PROCESS,
+            ctx.quiet_ns.name
+        ),
         fan.command.clone(),
         format!("grep VmRSS /proc/{}/status", d.pid()),
         "bpftool -j map show id <each map_id in /proc/<daemon>/fdinfo>".to_string(),
-        format!("curl -s 127.0.0.1:{}/metrics   # x{n_scrapes}, time to last byte", d.port),
+        format!(
+            "curl -s 127.0.0.1:{}/metrics   # x{n_scrapes}, time to last byte",
+            d.port
+        ),
     ];
     drop(fan);
     drop(holders);
@@ -93,7 +154,16 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         bytes(rss0),
         base as u64
     ));
-    r.table(&["sockets in inventory", "added", "daemon RSS", "RSS growth", "RSS per added socket"], &rows);
+    r.table(
+        &[
+            "sockets in inventory",
+            "added",
+            "daemon RSS",
+            "RSS growth",
+            "RSS per added socket",
+        ],
+        &rows,
+    );
     explain_rss(r, &per_socket, &steps);
     let total_kernel_10k = kernel_total as f64 / (2.0 * steps[0] as f64);
     let total_kernel_100k = kernel_total as f64 / (2.0 * *steps.last().unwrap_or(&1) as f64);
@@ -123,21 +193,47 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         num(trend.all),
         ctx.churn_seconds
     ));
-    r.table(&["seconds", "daemon RSS", "sockets in inventory", "connections replaced"], &churn_rows);
+    r.table(
+        &[
+            "seconds",
+            "daemon RSS",
+            "sockets in inventory",
+            "connections replaced",
+        ],
+        &churn_rows,
+    );
     r.commands(&[cmds.clone(), vec![churn_cmd]].concat());
     let worst = per_socket.iter().copied().fold(0.0, f64::max);
-    r.verdict("4 memory", "≤ 256 B per socket (userspace)", format!("{} B at {} sockets, {} B at {}", num(per_socket[0]), 2 * steps[0], num(*per_socket.last().unwrap_or(&0.0)), 2 * steps.last().unwrap_or(&0)), worst <= 256.0);
+    r.verdict(
+        "4 memory",
+        "≤ 256 B per socket (userspace)",
+        format!(
+            "{} B at {} sockets, {} B at {}",
+            num(per_socket[0]),
+            2 * steps[0],
+            num(*per_socket.last().unwrap_or(&0.0)),
+            2 * steps.last().unwrap_or(&0)
+        ),
+        worst <= 256.0,
+    );
     r.verdict(
         "4 memory",
         "no leak across churn",
-        format!("{} KiB/min after trims over {} s (10 min asked; see section 4)", num(trend.troughs), ctx.churn_seconds),
+        format!(
+            "{} KiB/min after trims over {} s (10 min asked; see section 4)",
+            num(trend.troughs),
+            ctx.churn_seconds
+        ),
         trend.troughs.abs() < 64.0 && ctx.churn_seconds >= 600,
     );
 
     r.h2("6. Scrape: `/metrics` render time and size");
     r.p("Time from connect to the last byte of the response (the inventory metrics are computed at scrape time \
          from every socket, so they grow with sockets; `keepalive_namespace_default` stops at 256 namespaces).");
-    r.table(&["inventory", "median ms", "max ms", "size", "series"], &scrapes);
+    r.table(
+        &["inventory", "median ms", "max ms", "size", "series"],
+        &scrapes,
+    );
     let _ = r;
     Ok(())
 }
@@ -152,7 +248,14 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 /// saw-tooth does not.
 fn churn(ctx: &mut Ctx) -> Result<(Vec<Vec<String>>, String, Trend)> {
     let d = ctx.start_daemon(&[], "churn")?;
-    let o = HoldOpts { netns: Some(ctx.quiet_ns.path()), connections: ctx.scale(5_000), keepalive: true, rate: 8_000, churn: CHURN_RATE, ..Default::default() };
+    let o = HoldOpts {
+        netns: Some(ctx.quiet_ns.path()),
+        connections: ctx.scale(5_000),
+        keepalive: true,
+        rate: 8_000,
+        churn: CHURN_RATE,
+        ..Default::default()
+    };
     let h = holder::Holder::spawn(&o)?;
     let t = Instant::now();
     let total = ctx.churn_seconds as f64;
@@ -166,8 +269,14 @@ fn churn(ctx: &mut Ctx) -> Result<(Vec<Vec<String>>, String, Trend)> {
         samples.push((s, rss));
         if s + 0.5 >= next_row {
             let m = d.metrics()?;
-            let socks = m.get("keepalive_sockets{keepalive=\"on\"}") + m.get("keepalive_sockets{keepalive=\"off\"}");
-            rows.push(vec![num(s), bytes(rss), num(socks), num(s * CHURN_RATE as f64)]);
+            let socks = m.get("keepalive_sockets{keepalive=\"on\"}")
+                + m.get("keepalive_sockets{keepalive=\"off\"}");
+            rows.push(vec![
+                num(s),
+                bytes(rss),
+                num(socks),
+                num(s * CHURN_RATE as f64),
+            ]);
             next_row += 10.0;
         }
     }
@@ -205,31 +314,57 @@ impl Trend {
             }
         }
         let total = samples.last().map_or(0.0, |s| s.0);
-        let half: Vec<(f64, f64)> = samples.iter().copied().filter(|s| s.0 >= total / 2.0).collect();
-        Trend { troughs: slope(&lows), all: slope(&half), windows: lows.len() }
+        let half: Vec<(f64, f64)> = samples
+            .iter()
+            .copied()
+            .filter(|s| s.0 >= total / 2.0)
+            .collect();
+        Trend {
+            troughs: slope(&lows),
+            all: slope(&half),
+            windows: lows.len(),
+        }
     }
 }
 
 /// Least-squares slope of (seconds, bytes) in KiB per minute.
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
-    let (mx, my) = (points.iter().map(|s| s.0).sum::<f64>() / n, points.iter().map(|s| s.1).sum::<f64>() / n);
-    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), s| (a + (s.0 - mx) * (s.1 - my), b + (s.0 - mx).powi(2)));
-    if sxx > 0.0 { sxy / sxx * 60.0 / 1024.0 } else { f64::NAN }
+    let (mx, my) = (
+        points.iter().map(|s| s.0).sum::<f64>() / n,
+        points.iter().map(|s| s.1).sum::<f64>() / n,
+    );
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), s| {
+        (a + (s.0 - mx) * (s.1 - my), b + (s.0 - mx).powi(2))
+    });
+    if sxx > 0.0 {
+        sxy / sxx * 60.0 / 1024.0
+    } else {
+        f64::NAN
+    }
 }
 
 /// Where the daemon's bytes per socket go, with the structure sizes the criterion benchmark
 /// wrote (target/criterion/keepalive-sizes.json; absent before its first run).
 fn explain_rss(r: &mut crate::report::Report, per_socket: &[f64], steps: &[usize]) {
-    let sizes: serde_json::Value = std::fs::read_to_string("target/criterion/keepalive-sizes.json").ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    let entry = sizes.get("inventory_entry").and_then(serde_json::Value::as_u64).unwrap_or(0) as f64;
+    let sizes: serde_json::Value = std::fs::read_to_string("target/criterion/keepalive-sizes.json")
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let entry = sizes
+        .get("inventory_entry")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0) as f64;
     // hashbrown: a power-of-two number of buckets, at most 7/8 full; a bucket holds the key,
     // the value and one control byte.
     let table = |n: usize| {
         let buckets = ((n * 8).div_ceil(7)).next_power_of_two() as f64;
         buckets * (8.0 + entry + 1.0) / n as f64
     };
-    let tables: Vec<String> = steps.iter().map(|&c| format!("{} B at {} sockets", num(table(2 * c)), 2 * c)).collect();
+    let tables: Vec<String> = steps
+        .iter()
+        .map(|&c| format!("{} B at {} sockets", num(table(2 * c)), 2 * c))
+        .collect();
     let over = per_socket.iter().any(|b| *b > 256.0);
     r.p(&format!(
         "**{}** (measured: {}). Per socket the daemon keeps an inventory `Entry` of {} B in a \

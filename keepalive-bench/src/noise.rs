@@ -55,7 +55,15 @@ pub fn noise(o: NoiseOpts) -> Result<()> {
         while done < due {
             let one: i32 = (done & 1) as i32;
             // SAFETY: valid descriptor and a 4-byte option value.
-            unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw const one).cast(), 4) };
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&raw const one).cast(),
+                    4,
+                )
+            };
             done += 1;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -70,17 +78,28 @@ pub struct NoiseProc {
 
 impl NoiseProc {
     pub fn spawn(o: &NoiseOpts) -> Result<Self> {
-        let mut args = vec!["noise".to_string(), "--timer-threads".into(), o.timer_threads.to_string()];
+        let mut args = vec![
+            "noise".to_string(),
+            "--timer-threads".into(),
+            o.timer_threads.to_string(),
+        ];
         args.extend(["--setsockopts".into(), o.setsockopts.to_string()]);
         if let Some(ns) = &o.netns {
             args.extend(["--netns".into(), ns.display().to_string()]);
         }
-        let mut child = sys::die_with_parent(&mut std::process::Command::new(crate::sys::self_exe()?)).args(&args).stdout(std::process::Stdio::piped()).spawn()?;
+        let mut child =
+            sys::die_with_parent(&mut std::process::Command::new(crate::sys::self_exe()?))
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
             std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
         }
-        Ok(NoiseProc { child, command: format!("keepalive-bench {}", args.join(" ")) })
+        Ok(NoiseProc {
+            child,
+            command: format!("keepalive-bench {}", args.join(" ")),
+        })
     }
 }
 

@@ -18,17 +18,38 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let mut cmds = Vec::new();
     let mut worst = f64::INFINITY;
     for (mode, conns, unit) in modes {
-        let o = LoadOpts { netns: Some(ctx.storm_ns.path()), mode: mode.into(), conns, secs, msg: 64, keepalive: true };
-        let value = |r: &LoadResult| if mode == "bulk" { r.bytes as f64 / r.secs / 1e6 } else { r.transactions as f64 / r.secs };
-        let (mut off, mut on, mut ratios, mut daemon_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let o = LoadOpts {
+            netns: Some(ctx.storm_ns.path()),
+            mode: mode.into(),
+            conns,
+            secs,
+            msg: 64,
+            keepalive: true,
+        };
+        let value = |r: &LoadResult| {
+            if mode == "bulk" {
+                r.bytes as f64 / r.secs / 1e6
+            } else {
+                r.transactions as f64 / r.secs
+            }
+        };
+        let (mut off, mut on, mut ratios, mut daemon_cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             // Alternate the order so a drift in the machine's load does not favour one side.
             let mut pair = [0.0f64; 2];
             for side in if rep % 2 == 0 { [0, 1] } else { [1, 0] } {
-                let daemon = if side == 1 { Some(ctx.start_daemon(&[], "packet")?) } else { None };
+                let daemon = if side == 1 {
+                    Some(ctx.start_daemon(&[], "packet")?)
+                } else {
+                    None
+                };
                 // The daemon's startup (inventory walk, owner scan) is not the steady state.
                 sys::sleep_s(1.5);
-                let (c0, t0) = (daemon.as_ref().map_or(0, |d| d.cpu_ns()), std::time::Instant::now());
+                let (c0, t0) = (
+                    daemon.as_ref().map_or(0, |d| d.cpu_ns()),
+                    std::time::Instant::now(),
+                );
                 let (r, cmd) = loadgen::run_child(&o)?;
                 if let Some(d) = &daemon {
                     daemon_cpu.push((d.cpu_ns() - c0) as f64 / 1e9 / t0.elapsed().as_secs_f64());
@@ -37,7 +58,10 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                     cmds.push(cmd);
                 }
                 if let (Some(d), true) = (&daemon, cmds.len() == 1) {
-                    cmds.push(format!("{}   # running during the 'on' runs, stopped (SIGTERM) for the 'off' runs", d.command));
+                    cmds.push(format!(
+                        "{}   # running during the 'on' runs, stopped (SIGTERM) for the 'off' runs",
+                        d.command
+                    ));
                 }
                 drop(daemon);
                 pair[side] = value(&r);
@@ -49,13 +73,28 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         let ratio = median(&ratios);
         worst = worst.min(ratio);
         rows.push(vec![
-            format!("{mode} ({conns} connections{})", if mode == "rr" { ", 64 B each way" } else { ", 64 KiB writes" }),
+            format!(
+                "{mode} ({conns} connections{})",
+                if mode == "rr" {
+                    ", 64 B each way"
+                } else {
+                    ", 64 KiB writes"
+                }
+            ),
             format!("{} {unit}", num(median(&off))),
             format!("{} {unit}", num(median(&on))),
             format!("{}×", num(ratio)),
-            ratios.iter().map(|r| format!("{:.3}", r)).collect::<Vec<_>>().join(", "),
+            ratios
+                .iter()
+                .map(|r| format!("{:.3}", r))
+                .collect::<Vec<_>>()
+                .join(", "),
             format!("{} %", num(median(&daemon_cpu) * 100.0)),
-            if ratio >= 0.99 { "yes".into() } else { "**no**".into() },
+            if ratio >= 0.99 {
+                "yes".into()
+            } else {
+                "**no**".into()
+            },
         ]);
     }
     let r = &mut ctx.report;
@@ -65,12 +104,28 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
          then the median. Both ends of every connection have SO_KEEPALIVE with idle = intvl = 1 s, so their \
          keepalive timers (and our timer hooks) fire while data flows. One thread per connection end on 2 CPUs."
     ));
-    r.table(&["traffic", "daemon off", "daemon on", "ratio (median)", "per-pair ratios", "daemon CPU during 'on' runs", "≥ 0.99×"], &rows);
+    r.table(
+        &[
+            "traffic",
+            "daemon off",
+            "daemon on",
+            "ratio (median)",
+            "per-pair ratios",
+            "daemon CPU during 'on' runs",
+            "≥ 0.99×",
+        ],
+        &rows,
+    );
     r.p("The per-pair ratios show how much this shared machine's throughput moves between runs of a few \
          seconds (other work runs here; load average in the header) — more than the 1 % the target asks to \
          resolve. The daemon's own CPU during the 'on' runs bounds what it can take from the traffic: none of \
          its programs runs per packet, and its userspace threads used the share shown, on 2 CPUs.");
     r.commands(&cmds);
-    r.verdict("2 packet path", "throughput with daemon ≥ 0.99× without", format!("worst median ratio {}×", num(worst)), worst >= 0.99);
+    r.verdict(
+        "2 packet path",
+        "throughput with daemon ≥ 0.99× without",
+        format!("worst median ratio {}×", num(worst)),
+        worst >= 0.99,
+    );
     Ok(())
 }

@@ -10,8 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    Ctx,
-    bpf,
+    Ctx, bpf,
     holder::{self, HoldOpts},
     report::{median, num},
     sys,
@@ -84,18 +83,44 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let conns = ctx.scale(5_000);
     let secs = if ctx.quick { 5.0 } else { 15.0 };
     let bt_path = crate::daemon::scratch_dir().join("keepalive-probes.bt");
-    fs::write(&bt_path, script(ctx.ka_fn, ctx.offsets.keepalive_timer, ctx.offsets.probes_out))?;
+    fs::write(
+        &bt_path,
+        script(
+            ctx.ka_fn,
+            ctx.offsets.keepalive_timer,
+            ctx.offsets.probes_out,
+        ),
+    )?;
     let mut rows = Vec::new();
     let mut cmds = Vec::new();
-    for (label, ns) in [("quiet: Linux defaults, no probes", ctx.quiet_ns.path()), ("storm: idle = intvl = 1 s", ctx.storm_ns.path())] {
-        let holders = holder::spawn_many(&HoldOpts { netns: Some(ns.clone()), keepalive: true, rate: 10_000, ..Default::default() }, conns)?;
+    for (label, ns) in [
+        ("quiet: Linux defaults, no probes", ctx.quiet_ns.path()),
+        ("storm: idle = intvl = 1 s", ctx.storm_ns.path()),
+    ] {
+        let holders = holder::spawn_many(
+            &HoldOpts {
+                netns: Some(ns.clone()),
+                keepalive: true,
+                rate: 10_000,
+                ..Default::default()
+            },
+            conns,
+        )?;
         let d = ctx.start_daemon(&[], "peers")?;
         let started = Instant::now();
         let _stats = sys::BpfStats::enable()?;
         let out = crate::daemon::scratch_dir().join("bpftrace.out");
-        let mut bt = sys::die_with_parent(&mut Command::new("bpftrace")).arg(&bt_path).stdout(fs::File::create(&out)?).stderr(Stdio::null()).spawn().context("bpftrace")?;
+        let mut bt = sys::die_with_parent(&mut Command::new("bpftrace"))
+            .arg(&bt_path)
+            .stdout(fs::File::create(&out)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("bpftrace")?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !fs::read_to_string(&out).unwrap_or_default().contains("Attaching") {
+        while !fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("Attaching")
+        {
             if Instant::now() > deadline {
                 bail!("bpftrace did not attach");
             }
@@ -103,10 +128,19 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         }
         // Probes both saw, counted over bpftrace's whole life (its count starts at attach).
         let probes0 = d.metrics()?.get("keepalive_probes_total");
-        std::thread::sleep(SETTLE.saturating_sub(started.elapsed()).max(Duration::from_secs(3)));
+        std::thread::sleep(
+            SETTLE
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(3)),
+        );
         let bt_ids = sys::bpf_ids(bt.id(), "prog_id");
         let ours = sys::bpf_ids(d.pid(), "prog_id");
-        let (s0, dc0, bc0, t0) = (bpf::snapshot()?, d.cpu_ns(), sys::cpu_ns(bt.id())?, Instant::now());
+        let (s0, dc0, bc0, t0) = (
+            bpf::snapshot()?,
+            d.cpu_ns(),
+            sys::cpu_ns(bt.id())?,
+            Instant::now(),
+        );
         let mut polls = Vec::new();
         while t0.elapsed().as_secs_f64() < secs {
             let tick = Instant::now();
@@ -115,8 +149,17 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 std::thread::sleep(rest);
             }
         }
-        let (s1, dc1, bc1, dt) = (bpf::snapshot()?, d.cpu_ns(), sys::cpu_ns(bt.id())?, t0.elapsed().as_secs_f64());
-        let sum = |ids: &[u32]| ids.iter().map(|&i| bpf::delta(&s0, &s1, i)).fold((0u64, 0u64), |(n, t), d| (n + d.runs, t + d.ns));
+        let (s1, dc1, bc1, dt) = (
+            bpf::snapshot()?,
+            d.cpu_ns(),
+            sys::cpu_ns(bt.id())?,
+            t0.elapsed().as_secs_f64(),
+        );
+        let sum = |ids: &[u32]| {
+            ids.iter()
+                .map(|&i| bpf::delta(&s0, &s1, i))
+                .fold((0u64, 0u64), |(n, t), d| (n + d.runs, t + d.ns))
+        };
         let (bt_runs, bt_ns) = sum(&bt_ids);
         let (_, our_ns) = sum(&ours);
         let probes1 = d.metrics()?.get("keepalive_probes_total");
@@ -124,11 +167,18 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
         let _ = bt.wait();
         let printed = fs::read_to_string(&out).unwrap_or_default();
-        let bt_probes = printed.lines().find_map(|l| l.strip_prefix("@probes: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let bt_probes = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("@probes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         if cmds.is_empty() {
             cmds.push(d.command.clone());
             cmds.push(format!("{}   # x{}", holders[0].command, holders.len()));
-            cmds.push(format!("bpftrace {}   # the script is printed below", bt_path.display()));
+            cmds.push(format!(
+                "bpftrace {}   # the script is printed below",
+                bt_path.display()
+            ));
             cmds.push("nsenter --net=/run/netns/<ns> ss -tieo > /dev/null   # once a second; CPU from wait4() rusage".into());
             cmds.push(format!("{}   # BPF time of the daemon's and bpftrace's programs (ids from /proc/<pid>/fdinfo)", bpf::PROG_SHOW));
         }
@@ -140,7 +190,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             daemon_bpf: our_ns as f64 / 1e9 / dt,
             bt_cpu: (bc1 - bc0) as f64 / 1e9 / dt,
             bt_bpf: bt_ns as f64 / 1e9 / dt,
-            bt_ns_per_run: if bt_runs > 0 { bt_ns as f64 / bt_runs as f64 } else { f64::NAN },
+            bt_ns_per_run: if bt_runs > 0 {
+                bt_ns as f64 / bt_runs as f64
+            } else {
+                f64::NAN
+            },
             bt_probes,
             daemon_probes: probes1 - probes0,
             startup_cpu_s: dc0 as f64 / 1e9,
@@ -157,7 +211,12 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 r.label.clone(),
                 format!("{} ms/poll, {}", num(r.ss_poll_ms), pct(r.ss_cpu)),
                 format!("{} + {} BPF", pct(r.daemon_cpu), pct(r.daemon_bpf)),
-                format!("{} + {} BPF ({} ns/run)", pct(r.bt_cpu), pct(r.bt_bpf), num(r.bt_ns_per_run)),
+                format!(
+                    "{} + {} BPF ({} ns/run)",
+                    pct(r.bt_cpu),
+                    pct(r.bt_bpf),
+                    num(r.bt_ns_per_run)
+                ),
                 format!("{} / {}", num(r.daemon_probes), r.bt_probes),
                 format!("{}×", num((r.daemon_cpu + r.daemon_bpf) / r.ss_cpu)),
                 format!("{} s", num(r.startup_cpu_s)),
@@ -177,7 +236,18 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         conns * 2,
         SETTLE.as_secs()
     ));
-    r.table(&["sockets", "ss -tieo every 1 s", "daemon", "bpftrace", "probes seen (daemon / bpftrace)", "daemon ÷ ss", "daemon start-up CPU"], &table);
+    r.table(
+        &[
+            "sockets",
+            "ss -tieo every 1 s",
+            "daemon",
+            "bpftrace",
+            "probes seen (daemon / bpftrace)",
+            "daemon ÷ ss",
+            "daemon start-up CPU",
+        ],
+        &table,
+    );
     r.p(&format!("The bpftrace script (offsets from this kernel's BTF, callback address from /proc/kallsyms):\n\n```\n{}```", fs::read_to_string(&bt_path)?));
     if let [quiet, storm, ..] = &rows[..] {
         r.p(&format!(
@@ -201,7 +271,16 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     r.commands(&cmds);
     for row in &rows {
         let ratio = (row.daemon_cpu + row.daemon_bpf) / row.ss_cpu;
-        r.verdict("7 peers", &format!("daemon CPU ≤ 1/10 of ss polling, {} sockets, {}", conns * 2, row.label.split(':').next().unwrap_or("")), format!("{}× ss", num(ratio)), ratio <= 0.1);
+        r.verdict(
+            "7 peers",
+            &format!(
+                "daemon CPU ≤ 1/10 of ss polling, {} sockets, {}",
+                conns * 2,
+                row.label.split(':').next().unwrap_or("")
+            ),
+            format!("{}× ss", num(ratio)),
+            ratio <= 0.1,
+        );
     }
     Ok(())
 }

@@ -61,14 +61,34 @@ struct Level {
 
 /// One window at the current storm: events published, lost, daemon CPU, and delays seen by a
 /// plain `/events` reader (and, if `quick`, by one that acknowledges at once).
-fn measure(daemon: &crate::daemon::Daemon, sockets: usize, quick: bool, secs: f64, note: &'static str) -> Result<Level> {
+fn measure(
+    daemon: &crate::daemon::Daemon,
+    sockets: usize,
+    quick: bool,
+    secs: f64,
+    note: &'static str,
+) -> Result<Level> {
     let reader = EventsReader::start(daemon.port, false)?;
-    let quick_reader = if quick { Some(EventsReader::start(daemon.port, true)?) } else { None };
+    let quick_reader = if quick {
+        Some(EventsReader::start(daemon.port, true)?)
+    } else {
+        None
+    };
     let oversleep = Oversleep::start();
     sys::sleep_s(0.5);
-    let (m0, c0, t0, i0) = (daemon.metrics()?, daemon.cpu_ns(), Instant::now(), sys::cpu_idle());
+    let (m0, c0, t0, i0) = (
+        daemon.metrics()?,
+        daemon.cpu_ns(),
+        Instant::now(),
+        sys::cpu_idle(),
+    );
     sys::sleep_s(secs);
-    let (m1, c1, dt, i1) = (daemon.metrics()?, daemon.cpu_ns(), t0.elapsed().as_secs_f64(), sys::cpu_idle());
+    let (m1, c1, dt, i1) = (
+        daemon.metrics()?,
+        daemon.cpu_ns(),
+        t0.elapsed().as_secs_f64(),
+        sys::cpu_idle(),
+    );
     let mut lat = reader.finish();
     let mut quick = quick_reader.map(EventsReader::finish).unwrap_or_default();
     let mut late = oversleep.finish();
@@ -78,13 +98,18 @@ fn measure(daemon: &crate::daemon::Daemon, sockets: usize, quick: bool, secs: f6
         note,
         events_s: (m1.events() - m0.events()) / dt,
         lost: m1.lost() - m0.lost(),
-        dropped_readers: m1.get("keepalive_event_readers_dropped_total") - m0.get("keepalive_event_readers_dropped_total"),
+        dropped_readers: m1.get("keepalive_event_readers_dropped_total")
+            - m0.get("keepalive_event_readers_dropped_total"),
         cpu: (c1 - c0) as f64 / 1e9 / dt,
         p50_ms: ms(percentile(&mut lat, 50.0)),
         p99_ms: ms(percentile(&mut lat, 99.0)),
         max_ms: ms(percentile(&mut lat, 100.0)),
         lines: lat.len(),
-        quick_p99_ms: if quick.is_empty() { f64::NAN } else { ms(percentile(&mut quick, 99.0)) },
+        quick_p99_ms: if quick.is_empty() {
+            f64::NAN
+        } else {
+            ms(percentile(&mut quick, 99.0))
+        },
         sched_p99_ms: ms(percentile(&mut late, 99.0)),
         idle: sys::idle_share(i0, i1),
     })
@@ -96,8 +121,16 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     // would measure nothing. Drops are still counted below.
     let daemon = ctx.start_daemon(&["--web.events-buffer", "65536"], "pipeline")?;
     let offset0 = sys::realtime_ns() - sys::monotonic_ns();
-    let levels: Vec<usize> = [500, 5_000, 10_000, 20_000, 30_000].iter().map(|&n| ctx.scale(n)).collect();
-    let storm = HoldOpts { netns: Some(ctx.storm_ns.path()), keepalive: true, rate: 10_000, ..Default::default() };
+    let levels: Vec<usize> = [500, 5_000, 10_000, 20_000, 30_000]
+        .iter()
+        .map(|&n| ctx.scale(n))
+        .collect();
+    let storm = HoldOpts {
+        netns: Some(ctx.storm_ns.path()),
+        keepalive: true,
+        rate: 10_000,
+        ..Default::default()
+    };
     let mut holders = Vec::new();
     let mut held = 0;
     let mut out = Vec::new();
@@ -105,7 +138,10 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     for &conns in &levels {
         // Opened over about a second: keepalive timers then fire spread over the 1 s cycle, as
         // on a server whose connections did not all open in the same instant.
-        let step = HoldOpts { rate: ((conns - held) as u32).max(500), ..storm.clone() };
+        let step = HoldOpts {
+            rate: ((conns - held) as u32).max(500),
+            ..storm.clone()
+        };
         holders.extend(holder::spawn_many(&step, conns - held)?);
         held = conns;
         if first_cmd.is_empty() {
@@ -115,8 +151,19 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         sys::sleep_s(4.0);
         // The quick-ACK reader only where it cannot change the throughput figures: a reader that
         // defeats Nagle makes the daemon send one segment per line, which costs CPU at high rates.
-        out.push(measure(&daemon, conns * 2, conns <= levels[1], ctx.window() + 2.0, "")?);
-        eprintln!("  {} sockets: {:.0} events/s, lost {}", conns * 2, out.last().map_or(0.0, |l| l.events_s), out.last().map_or(0.0, |l| l.lost));
+        out.push(measure(
+            &daemon,
+            conns * 2,
+            conns <= levels[1],
+            ctx.window() + 2.0,
+            "",
+        )?);
+        eprintln!(
+            "  {} sockets: {:.0} events/s, lost {}",
+            conns * 2,
+            out.last().map_or(0.0, |l| l.events_s),
+            out.last().map_or(0.0, |l| l.lost)
+        );
     }
     let drift_ms = ((sys::realtime_ns() - sys::monotonic_ns()) - offset0) as f64 / 1e6;
     let daemon_cmd = daemon.command.clone();
@@ -126,9 +173,23 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let mut big_cmd = None;
     if out.last().is_some_and(|l| l.lost > 0.0) {
         drop(daemon);
-        let big = ctx.start_daemon(&["--web.events-buffer", "65536", "--ring-buffer-bytes", "8388608"], "pipeline-8m")?;
+        let big = ctx.start_daemon(
+            &[
+                "--web.events-buffer",
+                "65536",
+                "--ring-buffer-bytes",
+                "8388608",
+            ],
+            "pipeline-8m",
+        )?;
         sys::sleep_s(4.0);
-        out.push(measure(&big, held * 2, false, ctx.window() + 2.0, " (8 MiB ring)")?);
+        out.push(measure(
+            &big,
+            held * 2,
+            false,
+            ctx.window() + 2.0,
+            " (8 MiB ring)",
+        )?);
         big_cmd = Some(big.command.clone());
     } else {
         drop(daemon);
@@ -147,7 +208,10 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     }
     drop(holders);
 
-    let clean: Vec<&Level> = out.iter().filter(|l| l.lost == 0.0 && l.dropped_readers == 0.0).collect();
+    let clean: Vec<&Level> = out
+        .iter()
+        .filter(|l| l.lost == 0.0 && l.dropped_readers == 0.0)
+        .collect();
     let best = clean.iter().map(|l| l.events_s).fold(0.0, f64::max);
     let rows: Vec<Vec<String>> = out
         .iter()
@@ -158,7 +222,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 num(l.lost),
                 format!("{} %", num(l.cpu * 100.0)),
                 format!("{} %", num(l.idle * 100.0)),
-                if l.cpu > 0.0 { num(l.events_s / l.cpu) } else { "–".into() },
+                if l.cpu > 0.0 {
+                    num(l.events_s / l.cpu)
+                } else {
+                    "–".into()
+                },
                 num(l.p50_ms),
                 num(l.p99_ms),
                 num(l.max_ms),
@@ -186,9 +254,30 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
          the daemon itself uses well under one CPU: a 1 MiB ring holds ≈ 7 700 events, 80 ms at 100 000 events/s, \
          and a daemon thread kept off the CPU longer than that loses the excess. Where the top step lost events \
          it is repeated with an 8 MiB ring (`--ring-buffer-bytes 8388608`), which tells the two apart.");
-    r.table(&["sockets", "events/s", "lost", "daemon CPU", "machine idle", "events per CPU-second", "p50 ms", "p99 ms", "max ms", "lines read", "quick-ACK reader p99 ms", "1 ms sleep: p99 oversleep ms"], &rows);
+    r.table(
+        &[
+            "sockets",
+            "events/s",
+            "lost",
+            "daemon CPU",
+            "machine idle",
+            "events per CPU-second",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "lines read",
+            "quick-ACK reader p99 ms",
+            "1 ms sleep: p99 oversleep ms",
+        ],
+        &rows,
+    );
     r.commands(&cmds);
-    r.verdict("3 event pipeline", "≥ 50 000 events/s with zero lost", format!("{} events/s at the highest step with none lost", num(best)), best >= 50_000.0);
+    r.verdict(
+        "3 event pipeline",
+        "≥ 50 000 events/s with zero lost",
+        format!("{} events/s at the highest step with none lost", num(best)),
+        best >= 50_000.0,
+    );
 
     r.h2("5. Latency: kernel event → JSON line on an `/events` reader");
     r.p(&format!(
@@ -202,8 +291,16 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         num(drift_ms)
     ));
     let light = out.iter().find(|l| l.lines > 0);
-    let p99_worst = out.iter().filter(|l| l.lines > 0).map(|l| l.p99_ms).fold(0.0, f64::max);
-    let quick_worst = out.iter().filter(|l| l.quick_p99_ms.is_finite()).map(|l| l.quick_p99_ms).fold(0.0, f64::max);
+    let p99_worst = out
+        .iter()
+        .filter(|l| l.lines > 0)
+        .map(|l| l.p99_ms)
+        .fold(0.0, f64::max);
+    let quick_worst = out
+        .iter()
+        .filter(|l| l.quick_p99_ms.is_finite())
+        .map(|l| l.quick_p99_ms)
+        .fold(0.0, f64::max);
     if let Some(l) = light {
         r.p(&format!(
             "At the lightest step ({} sockets, {} events/s) the plain reader sees p50 {} ms and p99 {} ms; the \

@@ -13,11 +13,16 @@ use anyhow::{Context as _, Result, bail};
 /// CPU time (user + system) a process has used, all threads, from /proc/<pid>/stat.
 /// Resolution is one clock tick (10 ms at USER_HZ 100), so windows are seconds long.
 pub fn cpu_ns(pid: u32) -> Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat"))?;
     // The command name may contain spaces and parentheses: fields count from the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(ticks * 1_000_000_000 / hz)
@@ -35,7 +40,10 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
 }
 
 fn clock(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -54,14 +62,19 @@ pub fn monotonic_ns() -> i128 {
 /// always says which object a descriptor is.
 pub fn bpf_ids(pid: u32, key: &str) -> Vec<u32> {
     let mut ids = Vec::new();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
     for e in dir.flatten() {
-        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
         for line in text.lines() {
             if let Some(v) = line.strip_prefix(key).and_then(|r| r.strip_prefix(':'))
-                && let Ok(id) = v.trim().parse() {
-                    ids.push(id);
-                }
+                && let Ok(id) = v.trim().parse()
+            {
+                ids.push(id);
+            }
         }
     }
     ids.sort_unstable();
@@ -78,7 +91,10 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
     pub fn enable() -> Result<Self> {
-        let previous = fs::read_to_string(BPF_STATS).context(BPF_STATS)?.trim().to_string();
+        let previous = fs::read_to_string(BPF_STATS)
+            .context(BPF_STATS)?
+            .trim()
+            .to_string();
         fs::write(BPF_STATS, "1").context("sysctl kernel.bpf_stats_enabled=1")?;
         Ok(BpfStats { previous })
     }
@@ -99,13 +115,19 @@ pub struct Netns {
 impl Netns {
     /// `sysctls`: (name, value) pairs set inside, e.g. the keepalive defaults of a storm.
     pub fn create(name: &str, sysctls: &[(&str, &str)]) -> Result<Self> {
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
         for (k, v) in sysctls {
             let (path, value) = (format!("/proc/sys/{}", k.replace('.', "/")), v.to_string());
-            in_netns(&ns.path(), move || fs::write(path, value)).with_context(|| format!("sysctl {k}={v} in {name}"))??;
+            in_netns(&ns.path(), move || fs::write(path, value))
+                .with_context(|| format!("sysctl {k}={v} in {name}"))??;
         }
         Ok(ns)
     }
@@ -122,7 +144,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -131,13 +155,20 @@ pub fn enter_netns(path: &Path) -> Result<()> {
     let f = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     // SAFETY: a valid namespace descriptor; CLONE_NEWNET checks its type.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
 
 /// Runs `f` on a short-lived thread inside the namespace, leaving the caller where it was.
-pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     let path = path.to_path_buf();
     std::thread::spawn(move || -> Result<T> {
         enter_netns(&path)?;
@@ -162,10 +193,18 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
 
 /// Deletes `kab-*-<pid>` namespaces left by an earlier run that was killed (no such pid now).
 pub fn remove_stale_netns() {
-    let Ok(dir) = fs::read_dir("/run/netns") else { return };
+    let Ok(dir) = fs::read_dir("/run/netns") else {
+        return;
+    };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("kab-").and_then(|r| r.rsplit('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name
+            .strip_prefix("kab-")
+            .and_then(|r| r.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
@@ -183,7 +222,11 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -193,7 +236,9 @@ pub fn kallsyms(name: &str) -> Result<u64> {
     let text = fs::read_to_string("/proc/kallsyms")?;
     for line in text.lines() {
         let mut f = line.split_whitespace();
-        let (Some(addr), Some(_), Some(sym)) = (f.next(), f.next(), f.next()) else { continue };
+        let (Some(addr), Some(_), Some(sym)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
         if sym == name {
             let a = u64::from_str_radix(addr, 16)?;
             if a == 0 {
@@ -207,7 +252,10 @@ pub fn kallsyms(name: &str) -> Result<u64> {
 
 /// RLIMIT_NOFILE soft limit raised to the hard limit (20 000 on these hosts).
 pub fn raise_nofile() -> u64 {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid out-pointer; setrlimit with cur <= max is always allowed.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
@@ -220,11 +268,20 @@ pub fn raise_nofile() -> u64 {
 /// (idle, total) jiffies of all CPUs from /proc/stat; two readings give the idle share between.
 pub fn cpu_idle() -> (u64, u64) {
     let text = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().next() else { return (0, 0) };
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let Some(line) = text.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let total = v.iter().take(8).sum();
-    (v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0), total)
+    (
+        v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0),
+        total,
+    )
 }
 
 pub fn idle_share(a: (u64, u64), b: (u64, u64)) -> f64 {
@@ -232,7 +289,9 @@ pub fn idle_share(a: (u64, u64), b: (u64, u64)) -> f64 {
 }
 
 pub fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 pub fn sleep_s(s: f64) {
@@ -255,10 +314,14 @@ pub fn self_exe() -> Result<PathBuf> {
 
 /// Removes the copy made by `self_exe`.
 pub fn remove_self_copy() {
-    let _ = fs::remove_dir_all(std::env::temp_dir().join(format!("keepalive-bench-{}", std::process::id())));
+    let _ = fs::remove_dir_all(
+        std::env::temp_dir().join(format!("keepalive-bench-{}", std::process::id())),
+    );
 }
 
 /// A free TCP port on 127.0.0.1 in the host namespace (for the daemon's web listener).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

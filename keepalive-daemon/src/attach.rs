@@ -9,7 +9,9 @@ use std::path::Path;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::Array,
-    programs::{BtfTracePoint, FEntry, FExit, Iter, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, FEntry, FExit, Iter, KProbe, ProgramError, RawTracePoint, TracePoint,
+    },
 };
 use keepalive_common::{FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, Offsets, Settings};
 use log::{info, warn};
@@ -20,7 +22,8 @@ use crate::{
 };
 
 /// The object built by `build.rs` from `keepalive-ebpf`.
-pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
 
 /// Where one logical hook ended up.
 #[derive(Debug, Clone)]
@@ -69,7 +72,14 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
         .btf(Some(&btf))
         .override_global("OFFSETS", &p.offsets, true)
         .override_global("SETTINGS", &p.settings, true)
-        .override_global("TIMER_FILTER", &[p.offsets.timer_function as u64, p.settings.keepalive_timer_fn], true)
+        .override_global(
+            "TIMER_FILTER",
+            &[
+                p.offsets.timer_function as u64,
+                p.settings.keepalive_timer_fn,
+            ],
+            true,
+        )
         .map_max_entries("EVENTS", p.ring_bytes)
         .load(OBJECT)
         .map_err(load_error)?;
@@ -87,7 +97,8 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
     hooks.push(probe);
 
     let absent = (!p.has_done_with_error).then(|| {
-        "tcp_done_with_error is not in this kernel (before 6.11 without the 2024 backport)".to_string()
+        "tcp_done_with_error is not in this kernel (before 6.11 without the 2024 backport)"
+            .to_string()
     });
     let death = climb(&mut ebpf, &btf, p.mode, "death", DEATH, absent)?;
     set_flag(&mut ebpf, FLAG_DEATH_VIA_DONE, death.mode != "tracepoint")?;
@@ -99,7 +110,11 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             mode: "tracepoint",
             reason,
         })?;
-        hooks.push(HookStatus { hook, mode: "tracepoint", note: None });
+        hooks.push(HookStatus {
+            hook,
+            mode: "tracepoint",
+            note: None,
+        });
     }
     if p.settings_hooks {
         attach_all(&mut ebpf, &btf, SETTINGS).map_err(|reason| Error::HookRefused {
@@ -107,15 +122,28 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             mode: "tracepoint",
             reason,
         })?;
-        hooks.push(HookStatus { hook: "settings", mode: "tracepoint", note: None });
+        hooks.push(HookStatus {
+            hook: "settings",
+            mode: "tracepoint",
+            note: None,
+        });
     }
-    let iter_ok = match <&mut Iter>::try_from(ebpf.program_mut(ITER).ok_or_else(|| Error::Load(format!("{ITER} missing")))?) {
+    let iter_ok = match <&mut Iter>::try_from(
+        ebpf.program_mut(ITER)
+            .ok_or_else(|| Error::Load(format!("{ITER} missing")))?,
+    ) {
         Ok(it) => it.load("tcp", &btf).map_err(|e| describe(&e)),
         Err(e) => Err(e.to_string()),
     };
     match iter_ok {
-        Ok(()) => hooks.push(HookStatus { hook: "inventory", mode: "iterator", note: None }),
-        Err(e) => warn!("TCP socket iterator unavailable ({e}): sockets opened before the daemon are not inventoried"),
+        Ok(()) => hooks.push(HookStatus {
+            hook: "inventory",
+            mode: "iterator",
+            note: None,
+        }),
+        Err(e) => warn!(
+            "TCP socket iterator unavailable ({e}): sockets opened before the daemon are not inventoried"
+        ),
     }
     for h in &hooks {
         match &h.note {
@@ -130,37 +158,94 @@ type Rung = (&'static str, &'static [Prog]);
 
 /// The ladders, best rung first. Program names are the functions in `keepalive-ebpf/src/hooks`.
 const TIMER: &[Rung] = &[
-    ("fentry", &[Prog::FEntry("ka_fentry_keepalive_timer", "tcp_keepalive_timer"), Prog::FExit("ka_fexit_keepalive_timer", "tcp_keepalive_timer")]),
-    ("kprobe", &[Prog::KProbe("ka_kprobe_keepalive_timer", "tcp_keepalive_timer"), Prog::KProbe("ka_kretprobe_keepalive_timer", "tcp_keepalive_timer")]),
-    ("tracepoint", &[Prog::BtfTp("ka_btf_timer_expire_entry", "timer_expire_entry"), Prog::BtfTp("ka_btf_timer_expire_exit", "timer_expire_exit")]),
+    (
+        "fentry",
+        &[
+            Prog::FEntry("ka_fentry_keepalive_timer", "tcp_keepalive_timer"),
+            Prog::FExit("ka_fexit_keepalive_timer", "tcp_keepalive_timer"),
+        ],
+    ),
+    (
+        "kprobe",
+        &[
+            Prog::KProbe("ka_kprobe_keepalive_timer", "tcp_keepalive_timer"),
+            Prog::KProbe("ka_kretprobe_keepalive_timer", "tcp_keepalive_timer"),
+        ],
+    ),
+    (
+        "tracepoint",
+        &[
+            Prog::BtfTp("ka_btf_timer_expire_entry", "timer_expire_entry"),
+            Prog::BtfTp("ka_btf_timer_expire_exit", "timer_expire_exit"),
+        ],
+    ),
 ];
 /// The tracepoint rung's timer pair as raw tracepoints, for kernels that refuse the BTF ones
 /// above (before 5.5, or a verifier that rejects the typed load): the filter then reads
 /// `timer->function` with a helper call, about 1.7× the cost of an empty program on the hook.
-const TIMER_RAW_TP: &[Prog] =
-    &[Prog::RawTp("ka_timer_expire_entry", "timer_expire_entry"), Prog::RawTp("ka_timer_expire_exit", "timer_expire_exit")];
+const TIMER_RAW_TP: &[Prog] = &[
+    Prog::RawTp("ka_timer_expire_entry", "timer_expire_entry"),
+    Prog::RawTp("ka_timer_expire_exit", "timer_expire_exit"),
+];
 const PROBE_SENT: &[Rung] = &[
-    ("fentry", &[Prog::FExit("ka_fexit_write_wakeup", "tcp_write_wakeup")]),
-    ("kprobe", &[Prog::KProbe("ka_kprobe_write_wakeup", "tcp_write_wakeup"), Prog::KProbe("ka_kretprobe_write_wakeup", "tcp_write_wakeup")]),
+    (
+        "fentry",
+        &[Prog::FExit("ka_fexit_write_wakeup", "tcp_write_wakeup")],
+    ),
+    (
+        "kprobe",
+        &[
+            Prog::KProbe("ka_kprobe_write_wakeup", "tcp_write_wakeup"),
+            Prog::KProbe("ka_kretprobe_write_wakeup", "tcp_write_wakeup"),
+        ],
+    ),
     // No program: the timer hooks see icsk_probes_out rise inside the keepalive timer.
     ("tracepoint", &[]),
 ];
 const DEATH: &[Rung] = &[
     // Each hook that can be re-entered on a CPU comes with its twin (keepalive-ebpf/src/nesting.rs).
-    ("fentry", &[Prog::FEntry("ka_fentry_done_with_error", "tcp_done_with_error"), Prog::FEntry("ka_nest_done_err", "tcp_done_with_error")]),
-    ("kprobe", &[Prog::KProbe("ka_kprobe_done_with_error", "tcp_done_with_error")]),
+    (
+        "fentry",
+        &[
+            Prog::FEntry("ka_fentry_done_with_error", "tcp_done_with_error"),
+            Prog::FEntry("ka_nest_done_err", "tcp_done_with_error"),
+        ],
+    ),
+    (
+        "kprobe",
+        &[Prog::KProbe(
+            "ka_kprobe_done_with_error",
+            "tcp_done_with_error",
+        )],
+    ),
     // The CLOSE transition inside the keepalive timer, seen by the state_change hook.
     ("tracepoint", &[]),
 ];
 /// Tracepoints on every rung: they are already the cheapest hook for these events.
 /// Each comes with its twin (keepalive-ebpf/src/nesting.rs).
 const ALWAYS: &[(&str, &[Prog])] = &[
-    ("state_change", &[Prog::RawTp("ka_inet_sock_set_state", "inet_sock_set_state"), Prog::RawTp("ka_nest_set_state", "inet_sock_set_state")]),
-    ("reset", &[Prog::RawTp("ka_tcp_receive_reset", "tcp_receive_reset"), Prog::RawTp("ka_nest_rcv_reset", "tcp_receive_reset")]),
+    (
+        "state_change",
+        &[
+            Prog::RawTp("ka_inet_sock_set_state", "inet_sock_set_state"),
+            Prog::RawTp("ka_nest_set_state", "inet_sock_set_state"),
+        ],
+    ),
+    (
+        "reset",
+        &[
+            Prog::RawTp("ka_tcp_receive_reset", "tcp_receive_reset"),
+            Prog::RawTp("ka_nest_rcv_reset", "tcp_receive_reset"),
+        ],
+    ),
 ];
 /// Settings changes and owners of accepted sockets, when the syscall tracepoints exist.
 const SETTINGS: &[Prog] = &[
-    Prog::Tp("ka_sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
+    Prog::Tp(
+        "ka_sys_enter_setsockopt",
+        "syscalls",
+        "sys_enter_setsockopt",
+    ),
     Prog::Tp("ka_sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
     Prog::Tp("ka_sys_exit_accept", "syscalls", "sys_exit_accept4"),
     Prog::Tp("ka_sys_exit_accept", "syscalls", "sys_exit_accept"),
@@ -187,24 +272,38 @@ fn climb(
             if forced {
                 // Not a refusal: this kernel lacks the function. Say so and use the state hook.
                 warn!("hook {hook}: {rung} impossible: {reason}; using the tracepoint rung");
-                return Ok(HookStatus { hook, mode: "tracepoint", note: Some(reason.clone()) });
+                return Ok(HookStatus {
+                    hook,
+                    mode: "tracepoint",
+                    note: Some(reason.clone()),
+                });
             }
             why_not.push(format!("{rung}: {reason}"));
             continue;
         }
         let attached = attach_all(ebpf, btf, progs).or_else(|e| match (*rung, hook) {
             ("tracepoint", "keepalive_timer") => attach_all(ebpf, btf, TIMER_RAW_TP)
-                .map(|()| warn!("hook {hook}: BTF tracepoints refused ({e}); using raw tracepoints"))
+                .map(|()| {
+                    warn!("hook {hook}: BTF tracepoints refused ({e}); using raw tracepoints")
+                })
                 .map_err(|raw| format!("tp_btf: {e}; raw tracepoint: {raw}")),
             _ => Err(e),
         });
         match attached {
             Ok(()) => {
                 let note = (!why_not.is_empty()).then(|| why_not.join("; "));
-                return Ok(HookStatus { hook, mode: rung, note });
+                return Ok(HookStatus {
+                    hook,
+                    mode: rung,
+                    note,
+                });
             }
             Err(e) if forced => {
-                return Err(Error::HookRefused { hook, mode: rung, reason: e });
+                return Err(Error::HookRefused {
+                    hook,
+                    mode: rung,
+                    reason: e,
+                });
             }
             Err(e) => why_not.push(format!("{rung}: {e}")),
         }
@@ -278,13 +377,19 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: Prog) -> std::result::Result<(), Str
 
 fn prog_name(prog: Prog) -> &'static str {
     match prog {
-        Prog::FEntry(n, _) | Prog::FExit(n, _) | Prog::KProbe(n, _) | Prog::RawTp(n, _) | Prog::BtfTp(n, _) => n,
+        Prog::FEntry(n, _)
+        | Prog::FExit(n, _)
+        | Prog::KProbe(n, _)
+        | Prog::RawTp(n, _)
+        | Prog::BtfTp(n, _) => n,
         Prog::Tp(n, ..) => n,
     }
 }
 
 fn unload(ebpf: &mut Ebpf, prog: Prog) {
-    let Some(p) = ebpf.program_mut(prog_name(prog)) else { return };
+    let Some(p) = ebpf.program_mut(prog_name(prog)) else {
+        return;
+    };
     let _ = match prog {
         Prog::FEntry(..) => <&mut FEntry>::try_from(p).map(|p| p.unload()),
         Prog::FExit(..) => <&mut FExit>::try_from(p).map(|p| p.unload()),
@@ -298,10 +403,24 @@ fn unload(ebpf: &mut Ebpf, prog: Prog) {
 /// The kernel's reason, with the verifier log cut to its last line (the one that matters).
 fn describe(e: &ProgramError) -> String {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let last = verifier_log.to_string();
-            let last = last.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-            format!("{io_error}{}", if last.is_empty() { String::new() } else { format!(" (verifier: {last})") })
+            let last = last
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            format!(
+                "{io_error}{}",
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (verifier: {last})")
+                }
+            )
         }
         other => {
             let mut s = other.to_string();
@@ -335,7 +454,10 @@ pub fn inventory(ebpf: &mut Ebpf) -> std::result::Result<(Vec<u8>, Vec<u32>), St
                 .spawn(move || -> std::result::Result<Vec<u8>, String> {
                     let ns = std::fs::File::open(&path).map_err(|e| e.to_string())?;
                     // SAFETY: valid fd; changes only this short-lived thread.
-                    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+                    if unsafe {
+                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                    } != 0
+                    {
                         return Err(std::io::Error::last_os_error().to_string());
                     }
                     let mut file = link.into_file().map_err(|e| e.to_string())?;
@@ -358,26 +480,38 @@ pub fn inventory(ebpf: &mut Ebpf) -> std::result::Result<(Vec<u8>, Vec<u32>), St
 }
 
 fn set_flag(ebpf: &mut Ebpf, index: u32, on: bool) -> Result<()> {
-    let map = ebpf.map_mut("FLAGS").ok_or_else(|| Error::Load("map FLAGS missing".into()))?;
+    let map = ebpf
+        .map_mut("FLAGS")
+        .ok_or_else(|| Error::Load("map FLAGS missing".into()))?;
     let mut flags: Array<_, u8> = Array::try_from(map).map_err(|e| Error::Load(e.to_string()))?;
-    flags.set(index, on as u8, 0).map_err(|e| Error::Load(e.to_string()))
+    flags
+        .set(index, on as u8, 0)
+        .map_err(|e| Error::Load(e.to_string()))
 }
 
 fn load_error(e: aya::EbpfError) -> Error {
     let text = e.to_string();
     let perm = matches!(&e, aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
         if io_error.raw_os_error() == Some(libc::EPERM));
-    if perm { Error::Privileges } else { Error::Load(text) }
+    if perm {
+        Error::Privileges
+    } else {
+        Error::Load(text)
+    }
 }
 
 fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     tokio::spawn(async move {
         // SAFETY: the AsyncFd owns the logger and with it the ring buffer's descriptor.
-        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+        let Ok(mut fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }) else {
             return;
         };
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -28,8 +28,10 @@ const ROUNDS: usize = 2;
 /// Address of `tcp_keepalive_timer`, measured on this kernel.
 pub fn keepalive_timer_address(btf_path: &Path, offsets: &Offsets) -> Result<u64> {
     let fail = |why: String| Error::Calibration(why);
-    let btf = Btf::parse_file(btf_path, Endianness::default())
-        .map_err(|e| Error::Btf { path: btf_path.into(), reason: e.to_string() })?;
+    let btf = Btf::parse_file(btf_path, Endianness::default()).map_err(|e| Error::Btf {
+        path: btf_path.into(),
+        reason: e.to_string(),
+    })?;
     // Only this program is loaded from the object; the other maps are created and dropped
     // again, so the event ring is made as small as the kernel allows.
     let mut ebpf = EbpfLoader::new()
@@ -43,12 +45,20 @@ pub fn keepalive_timer_address(btf_path: &Path, offsets: &Offsets) -> Result<u64
         .ok_or_else(|| fail(format!("program {PROG} missing")))?
         .try_into()
         .map_err(|e| fail(format!("{PROG}: {e}")))?;
-    prog.load().map_err(|e| fail(format!("loading {PROG}: {e}")))?;
-    prog.attach("timer_start").map_err(|e| fail(format!("attaching to timer:timer_start: {e}")))?;
-    let filter: Array<MapData, u32> = Array::try_from(ebpf.take_map("CALIB_FILTER").ok_or_else(|| fail("map CALIB_FILTER missing".into()))?)
-        .map_err(|e| fail(e.to_string()))?;
-    let seen: HashMap<MapData, u64, u32> = HashMap::try_from(ebpf.take_map("CALIB_SEEN").ok_or_else(|| fail("map CALIB_SEEN missing".into()))?)
-        .map_err(|e| fail(e.to_string()))?;
+    prog.load()
+        .map_err(|e| fail(format!("loading {PROG}: {e}")))?;
+    prog.attach("timer_start")
+        .map_err(|e| fail(format!("attaching to timer:timer_start: {e}")))?;
+    let filter: Array<MapData, u32> = Array::try_from(
+        ebpf.take_map("CALIB_FILTER")
+            .ok_or_else(|| fail("map CALIB_FILTER missing".into()))?,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let seen: HashMap<MapData, u64, u32> = HashMap::try_from(
+        ebpf.take_map("CALIB_SEEN")
+            .ok_or_else(|| fail("map CALIB_SEEN missing".into()))?,
+    )
+    .map_err(|e| fail(e.to_string()))?;
     let mut probe = Probe { filter, seen };
     let mut found = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
@@ -74,8 +84,12 @@ impl Probe {
         }
         // SAFETY: no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
-        self.filter.set(CALIB_PORT, u32::from(port), 0).map_err(|e| e.to_string())?;
-        self.filter.set(CALIB_TID, tid, 0).map_err(|e| e.to_string())?;
+        self.filter
+            .set(CALIB_PORT, u32::from(port), 0)
+            .map_err(|e| e.to_string())?;
+        self.filter
+            .set(CALIB_TID, tid, 0)
+            .map_err(|e| e.to_string())?;
         let armed = set_keepalive(&client, true);
         let _ = self.filter.set(CALIB_TID, 0, 0);
         armed?;
@@ -88,12 +102,26 @@ fn agree(rounds: &[Vec<u64>]) -> std::result::Result<u64, String> {
     let mut addr = None;
     for (i, seen) in rounds.iter().enumerate() {
         let one = match seen.as_slice() {
-            [] => return Err(format!("round {}: no timer armed by SO_KEEPALIVE was seen", i + 1)),
+            [] => {
+                return Err(format!(
+                    "round {}: no timer armed by SO_KEEPALIVE was seen",
+                    i + 1
+                ));
+            }
             [one] => *one,
-            many => return Err(format!("round {}: {} different timer callbacks seen ({many:x?})", i + 1, many.len())),
+            many => {
+                return Err(format!(
+                    "round {}: {} different timer callbacks seen ({many:x?})",
+                    i + 1,
+                    many.len()
+                ));
+            }
         };
         if *addr.get_or_insert(one) != one {
-            return Err(format!("rounds disagree: {:#x} then {one:#x}", addr.unwrap_or_default()));
+            return Err(format!(
+                "rounds disagree: {:#x} then {one:#x}",
+                addr.unwrap_or_default()
+            ));
         }
     }
     addr.ok_or_else(|| "no rounds".into())
@@ -115,7 +143,10 @@ fn loopback_pair() -> std::result::Result<(TcpStream, TcpStream, TcpListener), S
             Err(e) => why.push(format!("{ip}: {e}")),
         }
     }
-    Err(format!("no loopback connection in this network namespace (is lo up?): {}", why.join("; ")))
+    Err(format!(
+        "no loopback connection in this network namespace (is lo up?): {}",
+        why.join("; ")
+    ))
 }
 
 fn set_keepalive(s: &TcpStream, on: bool) -> std::result::Result<(), String> {
@@ -130,7 +161,14 @@ fn set_keepalive(s: &TcpStream, on: bool) -> std::result::Result<(), String> {
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if r == 0 { Ok(()) } else { Err(format!("setsockopt(SO_KEEPALIVE): {}", std::io::Error::last_os_error())) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "setsockopt(SO_KEEPALIVE): {}",
+            std::io::Error::last_os_error()
+        ))
+    }
 }
 
 fn page_size() -> u32 {
@@ -144,9 +182,20 @@ mod tests {
 
     #[test]
     fn rounds_must_agree_on_one_address() {
-        assert_eq!(agree(&[vec![0xffff_1000], vec![0xffff_1000]]), Ok(0xffff_1000));
-        assert!(agree(&[vec![0xffff_1000], vec![0xffff_2000]]).unwrap_err().contains("disagree"));
-        assert!(agree(&[vec![0xffff_1000, 0xffff_2000]]).unwrap_err().contains("2 different"));
+        assert_eq!(
+            agree(&[vec![0xffff_1000], vec![0xffff_1000]]),
+            Ok(0xffff_1000)
+        );
+        assert!(
+            agree(&[vec![0xffff_1000], vec![0xffff_2000]])
+                .unwrap_err()
+                .contains("disagree")
+        );
+        assert!(
+            agree(&[vec![0xffff_1000, 0xffff_2000]])
+                .unwrap_err()
+                .contains("2 different")
+        );
         assert!(agree(&[vec![]]).unwrap_err().contains("no timer"));
     }
 
@@ -172,6 +221,9 @@ mod tests {
                 (it.nth(1)? == "tcp_keepalive_timer").then_some(addr)
             })
             .expect("tcp_keepalive_timer in kallsyms");
-        assert_eq!(measured, listed, "calibrated {measured:#x}, kallsyms {listed:#x}");
+        assert_eq!(
+            measured, listed,
+            "calibrated {measured:#x}, kallsyms {listed:#x}"
+        );
     }
 }

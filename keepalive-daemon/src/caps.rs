@@ -30,18 +30,61 @@ pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
 /// Kept after attaching; see the module documentation for why each.
-pub const KEPT: &[u32] = &[CAP_DAC_READ_SEARCH, CAP_NET_RAW, CAP_SYS_PTRACE, CAP_SYS_ADMIN];
+pub const KEPT: &[u32] = &[
+    CAP_DAC_READ_SEARCH,
+    CAP_NET_RAW,
+    CAP_SYS_PTRACE,
+    CAP_SYS_ADMIN,
+];
 
 pub fn name(cap: u32) -> String {
     const NAMES: &[&str] = &[
-        "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
-        "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
-        "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
-        "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control", "setfcap",
-        "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf",
+        "chown",
+        "dac_override",
+        "dac_read_search",
+        "fowner",
+        "fsetid",
+        "kill",
+        "setgid",
+        "setuid",
+        "setpcap",
+        "linux_immutable",
+        "net_bind_service",
+        "net_broadcast",
+        "net_admin",
+        "net_raw",
+        "ipc_lock",
+        "ipc_owner",
+        "sys_module",
+        "sys_rawio",
+        "sys_chroot",
+        "sys_ptrace",
+        "sys_pacct",
+        "sys_admin",
+        "sys_boot",
+        "sys_nice",
+        "sys_resource",
+        "sys_time",
+        "sys_tty_config",
+        "mknod",
+        "lease",
+        "audit_write",
+        "audit_control",
+        "setfcap",
+        "mac_override",
+        "mac_admin",
+        "syslog",
+        "wake_alarm",
+        "block_suspend",
+        "audit_read",
+        "perfmon",
+        "bpf",
         "checkpoint_restore",
     ];
-    NAMES.get(cap as usize).map_or_else(|| format!("CAP_{cap}"), |n| format!("CAP_{}", n.to_uppercase()))
+    NAMES.get(cap as usize).map_or_else(
+        || format!("CAP_{cap}"),
+        |n| format!("CAP_{}", n.to_uppercase()),
+    )
 }
 
 pub fn mask(caps: &[u32]) -> u64 {
@@ -49,17 +92,26 @@ pub fn mask(caps: &[u32]) -> u64 {
 }
 
 pub fn names(mask: u64) -> Vec<String> {
-    (0..64).filter(|c| mask & (1u64 << c) != 0).map(name).collect()
+    (0..64)
+        .filter(|c| mask & (1u64 << c) != 0)
+        .map(name)
+        .collect()
 }
 
 /// One of a task's capability sets, from its `status` file.
 pub fn read_set(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// This thread's effective set.
 pub fn effective() -> u64 {
-    fs::read_to_string("/proc/thread-self/status").ok().and_then(|s| read_set(&s, "CapEff")).unwrap_or(0)
+    fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| read_set(&s, "CapEff"))
+        .unwrap_or(0)
 }
 
 #[repr(C)]
@@ -98,13 +150,32 @@ fn drop_this_thread() -> bool {
         }
     }
     // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
-    let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let lo = keep as u32;
     let hi = (keep >> 32) as u32;
     let data = [
-        Data { effective: lo, permitted: lo, inheritable: 0 },
-        Data { effective: hi, permitted: hi, inheritable: 0 },
+        Data {
+            effective: lo,
+            permitted: lo,
+            inheritable: 0,
+        },
+        Data {
+            effective: hi,
+            permitted: hi,
+            inheritable: 0,
+        },
     ];
     // SAFETY: capset with a version-3 header and two data structs, as the ABI requires.
     unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) == 0 }
@@ -123,11 +194,15 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Drops every capability but `KEPT` (and those the process does not have anyway) in every
 /// thread of the process. Returns the kept set.
 pub fn drop_after_attach() -> Result<u64> {
-    let status = fs::read_to_string("/proc/self/status").map_err(|e| Error::Caps(format!("/proc/self/status: {e}")))?;
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::Caps(format!("/proc/self/status: {e}")))?;
     let permitted = read_set(&status, "CapPrm").unwrap_or(0);
     let keep = permitted & mask(KEPT);
     TARGET.store(keep, Ordering::SeqCst);
-    if let Some(last) = fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()) {
+    if let Some(last) = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
         LAST_CAP.store(last, Ordering::SeqCst);
     }
     let signal = libc::SIGRTMIN() + 5;
@@ -138,11 +213,17 @@ pub fn drop_after_attach() -> Result<u64> {
         sa.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut sa.sa_mask);
         if libc::sigaction(signal, &sa, std::ptr::null_mut()) != 0 {
-            return Err(Error::Caps(format!("sigaction: {}", std::io::Error::last_os_error())));
+            return Err(Error::Caps(format!(
+                "sigaction: {}",
+                std::io::Error::last_os_error()
+            )));
         }
     }
     if !drop_this_thread() {
-        return Err(Error::Caps(format!("capset: {}", std::io::Error::last_os_error())));
+        return Err(Error::Caps(format!(
+            "capset: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     // SAFETY: no preconditions.
     let (pid, me) = unsafe { (libc::getpid(), libc::gettid()) };
@@ -156,7 +237,9 @@ pub fn drop_after_attach() -> Result<u64> {
             return Err(Error::Caps("capset failed in a runtime thread".into()));
         }
         if Instant::now() > deadline {
-            return Err(Error::Caps(format!("threads {behind:?} still hold capabilities after 5 s")));
+            return Err(Error::Caps(format!(
+                "threads {behind:?} still hold capabilities after 5 s"
+            )));
         }
         for tid in behind {
             // A thread that exits meanwhile gives ESRCH, which is fine.
@@ -169,13 +252,17 @@ pub fn drop_after_attach() -> Result<u64> {
 
 /// Threads (other than `me`) whose effective or permitted set is not `keep` yet.
 fn threads_behind(keep: u64, me: i32) -> Vec<i32> {
-    let Ok(tasks) = fs::read_dir("/proc/self/task") else { return Vec::new() };
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
     tasks
         .flatten()
         .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
         .filter(|tid| *tid != me)
         .filter(|tid| {
-            let Ok(s) = fs::read_to_string(format!("/proc/self/task/{tid}/status")) else { return false };
+            let Ok(s) = fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+                return false;
+            };
             read_set(&s, "CapEff") != Some(keep) || read_set(&s, "CapPrm") != Some(keep)
         })
         .collect()
@@ -192,7 +279,15 @@ mod tests {
         assert_eq!(name(CAP_DAC_READ_SEARCH), "CAP_DAC_READ_SEARCH");
         assert_eq!(name(34), "CAP_SYSLOG");
         assert_eq!(name(CAP_PERFMON), "CAP_PERFMON");
-        assert_eq!(names(mask(KEPT)), ["CAP_DAC_READ_SEARCH", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"]);
+        assert_eq!(
+            names(mask(KEPT)),
+            [
+                "CAP_DAC_READ_SEARCH",
+                "CAP_NET_RAW",
+                "CAP_SYS_PTRACE",
+                "CAP_SYS_ADMIN"
+            ]
+        );
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n";
         assert_eq!(read_set(status, "CapEff"), Some(0x1fffeffffff));
         assert_eq!(read_set(status, "CapPrm"), None);

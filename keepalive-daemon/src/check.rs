@@ -9,7 +9,9 @@ use keepalive_common::Offsets;
 
 use crate::{
     btf::Btf,
-    caps::{self, CAP_BPF, CAP_DAC_READ_SEARCH, CAP_NET_RAW, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
+    caps::{
+        self, CAP_BPF, CAP_DAC_READ_SEARCH, CAP_NET_RAW, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+    },
     cli::{HookMode, RunArgs},
     error::Error,
     inventory_offsets, offsets, tracefs, webconfig,
@@ -17,12 +19,22 @@ use crate::{
 
 /// Kernel functions the fentry and kprobe rungs attach to (the ladders in attach.rs), and
 /// whether a rung can do without it (the death hook falls back to the state-change hook).
-const FUNCTIONS: &[(&str, bool)] = &[("tcp_keepalive_timer", true), ("tcp_write_wakeup", true), ("tcp_done_with_error", false)];
+const FUNCTIONS: &[(&str, bool)] = &[
+    ("tcp_keepalive_timer", true),
+    ("tcp_write_wakeup", true),
+    ("tcp_done_with_error", false),
+];
 /// Raw tracepoints: the tracepoint rung's timer hooks, and the hooks every mode uses.
-const TRACEPOINT_RUNG: &[(&str, &str)] = &[("timer", "timer_expire_entry"), ("timer", "timer_expire_exit")];
+const TRACEPOINT_RUNG: &[(&str, &str)] = &[
+    ("timer", "timer_expire_entry"),
+    ("timer", "timer_expire_exit"),
+];
 /// The startup calibration's hook (calibrate.rs).
 const CALIBRATION: &[(&str, &str)] = &[("timer", "timer_start")];
-const ALWAYS: &[(&str, &str)] = &[("sock", "inet_sock_set_state"), ("tcp", "tcp_receive_reset")];
+const ALWAYS: &[(&str, &str)] = &[
+    ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_receive_reset"),
+];
 
 #[derive(Default)]
 struct Report {
@@ -58,14 +70,18 @@ pub fn run(opts: &RunArgs) -> ExitCode {
             Ok(c) => {
                 r.ok(format!("web config {}: {}", p.display(), c.summary()));
                 if c.tls.is_none() && !opts.listen.ip().is_loopback() {
-                    r.warn(format!("web.listen-address {} is not loopback and the web config has no TLS", opts.listen));
+                    r.warn(format!(
+                        "web.listen-address {} is not loopback and the web config has no TLS",
+                        opts.listen
+                    ));
                 }
             }
             Err(e) => r.problem(2, e),
         },
-        None if !opts.listen.ip().is_loopback() => {
-            r.warn(format!("web.listen-address {} is not loopback and there is no web config (no TLS, no auth)", opts.listen))
-        }
+        None if !opts.listen.ip().is_loopback() => r.warn(format!(
+            "web.listen-address {} is not loopback and there is no web config (no TLS, no auth)",
+            opts.listen
+        )),
         None => r.ok("no web config: plain HTTP on loopback"),
     }
     listen(&mut r, opts);
@@ -74,15 +90,30 @@ pub fn run(opts: &RunArgs) -> ExitCode {
     let has = |c: u32| eff & (1u64 << c) != 0;
     let can_load = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
     if can_load {
-        r.ok(format!("privileges to load and attach: {}", caps::names(eff & caps::mask(&[CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN])).join(" ")));
+        r.ok(format!(
+            "privileges to load and attach: {}",
+            caps::names(eff & caps::mask(&[CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN])).join(" ")
+        ));
     } else {
         r.error(&Error::Privileges);
     }
     for (cap, without) in [
-        (CAP_SYS_PTRACE, "sockets of other users' processes are reported without pid and comm"),
-        (CAP_DAC_READ_SEARCH, "sockets of other users' processes are reported without pid and comm"),
-        (CAP_SYS_ADMIN, "ICMP errors and sysctl defaults of other network namespaces are not seen"),
-        (CAP_NET_RAW, "ICMP destination-unreachable errors are not seen (no `unreachable` cause)"),
+        (
+            CAP_SYS_PTRACE,
+            "sockets of other users' processes are reported without pid and comm",
+        ),
+        (
+            CAP_DAC_READ_SEARCH,
+            "sockets of other users' processes are reported without pid and comm",
+        ),
+        (
+            CAP_SYS_ADMIN,
+            "ICMP errors and sysctl defaults of other network namespaces are not seen",
+        ),
+        (
+            CAP_NET_RAW,
+            "ICMP destination-unreachable errors are not seen (no `unreachable` cause)",
+        ),
     ] {
         if !has(cap) {
             r.warn(format!("no {}: {without}", caps::name(cap)));
@@ -97,7 +128,8 @@ pub fn run(opts: &RunArgs) -> ExitCode {
         }
     };
     let mut offs: Option<Offsets> = None;
-    match offsets::resolve(&btf).and_then(|mut o| inventory_offsets::fill(&btf, &mut o).map(|()| o)) {
+    match offsets::resolve(&btf).and_then(|mut o| inventory_offsets::fill(&btf, &mut o).map(|()| o))
+    {
         Ok(o) => offs = Some(o),
         Err(e) => r.error(&e),
     }
@@ -105,13 +137,20 @@ pub fn run(opts: &RunArgs) -> ExitCode {
         r.error(&e);
     }
     if offs.is_some() {
-        r.ok(format!("BTF {}: every structure offset found", opts.btf_path.display()));
+        r.ok(format!(
+            "BTF {}: every structure offset found",
+            opts.btf_path.display()
+        ));
     }
     tracefs::ensure_mounted();
     if let Some(o) = offs.as_mut() {
         match tracefs::fill(o) {
-            Ok(()) => r.ok("syscall tracepoints: settings changes and accepted sockets' owners are seen"),
-            Err(e) => r.warn(format!("{e}: keepalive options set after a connection opens will not be seen")),
+            Ok(()) => {
+                r.ok("syscall tracepoints: settings changes and accepted sockets' owners are seen")
+            }
+            Err(e) => r.warn(format!(
+                "{e}: keepalive options set after a connection opens will not be seen"
+            )),
         }
     }
 
@@ -130,20 +169,38 @@ pub fn run(opts: &RunArgs) -> ExitCode {
     let kprobe = mode_kprobe(&btf, can_load);
     let tracepoint = mode_tracepoint(TRACEPOINT_RUNG, can_load);
     match tracepoints_missing(ALWAYS) {
-        Ok(missing) if missing.is_empty() => r.ok("tracepoints sock:inet_sock_set_state and tcp:tcp_receive_reset exist"),
-        Ok(missing) => r.problem(5, format!("tracepoints {} missing: no hook mode can work on this kernel", missing.join(", "))),
+        Ok(missing) if missing.is_empty() => {
+            r.ok("tracepoints sock:inet_sock_set_state and tcp:tcp_receive_reset exist")
+        }
+        Ok(missing) => r.problem(
+            5,
+            format!(
+                "tracepoints {} missing: no hook mode can work on this kernel",
+                missing.join(", ")
+            ),
+        ),
         Err(e) => r.warn(e),
     }
-    let modes = [("fentry", HookMode::Fentry, fentry), ("kprobe", HookMode::Kprobe, kprobe), ("tracepoint", HookMode::Tracepoint, tracepoint)];
+    let modes = [
+        ("fentry", HookMode::Fentry, fentry),
+        ("kprobe", HookMode::Kprobe, kprobe),
+        ("tracepoint", HookMode::Tracepoint, tracepoint),
+    ];
     for (name, mode, result) in &modes {
         match (result, opts.hook_mode == *mode) {
             (Ok(note), _) => r.ok(format!("hook mode {name}: available{note}")),
-            (Err(why), true) => r.problem(5, format!("hook mode {name} (configured): not available: {why}")),
+            (Err(why), true) => r.problem(
+                5,
+                format!("hook mode {name} (configured): not available: {why}"),
+            ),
             (Err(why), false) => println!("info: hook mode {name}: not available: {why}"),
         }
     }
     if opts.hook_mode == HookMode::Auto && modes.iter().all(|(_, _, res)| res.is_err()) {
-        r.problem(5, "hook mode auto: no hook family is available on this kernel");
+        r.problem(
+            5,
+            "hook mode auto: no hook family is available on this kernel",
+        );
     }
     memlock(&mut r);
     finish(r)
@@ -152,11 +209,19 @@ pub fn run(opts: &RunArgs) -> ExitCode {
 fn finish(r: Report) -> ExitCode {
     match r.problems.first() {
         None => {
-            println!("config check passed ({} warning{})", r.warnings, if r.warnings == 1 { "" } else { "s" });
+            println!(
+                "config check passed ({} warning{})",
+                r.warnings,
+                if r.warnings == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }
         Some((code, _)) => {
-            eprintln!("config check failed: {} problem{}", r.problems.len(), if r.problems.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "config check failed: {} problem{}",
+                r.problems.len(),
+                if r.problems.len() == 1 { "" } else { "s" }
+            );
             ExitCode::from(*code as u8)
         }
     }
@@ -165,10 +230,14 @@ fn finish(r: Report) -> ExitCode {
 fn listen(r: &mut Report, opts: &RunArgs) {
     match std::net::TcpListener::bind(opts.listen) {
         Ok(_) => r.ok(format!("web.listen-address {} can be bound", opts.listen)),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            r.warn(format!("web.listen-address {} is in use now (by a running daemon?)", opts.listen))
-        }
-        Err(e) => r.error(&Error::Listen { addr: opts.listen.to_string(), source: e }),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => r.warn(format!(
+            "web.listen-address {} is in use now (by a running daemon?)",
+            opts.listen
+        )),
+        Err(e) => r.error(&Error::Listen {
+            addr: opts.listen.to_string(),
+            source: e,
+        }),
     }
 }
 
@@ -235,23 +304,36 @@ fn mode_tracepoint(rung: &[(&str, &str)], can_load: bool) -> Result<String, Stri
 }
 
 fn tracepoints_missing(list: &[(&str, &str)]) -> Result<Vec<String>, String> {
-    let root = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.is_dir())
-        .ok_or("tracefs is not mounted: cannot tell which tracepoints exist")?;
-    Ok(list.iter().filter(|(c, e)| !root.join(c).join(e).is_dir()).map(|(c, e)| format!("{c}:{e}")).collect())
+    let root = [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.is_dir())
+    .ok_or("tracefs is not mounted: cannot tell which tracepoints exist")?;
+    Ok(list
+        .iter()
+        .filter(|(c, e)| !root.join(c).join(e).is_dir())
+        .map(|(c, e)| format!("{c}:{e}"))
+        .collect())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn memlock(r: &mut Report) {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']).filter_map(|p| p.parse::<u32>().ok());
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .filter_map(|p| p.parse::<u32>().ok());
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if version >= (5, 11) {
         return;
     }
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
     if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < 64 << 20 {

@@ -161,7 +161,10 @@ pub struct Parsed {
 impl Parsed {
     /// True when the run flag whose field is `id` was given on the command line.
     pub fn explicit(&self, id: &str) -> bool {
-        matches!(self.matches.value_source(id), Some(ValueSource::CommandLine))
+        matches!(
+            self.matches.value_source(id),
+            Some(ValueSource::CommandLine)
+        )
     }
 }
 
@@ -170,11 +173,15 @@ impl Parsed {
 pub fn parse() -> Parsed {
     match try_parse(std::env::args_os()) {
         Ok(p) => p,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
             eprintln!("keepalive-daemon: {}", one_line(&e));
-            eprintln!("Usage: keepalive-daemon [OPTIONS] [COMMAND]; try 'keepalive-daemon --help'.");
+            eprintln!(
+                "Usage: keepalive-daemon [OPTIONS] [COMMAND]; try 'keepalive-daemon --help'."
+            );
             std::process::exit(2);
         }
     }
@@ -194,18 +201,29 @@ where
 pub fn one_line(e: &clap::Error) -> String {
     let rendered = e.to_string();
     let first = rendered.lines().next().unwrap_or("bad command line");
-    let mut line = first.strip_prefix("error: ").unwrap_or(first).trim().to_string();
+    let mut line = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim()
+        .to_string();
     let strs = |v: &ContextValue| match v {
         ContextValue::String(s) => vec![s.clone()],
         ContextValue::Strings(v) => v.clone(),
         _ => Vec::new(),
     };
-    if let Some(valid) = e.get(ContextKind::ValidValue).map(strs).filter(|v| !v.is_empty())
+    if let Some(valid) = e
+        .get(ContextKind::ValidValue)
+        .map(strs)
+        .filter(|v| !v.is_empty())
         && !line.contains("possible values")
     {
         line.push_str(&format!(" (possible values: {})", valid.join(", ")));
     }
-    if let Some(sugg) = e.get(ContextKind::SuggestedArg).map(strs).filter(|v| !v.is_empty()) {
+    if let Some(sugg) = e
+        .get(ContextKind::SuggestedArg)
+        .map(strs)
+        .filter(|v| !v.is_empty())
+    {
         line.push_str(&format!(" (did you mean '{}'?)", sugg.join("' or '")));
     }
     line
@@ -218,13 +236,21 @@ pub fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
         "info" => Ok(log::LevelFilter::Info),
         "debug" => Ok(log::LevelFilter::Debug),
         "trace" => Ok(log::LevelFilter::Trace),
-        _ => Err(format!("{s:?} is not one of error, warn, info, debug, trace")),
+        _ => Err(format!(
+            "{s:?} is not one of error, warn, info, debug, trace"
+        )),
     }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 350s, 5m or 1h"))?;
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 350s, 5m or 1h"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -262,15 +288,29 @@ mod tests {
     #[test]
     fn bad_flags_make_one_self_sufficient_line() {
         let l = line_for(&["--hook-mode", "sideways"]);
-        assert!(l.contains("sideways") && l.contains("--hook-mode") && l.contains("fentry, kprobe, tracepoint"), "{l}");
+        assert!(
+            l.contains("sideways")
+                && l.contains("--hook-mode")
+                && l.contains("fentry, kprobe, tracepoint"),
+            "{l}"
+        );
         let l = line_for(&["--web.listen-adress", "x"]);
-        assert!(l.contains("--web.listen-adress") && l.contains("did you mean '--web.listen-address'"), "{l}");
+        assert!(
+            l.contains("--web.listen-adress") && l.contains("did you mean '--web.listen-address'"),
+            "{l}"
+        );
         let l = line_for(&["--ring-buffer-bytes", "1000"]);
-        assert!(l.contains("--ring-buffer-bytes") && l.contains("power of two"), "{l}");
+        assert!(
+            l.contains("--ring-buffer-bytes") && l.contains("power of two"),
+            "{l}"
+        );
         let l = line_for(&["--log.format", "xml"]);
         assert!(l.contains("logfmt, json"), "{l}");
         let l = line_for(&["--log.level", "loud"]);
-        assert!(l.contains("--log.level") && l.contains("error, warn, info"), "{l}");
+        assert!(
+            l.contains("--log.level") && l.contains("error, warn, info"),
+            "{l}"
+        );
         assert!(!line_for(&["--idle-budget"]).is_empty());
     }
 

@@ -2,9 +2,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE,
-    EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY, HOOK_KPROBE,
-    RawEvent,
+    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS,
+    EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY,
+    HOOK_KPROBE, RawEvent,
 };
 
 const AF_INET: u16 = 2;
@@ -160,13 +160,21 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
             ns_cnt: raw.ns_cnt,
             // Wrapping: jiffies start near the top of the 32-bit range on purpose.
             next_timer_ms: (raw.flags & FLAG_TIMER_PENDING != 0).then(|| {
-                (raw.timer_expires.wrapping_sub(raw.jiffies) as i64).max(0) as u64 * 1000 / hz as u64
+                (raw.timer_expires.wrapping_sub(raw.jiffies) as i64).max(0) as u64 * 1000
+                    / hz as u64
             }),
             cgroup: raw.cgroup,
         },
         task: (raw.pid != 0).then(|| {
-            let end = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
-            (raw.pid, String::from_utf8_lossy(&raw.comm[..end]).into_owned())
+            let end = raw
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(raw.comm.len());
+            (
+                raw.pid,
+                String::from_utf8_lossy(&raw.comm[..end]).into_owned(),
+            )
         }),
     })
 }
@@ -202,7 +210,12 @@ pub fn sample(kind: Kind, sk: u64, flow: Flow, probes: u8) -> KernelEvent {
         probes,
         errno: 0,
         flow,
-        keepalive: Keepalive { idle_s: 1, intvl_s: 1, cnt: 3, user_timeout_ms: 0 },
+        keepalive: Keepalive {
+            idle_s: 1,
+            intvl_s: 1,
+            cnt: 3,
+            user_timeout_ms: 0,
+        },
         info: SocketInfo {
             keepalive_on: true,
             state: 1,
@@ -267,11 +280,26 @@ mod tests {
     fn socket_values_win_and_zero_means_namespace_default() {
         let ev = decode(&bytes(&raw()), 250).unwrap();
         assert_eq!(ev.kind, Kind::Probe);
-        assert_eq!(ev.keepalive, Keepalive { idle_s: 1, intvl_s: 75, cnt: 9, user_timeout_ms: 0 });
+        assert_eq!(
+            ev.keepalive,
+            Keepalive {
+                idle_s: 1,
+                intvl_s: 75,
+                cnt: 9,
+                user_timeout_ms: 0
+            }
+        );
         assert_eq!(ev.flow.saddr.to_string(), "10.0.0.2");
         assert_eq!(ev.flow.dport, 5000);
         assert!(ev.info.keepalive_on);
-        assert_eq!(ev.info.sources, Sources { idle: true, intvl: false, cnt: false });
+        assert_eq!(
+            ev.info.sources,
+            Sources {
+                idle: true,
+                intvl: false,
+                cnt: false
+            }
+        );
         assert_eq!(ev.info.next_timer_ms, Some(2000));
         assert_eq!(ev.info.ns_idle_s, 7200);
     }

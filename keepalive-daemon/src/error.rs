@@ -6,18 +6,28 @@ use std::{io, path::PathBuf};
 pub enum Error {
     #[error("bad command line or configuration: {0}")]
     Config(String),
-    #[error("kernel BTF at {path}: {reason} (this daemon needs a kernel with CONFIG_DEBUG_INFO_BTF=y)")]
+    #[error(
+        "kernel BTF at {path}: {reason} (this daemon needs a kernel with CONFIG_DEBUG_INFO_BTF=y)"
+    )]
     Btf { path: PathBuf, reason: String },
     #[error("kernel structure {0} not found in BTF; this kernel is not supported")]
     MissingType(String),
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("cannot find tcp_keepalive_timer's address by arming a keepalive timer on loopback: {0}")]
+    #[error(
+        "cannot find tcp_keepalive_timer's address by arming a keepalive timer on loopback: {0}"
+    )]
     Calibration(String),
-    #[error("not permitted to load eBPF programs: run as root (CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN)")]
+    #[error(
+        "not permitted to load eBPF programs: run as root (CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN)"
+    )]
     Privileges,
     #[error("hook {hook} in {mode} mode: the kernel refused it: {reason}")]
-    HookRefused { hook: &'static str, mode: &'static str, reason: String },
+    HookRefused {
+        hook: &'static str,
+        mode: &'static str,
+        reason: String,
+    },
     #[error("loading the eBPF object failed: {0}")]
     Load(String),
     #[error("cannot listen on {addr}: {source}")]

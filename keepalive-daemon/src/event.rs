@@ -98,7 +98,14 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(kind: EventKind, ts: String, flow: &Flow, probes: u8, k: Keepalive, hook: &'static str) -> Self {
+    pub fn new(
+        kind: EventKind,
+        ts: String,
+        flow: &Flow,
+        probes: u8,
+        k: Keepalive,
+        hook: &'static str,
+    ) -> Self {
         Event {
             ts,
             event: kind,
@@ -123,7 +130,8 @@ impl Event {
 
     /// One JSON line, newline included.
     pub fn to_line(&self) -> String {
-        let mut s = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        let mut s =
+            serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         s.push('\n');
         s
     }

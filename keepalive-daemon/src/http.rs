@@ -29,7 +29,10 @@ use tokio::{
     sync::broadcast,
 };
 
-use crate::{inventory::Inventory, inventory_metrics, metrics::Metrics, socket_filter::Filter, webconfig::Watched};
+use crate::{
+    inventory::Inventory, inventory_metrics, metrics::Metrics, socket_filter::Filter,
+    webconfig::Watched,
+};
 
 /// A client that has not sent its request headers (or finished the TLS handshake) by then is
 /// dropped, so idle connections cannot pile up.
@@ -74,23 +77,35 @@ async fn metrics(State(web): State<Arc<Web>>) -> Response {
         lost.refresh(&web.metrics);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         {
             let mut text = web.metrics.render();
-            text.push_str(&inventory_metrics::render(&web.inventory.lock().unwrap_or_else(|e| e.into_inner())));
+            text.push_str(&inventory_metrics::render(
+                &web.inventory.lock().unwrap_or_else(|e| e.into_inner()),
+            ));
             text
         },
     )
         .into_response()
 }
 
-async fn sockets(State(web): State<Arc<Web>>, axum::extract::RawQuery(q): axum::extract::RawQuery) -> Response {
+async fn sockets(
+    State(web): State<Arc<Web>>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
     let filter = match Filter::parse(q.as_deref().unwrap_or("")) {
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     let inv = web.inventory.lock().unwrap_or_else(|e| e.into_inner());
-    let mut list: Vec<_> = inv.entries().map(|e| inv.view(e)).filter(|v| filter.matches(v)).collect();
+    let mut list: Vec<_> = inv
+        .entries()
+        .map(|e| inv.view(e))
+        .filter(|v| filter.matches(v))
+        .collect();
     drop(inv);
     list.sort_by_key(|v| (v.netns, v.sport, v.dport));
     let body = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
@@ -114,7 +129,10 @@ impl Drop for Reader {
 /// disconnected (and counted) instead of slowing the pipeline or other readers, also when the
 /// client stops reading altogether (then HTTP stops asking for more, so the task, not the
 /// response, notices) and its connection is closed.
-async fn events(State(web): State<Arc<Web>>, kill: Option<axum::Extension<ConnectionKill>>) -> Response {
+async fn events(
+    State(web): State<Arc<Web>>,
+    kill: Option<axum::Extension<ConnectionKill>>,
+) -> Response {
     web.metrics.readers.inc();
     let mut reader = Reader {
         rx: web.events.subscribe(),
@@ -175,7 +193,11 @@ struct ConnectionKill(Arc<tokio::sync::Notify>);
 
 /// Serves `app` on `listener`: plain HTTP/1.1, or TLS when the web configuration has it, with
 /// its basic auth, headers and rate limit in front of every path.
-pub async fn serve(listener: TcpListener, app: Router, web: Option<Arc<Watched>>) -> io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    web: Option<Arc<Watched>>,
+) -> io::Result<()> {
     let tls = web.as_ref().is_some_and(|w| w.tls_at_start);
     let app = match &web {
         Some(w) => app.layer(middleware::from_fn_with_state(w.clone(), guard)),
@@ -240,7 +262,9 @@ async fn guard(State(web): State<Arc<Watched>>, req: Request, next: Next) -> Res
         match creds {
             Some((user, password)) => {
                 let (web, config) = (web.clone(), config.clone());
-                tokio::task::spawn_blocking(move || web.check_password(&config, &user, &password)).await.unwrap_or(false)
+                tokio::task::spawn_blocking(move || web.check_password(&config, &user, &password))
+                    .await
+                    .unwrap_or(false)
             }
             None => false,
         }
@@ -249,7 +273,8 @@ async fn guard(State(web): State<Arc<Watched>>, req: Request, next: Next) -> Res
         next.run(req).await
     } else {
         let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
         r
     };
     for (name, value) in &config.headers {
@@ -264,7 +289,9 @@ fn basic_credentials(value: Option<&HeaderValue>) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;
     Some((user.to_string(), password.to_string()))
@@ -277,9 +304,18 @@ mod tests {
     #[test]
     fn basic_credentials_parse() {
         let v = HeaderValue::from_static("Basic YWxpY2U6czNjcjN0OndpdGggY29sb24=");
-        assert_eq!(basic_credentials(Some(&v)), Some(("alice".into(), "s3cr3t:with colon".into())));
-        assert_eq!(basic_credentials(Some(&HeaderValue::from_static("Bearer abc"))), None);
-        assert_eq!(basic_credentials(Some(&HeaderValue::from_static("Basic !!!"))), None);
+        assert_eq!(
+            basic_credentials(Some(&v)),
+            Some(("alice".into(), "s3cr3t:with colon".into()))
+        );
+        assert_eq!(
+            basic_credentials(Some(&HeaderValue::from_static("Bearer abc"))),
+            None
+        );
+        assert_eq!(
+            basic_credentials(Some(&HeaderValue::from_static("Basic !!!"))),
+            None
+        );
         assert_eq!(basic_credentials(None), None);
     }
 }

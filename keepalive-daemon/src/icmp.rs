@@ -35,10 +35,16 @@ const RESCAN: Duration = Duration::from_secs(1);
 
 /// Watches every namespace, rescanning every second and whenever `rescan` is notified (the
 /// pipeline does so when an event names a namespace not watched yet).
-pub async fn watch(tx: mpsc::Sender<Input>, rescan: Arc<tokio::sync::Notify>, metrics: Arc<Metrics>) {
+pub async fn watch(
+    tx: mpsc::Sender<Input>,
+    rescan: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
+) {
     let mut watched: HashMap<u32, Vec<JoinHandle<()>>> = HashMap::new();
     loop {
-        let found = tokio::task::spawn_blocking(netns::discover).await.unwrap_or_default();
+        let found = tokio::task::spawn_blocking(netns::discover)
+            .await
+            .unwrap_or_default();
         watched.retain(|ino, tasks| {
             let keep = found.contains_key(ino);
             if !keep {
@@ -59,7 +65,9 @@ pub async fn watch(tx: mpsc::Sender<Input>, rescan: Arc<tokio::sync::Notify>, me
                 Ok(Ok(socks)) => {
                     let tasks = socks
                         .into_iter()
-                        .map(|(fd, v6)| tokio::spawn(read_loop(fd, v6, ino, tx.clone(), metrics.clone())))
+                        .map(|(fd, v6)| {
+                            tokio::spawn(read_loop(fd, v6, ino, tx.clone(), metrics.clone()))
+                        })
                         .collect();
                     watched.insert(ino, tasks);
                 }
@@ -102,7 +110,13 @@ fn raw_socket(v6: bool) -> io::Result<OwnedFd> {
         (libc::AF_INET, libc::IPPROTO_ICMP)
     };
     // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) };
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -112,7 +126,12 @@ fn raw_socket(v6: bool) -> io::Result<OwnedFd> {
     let rc = if v6 {
         let mut filter = [u32::MAX; 8];
         filter[0] &= !(1 << 1); // ICMP6_DST_UNREACH
-        setsockopt(&fd, libc::IPPROTO_ICMPV6, 1 /* ICMP6_FILTER */, &filter)
+        setsockopt(
+            &fd,
+            libc::IPPROTO_ICMPV6,
+            1, /* ICMP6_FILTER */
+            &filter,
+        )
     } else {
         let filter: u32 = !(1 << 3); // ICMP_DEST_UNREACH
         setsockopt(&fd, libc::SOL_RAW, 1 /* ICMP_FILTER */, &filter)
@@ -123,18 +142,38 @@ fn raw_socket(v6: bool) -> io::Result<OwnedFd> {
 fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // SAFETY: value points to a live T of the given size.
     let rc = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, (value as *const T).cast(), size_of::<T>() as u32)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as u32,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
-async fn read_loop(fd: OwnedFd, v6: bool, netns: u32, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
+async fn read_loop(
+    fd: OwnedFd,
+    v6: bool,
+    netns: u32,
+    tx: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+) {
     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
     // the AsyncFd's whole life.
-    let Ok(afd) = (unsafe { AsyncFd::register(fd) }) else { return };
+    let Ok(afd) = (unsafe { AsyncFd::register(fd) }) else {
+        return;
+    };
     let mut buf = [0u8; 1500];
     loop {
-        let Ok(mut guard) = afd.readable().await else { return };
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
         // SAFETY: buf is valid for its length.
         let n = unsafe { libc::recv(afd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
@@ -147,10 +186,20 @@ async fn read_loop(fd: OwnedFd, v6: bool, netns: u32, tx: mpsc::Sender<Input>, m
             return;
         }
         let packet = &buf[..n as usize];
-        let flow = if v6 { parse_v6(packet, netns) } else { parse_v4(packet, netns) };
+        let flow = if v6 {
+            parse_v6(packet, netns)
+        } else {
+            parse_v4(packet, netns)
+        };
         if let Some(flow) = flow {
             metrics.icmp_unreachable.inc();
-            if tx.try_send(Input::Icmp(IcmpHit { flow, mono_ns: monotonic_ns() })).is_err() {
+            if tx
+                .try_send(Input::Icmp(IcmpHit {
+                    flow,
+                    mono_ns: monotonic_ns(),
+                }))
+                .is_err()
+            {
                 metrics.lost.with_label_values(&["icmp"]).inc();
             }
         }
@@ -213,11 +262,21 @@ mod tests {
         let mut p = vec![0x45u8; 1];
         p.resize(20, 0);
         p.extend_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0]); // host unreachable
-        let mut q = vec![0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 1, 2];
+        let mut q = vec![
+            0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 1, 2,
+        ];
         q.extend_from_slice(&[0x9c, 0x40, 0x13, 0x88, 0, 0, 0, 1]);
         p.extend_from_slice(&q);
         let f = parse_v4(&p, 7).unwrap();
-        assert_eq!((f.saddr.to_string().as_str(), f.sport, f.daddr.to_string().as_str(), f.dport), ("10.0.0.2", 40000, "10.0.1.2", 5000));
+        assert_eq!(
+            (
+                f.saddr.to_string().as_str(),
+                f.sport,
+                f.daddr.to_string().as_str(),
+                f.dport
+            ),
+            ("10.0.0.2", 40000, "10.0.1.2", 5000)
+        );
         p[20] = 11; // time exceeded is not ours
         assert!(parse_v4(&p, 7).is_none());
         assert!(parse_v4(&p[..30], 7).is_none());
@@ -232,7 +291,10 @@ mod tests {
         q.extend_from_slice(&[0x9c, 0x40, 0x13, 0x88]);
         p.extend_from_slice(&q);
         let f = parse_v6(&p, 7).unwrap();
-        assert_eq!((f.sport, f.dport, f.daddr.to_string().as_str()), (40000, 5000, "fd00:1::2"));
+        assert_eq!(
+            (f.sport, f.dport, f.daddr.to_string().as_str()),
+            (40000, 5000, "fd00:1::2")
+        );
         p[8 + 6] = 17; // UDP
         assert!(parse_v6(&p, 7).is_none());
     }

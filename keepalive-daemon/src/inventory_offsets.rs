@@ -22,7 +22,11 @@ pub fn fill(btf: &Btf, o: &mut Offsets) -> Result<()> {
     // A u16 since 5.6; a bitfield before, which the programs cannot read with a plain load.
     o.sk_protocol = match btf.member_size("sock", "sk_protocol") {
         Some(2) => need("sock", "sk_protocol")?,
-        _ => return Err(Error::MissingType("sock.sk_protocol as u16 (kernel 5.6 or later)".into())),
+        _ => {
+            return Err(Error::MissingType(
+                "sock.sk_protocol as u16 (kernel 5.6 or later)".into(),
+            ));
+        }
     };
     // The cgroup pointer has been a plain member since 5.15; older kernels pack it in a union
     // with flags, so the cgroup is reported as unknown there.
@@ -53,7 +57,10 @@ mod tests {
         let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).expect("host BTF");
         let mut o = Offsets::default();
         fill(&btf, &mut o).expect("fill");
-        assert_eq!(o.timer_pprev, btf.member_offset("timer_list", "entry").unwrap() + 8);
+        assert_eq!(
+            o.timer_pprev,
+            btf.member_offset("timer_list", "entry").unwrap() + 8
+        );
         assert!(o.sock_keepopen_bit < 64);
         assert_ne!(o.sk_cgroup, ABSENT);
         assert!(o.socket_sk > 0 && o.file_private_data > 0);

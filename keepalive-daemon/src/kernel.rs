@@ -45,7 +45,10 @@ pub fn hz() -> Result<u32> {
 fn config_text() -> Option<String> {
     if let Ok(file) = fs::File::open("/proc/config.gz") {
         let mut text = String::new();
-        if flate2::read::GzDecoder::new(file).read_to_string(&mut text).is_ok() {
+        if flate2::read::GzDecoder::new(file)
+            .read_to_string(&mut text)
+            .is_ok()
+        {
             return Some(text);
         }
     }

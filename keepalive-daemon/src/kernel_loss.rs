@@ -55,7 +55,9 @@ impl KernelLoss {
     /// Takes the two counter maps and a descriptor of every program attached so far.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, String> {
         let mut take = |name: &str| -> Result<PerCpuArray<MapData, u64>, String> {
-            let map = ebpf.take_map(name).ok_or_else(|| format!("map {name} missing"))?;
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| format!("map {name} missing"))?;
             PerCpuArray::try_from(map).map_err(|e| e.to_string())
         };
         let (ring, recovered) = (take("LOST")?, take("RECOVERED")?);
@@ -68,10 +70,20 @@ impl KernelLoss {
                     Some(_) => Role::Twin,
                     None => Role::Plain,
                 };
-                Some(Watched { name: name.to_string(), fd, role })
+                Some(Watched {
+                    name: name.to_string(),
+                    fd,
+                    role,
+                })
             })
             .collect();
-        Ok(KernelLoss { ring, recovered, programs, seen_ring: 0, seen_nested: 0 })
+        Ok(KernelLoss {
+            ring,
+            recovered,
+            programs,
+            seen_ring: 0,
+            seen_nested: 0,
+        })
     }
 
     /// Adds what was lost since the last call to `keepalive_events_lost_total`.
@@ -79,21 +91,30 @@ impl KernelLoss {
         if let Ok(values) = self.ring.get(&0, 0) {
             let total: u64 = values.iter().sum();
             if total > self.seen_ring {
-                metrics.lost.with_label_values(&["kernel"]).inc_by(total - self.seen_ring);
+                metrics
+                    .lost
+                    .with_label_values(&["kernel"])
+                    .inc_by(total - self.seen_ring);
                 self.seen_ring = total;
             }
         }
         let unrecovered = self.unrecovered();
         let nested: u64 = unrecovered.iter().map(|u| u.1).sum();
         if nested > self.seen_nested {
-            let which: Vec<String> = unrecovered.iter().map(|(name, n)| format!("{name} {n}")).collect();
+            let which: Vec<String> = unrecovered
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
             warn!(
                 "{} hook runs skipped by the kernel (the program was already running on that CPU); \
                  events may be missing (so far: {})",
                 nested - self.seen_nested,
                 which.join(", ")
             );
-            metrics.lost.with_label_values(&["nested"]).inc_by(nested - self.seen_nested);
+            metrics
+                .lost
+                .with_label_values(&["nested"])
+                .inc_by(nested - self.seen_nested);
             self.seen_nested = nested;
         }
     }
@@ -105,7 +126,9 @@ impl KernelLoss {
             .filter_map(|p| {
                 let misses = match p.role {
                     Role::Twin => return None,
-                    Role::Primary(slot) => recursion_misses(&p.fd)?.saturating_sub(self.recovered_in(slot)),
+                    Role::Primary(slot) => {
+                        recursion_misses(&p.fd)?.saturating_sub(self.recovered_in(slot))
+                    }
                     Role::Plain => recursion_misses(&p.fd)?,
                 };
                 (misses > 0).then_some((p.name.as_str(), misses))
@@ -114,7 +137,10 @@ impl KernelLoss {
     }
 
     fn recovered_in(&self, slot: u32) -> u64 {
-        self.recovered.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.recovered
+            .get(&slot, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 }
 
@@ -135,6 +161,13 @@ fn recursion_misses(fd: &ProgramFd) -> Option<u64> {
         info: (&raw mut info) as u64,
     };
     // SAFETY: `attr` points at `info`, which outlives the call and is `info_len` bytes long.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw mut attr, size_of::<InfoAttr>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
     (r == 0).then_some(info.recursion_misses)
 }

@@ -13,8 +13,17 @@ pub fn init(level: LevelFilter, format: LogFormat) {
     env_logger::Builder::new()
         .filter_level(level)
         .format(move |buf, record| {
-            let ts = (!journal).then(|| chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
-            let line = render(format, ts.as_deref(), record.level(), &record.args().to_string());
+            let ts = (!journal).then(|| {
+                chrono::Utc::now()
+                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    .to_string()
+            });
+            let line = render(
+                format,
+                ts.as_deref(),
+                record.level(),
+                &record.args().to_string(),
+            );
             if journal {
                 write!(buf, "<{}>", priority(record.level()))?;
             }
@@ -39,9 +48,14 @@ pub fn stderr_is_journal() -> bool {
 }
 
 fn names_stderr(journal_stream: Option<&str>) -> bool {
-    let Some((dev, ino)) = journal_stream.and_then(|s| s.split_once(':')) else { return false };
-    let Ok(md) = std::fs::metadata("/proc/self/fd/2") else { return false };
-    dev.parse::<u64>().is_ok_and(|d| d == md.dev()) && ino.parse::<u64>().is_ok_and(|i| i == md.ino())
+    let Some((dev, ino)) = journal_stream.and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(md) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().is_ok_and(|d| d == md.dev())
+        && ino.parse::<u64>().is_ok_and(|i| i == md.ino())
 }
 
 fn priority(level: Level) -> u8 {
@@ -86,7 +100,9 @@ pub fn render(format: LogFormat, ts: Option<&str>, level: Level, msg: &str) -> S
 }
 
 fn logfmt_value(v: &str) -> String {
-    if !v.is_empty() && !v.contains(|c: char| c == ' ' || c == '"' || c == '=' || c == '\\' || c.is_control()) {
+    if !v.is_empty()
+        && !v.contains(|c: char| c == ' ' || c == '"' || c == '=' || c == '\\' || c.is_control())
+    {
         return v.to_string();
     }
     let mut out = String::with_capacity(v.len() + 2);
@@ -114,19 +130,39 @@ mod tests {
     #[test]
     fn logfmt_lines() {
         assert_eq!(
-            render(LogFormat::Logfmt, Some("2026-01-01T00:00:00.000Z"), Level::Info, "attached; serving on http://127.0.0.1:19180"),
+            render(
+                LogFormat::Logfmt,
+                Some("2026-01-01T00:00:00.000Z"),
+                Level::Info,
+                "attached; serving on http://127.0.0.1:19180"
+            ),
             "ts=2026-01-01T00:00:00.000Z level=info msg=\"attached; serving on http://127.0.0.1:19180\""
         );
-        assert_eq!(render(LogFormat::Logfmt, None, Level::Warn, "x"), "level=warn msg=x");
-        assert_eq!(render(LogFormat::Logfmt, None, Level::Error, "a \"b\"\nc"), "level=error msg=\"a \\\"b\\\"\\nc\"");
-        assert_eq!(render(LogFormat::Logfmt, None, Level::Error, ""), "level=error msg=\"\"");
+        assert_eq!(
+            render(LogFormat::Logfmt, None, Level::Warn, "x"),
+            "level=warn msg=x"
+        );
+        assert_eq!(
+            render(LogFormat::Logfmt, None, Level::Error, "a \"b\"\nc"),
+            "level=error msg=\"a \\\"b\\\"\\nc\""
+        );
+        assert_eq!(
+            render(LogFormat::Logfmt, None, Level::Error, ""),
+            "level=error msg=\"\""
+        );
     }
 
     #[test]
     fn json_lines() {
-        let v: serde_json::Value = serde_json::from_str(&render(LogFormat::Json, Some("t"), Level::Debug, "a \"b\"")).unwrap();
-        assert_eq!(v, serde_json::json!({"ts": "t", "level": "debug", "msg": "a \"b\""}));
-        let v: serde_json::Value = serde_json::from_str(&render(LogFormat::Json, None, Level::Info, "m")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&render(LogFormat::Json, Some("t"), Level::Debug, "a \"b\""))
+                .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ts": "t", "level": "debug", "msg": "a \"b\""})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&render(LogFormat::Json, None, Level::Info, "m")).unwrap();
         assert!(v.get("ts").is_none());
     }
 

@@ -59,7 +59,12 @@ fn main() -> ExitCode {
     if opts.config_check {
         return check::run(&opts);
     }
-    let web = match opts.web_config_file.as_deref().map(webconfig::Watched::load).transpose() {
+    let web = match opts
+        .web_config_file
+        .as_deref()
+        .map(webconfig::Watched::load)
+        .transpose()
+    {
         Ok(web) => web,
         Err(e) => {
             let e = error::Error::Config(e);

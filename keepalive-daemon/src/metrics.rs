@@ -33,7 +33,10 @@ pub struct Metrics {
 
 /// Bucket bounds shared by the time histograms: the keepalive settings operators use, and the
 /// middlebox idle timeouts they must stay under (350 s AWS, 240 s Azure, 600 s GCE).
-pub const TIME_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0, 7875.0, 14400.0];
+pub const TIME_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0,
+    7875.0, 14400.0,
+];
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
@@ -51,7 +54,10 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let dead = IntCounterVec::new(
-            Opts::new("keepalive_dead_connections_total", "Connections keepalive declared dead, by cause."),
+            Opts::new(
+                "keepalive_dead_connections_total",
+                "Connections keepalive declared dead, by cause.",
+            ),
             &["cause"],
         )
         .expect("valid metric");
@@ -60,7 +66,10 @@ impl Metrics {
             dead.with_label_values(&[c.as_str()]);
         }
         let lost = IntCounterVec::new(
-            Opts::new("keepalive_events_lost_total", "Events lost before reaching the sinks, by stage."),
+            Opts::new(
+                "keepalive_events_lost_total",
+                "Events lost before reaching the sinks, by stage.",
+            ),
             &["stage"],
         )
         .expect("valid metric");
@@ -69,11 +78,15 @@ impl Metrics {
             lost.with_label_values(&[s]);
         }
         let hook_mode = IntGaugeVec::new(
-            Opts::new("keepalive_hook_mode", "Hook family in use for each logical hook (1 = in use)."),
+            Opts::new(
+                "keepalive_hook_mode",
+                "Hook family in use for each logical hook (1 = in use).",
+            ),
             &["hook", "mode"],
         )
         .expect("valid metric");
-        r.register(Box::new(hook_mode.clone())).expect("unique metric");
+        r.register(Box::new(hook_mode.clone()))
+            .expect("unique metric");
         let build = IntGaugeVec::new(
             Opts::new("keepalive_build_info", "Build information; always 1."),
             &["version"],
@@ -90,7 +103,8 @@ impl Metrics {
             .buckets(TIME_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        r.register(Box::new(detect_seconds.clone())).expect("unique metric");
+        r.register(Box::new(detect_seconds.clone()))
+            .expect("unique metric");
         let resync = IntCounterVec::new(
             Opts::new(
                 "keepalive_inventory_resync_corrections_total",
@@ -106,17 +120,53 @@ impl Metrics {
         Metrics {
             resync,
             detect_seconds,
-            settings_changes: counter(&r, "keepalive_settings_changes_total", "Changes of a socket's effective keepalive configuration."),
-            probes: counter(&r, "keepalive_probes_total", "Keepalive probes sent that were not yet answered when sent."),
-            answered: counter(&r, "keepalive_probes_answered_total", "Probe runs the peer answered."),
+            settings_changes: counter(
+                &r,
+                "keepalive_settings_changes_total",
+                "Changes of a socket's effective keepalive configuration.",
+            ),
+            probes: counter(
+                &r,
+                "keepalive_probes_total",
+                "Keepalive probes sent that were not yet answered when sent.",
+            ),
+            answered: counter(
+                &r,
+                "keepalive_probes_answered_total",
+                "Probe runs the peer answered.",
+            ),
             dead,
             lost,
-            readers_dropped: counter(&r, "keepalive_event_readers_dropped_total", "/events readers disconnected for falling behind."),
-            readers: gauge(&r, "keepalive_event_readers", "/events readers connected now."),
-            probing_sockets: gauge(&r, "keepalive_probing_sockets", "Sockets with keepalive probes outstanding now."),
-            icmp_unreachable: counter(&r, "keepalive_icmp_unreachable_total", "ICMP destination-unreachable errors quoting a TCP segment."),
-            icmp_namespaces: gauge(&r, "keepalive_icmp_watched_namespaces", "Network namespaces whose ICMP errors are watched."),
-            icmp_namespaces_skipped: counter(&r, "keepalive_icmp_namespaces_skipped_total", "Namespaces not watched because the cap was reached."),
+            readers_dropped: counter(
+                &r,
+                "keepalive_event_readers_dropped_total",
+                "/events readers disconnected for falling behind.",
+            ),
+            readers: gauge(
+                &r,
+                "keepalive_event_readers",
+                "/events readers connected now.",
+            ),
+            probing_sockets: gauge(
+                &r,
+                "keepalive_probing_sockets",
+                "Sockets with keepalive probes outstanding now.",
+            ),
+            icmp_unreachable: counter(
+                &r,
+                "keepalive_icmp_unreachable_total",
+                "ICMP destination-unreachable errors quoting a TCP segment.",
+            ),
+            icmp_namespaces: gauge(
+                &r,
+                "keepalive_icmp_watched_namespaces",
+                "Network namespaces whose ICMP errors are watched.",
+            ),
+            icmp_namespaces_skipped: counter(
+                &r,
+                "keepalive_icmp_namespaces_skipped_total",
+                "Namespaces not watched because the cap was reached.",
+            ),
             hook_mode,
             registry: r,
         }

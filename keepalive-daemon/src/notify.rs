@@ -9,7 +9,9 @@ use std::{
 use log::debug;
 
 fn target() -> Option<String> {
-    std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty())
+    std::env::var("NOTIFY_SOCKET")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// Sends one datagram of `KEY=value` lines. Failures are logged at debug level and otherwise
@@ -40,7 +42,11 @@ pub fn status(text: &str) {
 }
 
 pub fn ready(text: &str) {
-    notify(&format!("READY=1\nSTATUS={}\nMAINPID={}", one_line(text), std::process::id()));
+    notify(&format!(
+        "READY=1\nSTATUS={}\nMAINPID={}",
+        one_line(text),
+        std::process::id()
+    ));
 }
 
 pub fn stopping(text: &str) {
@@ -73,7 +79,9 @@ mod tests {
     fn datagrams_reach_an_abstract_socket() {
         use std::os::linux::net::SocketAddrExt as _;
         let name = format!("ka-notify-test-{}", std::process::id());
-        let server = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let server =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
         send(&format!("@{name}"), "STOPPING=1").unwrap();
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();

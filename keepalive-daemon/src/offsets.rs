@@ -130,6 +130,5 @@ fn expect_size(btf: &Btf, outer: &str, path: &str, want: u32) -> Result<()> {
     }
 }
 
-
 #[cfg(test)]
 mod tests;

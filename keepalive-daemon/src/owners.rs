@@ -32,7 +32,13 @@ impl Owners {
     /// events, whose misses are resolved in batches off the hot path.
     pub fn cached(&self, ino: u64) -> Option<Owner> {
         let pid = *self.by_inode.get(&ino)?;
-        Some(Owner { pid, comm: self.comms.get(&pid).map_or_else(String::new, |c| c.to_string()) })
+        Some(Owner {
+            pid,
+            comm: self
+                .comms
+                .get(&pid)
+                .map_or_else(String::new, |c| c.to_string()),
+        })
     }
 
     pub fn lookup(&mut self, ino: u64) -> Option<Owner> {
@@ -48,7 +54,10 @@ impl Owners {
         self.rescan();
         let found = self.cached(ino);
         if found.is_none() {
-            log::debug!("socket inode {ino}: no process holds it ({} sockets in /proc)", self.by_inode.len());
+            log::debug!(
+                "socket inode {ino}: no process holds it ({} sockets in /proc)",
+                self.by_inode.len()
+            );
         }
         found
     }
@@ -59,13 +68,17 @@ impl Owners {
         self.by_inode = HashMap::new();
         self.comms = HashMap::new();
         let (mut map, mut comms) = (HashMap::new(), HashMap::new());
-        let Ok(procs) = fs::read_dir("/proc") else { return };
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return;
+        };
         let mut pids: Vec<u32> = procs
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         pids.sort_unstable();
         for pid in pids {
-            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
             let mut named = false;
             for fd in fds.flatten() {
                 let Some(ino) = fs::read_link(fd.path())
@@ -93,7 +106,10 @@ impl Owners {
 }
 
 fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -105,9 +121,12 @@ mod tests {
     #[test]
     fn finds_our_own_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let ino = fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&listener)))
-            .unwrap()
-            .ino();
+        let ino = fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        ))
+        .unwrap()
+        .ino();
         let owner = Owners::default().lookup(ino).expect("owner found");
         assert_eq!(owner.pid, std::process::id());
         assert!(!owner.comm.is_empty());

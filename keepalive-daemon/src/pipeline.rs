@@ -16,16 +16,16 @@ use tokio::{
 
 use crate::{
     attach::{self, LoadParams},
-    calibrate,
     btf::Btf,
+    calibrate,
     cli::{HookMode, RunArgs},
     decode::{self, KernelEvent, Kind},
     error::{Error, Result},
     http::{self, Web},
-    kernel_loss::KernelLoss,
     icmp,
     inventory::{Inventory, NsDefaults, resync},
     inventory_offsets, kernel,
+    kernel_loss::KernelLoss,
     metrics::Metrics,
     offsets,
     sinks::Sinks,
@@ -57,7 +57,10 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
             false
         }
     };
-    let timer_fn = match (opts.hook_mode, calibrate::keepalive_timer_address(&opts.btf_path, &offsets)) {
+    let timer_fn = match (
+        opts.hook_mode,
+        calibrate::keepalive_timer_address(&opts.btf_path, &offsets),
+    ) {
         (_, Ok(addr)) => addr,
         // Only the tracepoint rung filters on the address; forced fentry/kprobe can do without.
         (HookMode::Fentry | HookMode::Kprobe, Err(e)) => {
@@ -66,14 +69,24 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
         }
         (_, Err(e)) => return Err(e),
     };
-    let settings = Settings { keepalive_timer_fn: timer_fn, mib_keepalive: offsets::mib_keepalive(&btf)?, _pad: 0 };
+    let settings = Settings {
+        keepalive_timer_fn: timer_fn,
+        mib_keepalive: offsets::mib_keepalive(&btf)?,
+        _pad: 0,
+    };
     let hz = kernel::hz()?;
-    info!("kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}", offsets.keepalive_timer);
+    info!(
+        "kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}",
+        offsets.keepalive_timer
+    );
 
     // Bind before attaching: a busy port must not leave programs behind.
     let listener = TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| Error::Listen { addr: opts.listen.to_string(), source })?;
+        .map_err(|source| Error::Listen {
+            addr: opts.listen.to_string(),
+            source,
+        })?;
 
     let mut attached = attach::load(&LoadParams {
         offsets,
@@ -90,7 +103,12 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
     metrics.set_hooks(&attached.hooks);
     let metrics_hooks = attached.hooks.clone();
     let kernel_loss = KernelLoss::new(&mut attached.ebpf).map_err(Error::Load)?;
-    let mut take = |name: &str| attached.ebpf.take_map(name).ok_or_else(|| Error::Load(format!("map {name} missing")));
+    let mut take = |name: &str| {
+        attached
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| Error::Load(format!("map {name} missing")))
+    };
     let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| Error::Load(e.to_string()))?;
 
     let inventory = Arc::new(Mutex::new(Inventory::new(opts.idle_budget)));
@@ -108,7 +126,10 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
                 if let Ok(ev) = decode::decode(rec, hz) {
                     // A restart must not lose a run in progress: the kernel side reports the
                     // answer (or the next probe) only for sockets it knows are being probed.
-                    if ev.info.keepalive_on && ev.info.probes_out > 0 && probing.insert(ev.sk, ev.info.probes_out, 0).is_ok() {
+                    if ev.info.keepalive_on
+                        && ev.info.probes_out > 0
+                        && probing.insert(ev.sk, ev.info.probes_out, 0).is_ok()
+                    {
                         mid_probe += 1;
                     }
                     let owner = sinks.owners.lookup(ev.ino);
@@ -116,7 +137,9 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
                     n += 1;
                 }
             }
-            info!("inventory: {n} TCP sockets at startup, {mid_probe} in the middle of a probe run");
+            info!(
+                "inventory: {n} TCP sockets at startup, {mid_probe} in the middle of a probe run"
+            );
         }
         Err(e) => warn!("startup inventory failed: {e}"),
     }
@@ -136,21 +159,43 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
         inventory: inventory.clone(),
         events_buffer: opts.events_buffer as usize,
     });
-    let scheme = if web_config.as_ref().is_some_and(|w| w.tls_at_start) { "https" } else { "http" };
+    let scheme = if web_config.as_ref().is_some_and(|w| w.tls_at_start) {
+        "https"
+    } else {
+        "http"
+    };
     let server = tokio::spawn(http::serve(listener, http::router(web.clone()), web_config));
 
     let (input_tx, input_rx) = mpsc::channel(4096);
     let rescan = Arc::new(Notify::new());
-    tokio::spawn(icmp::watch(input_tx.clone(), rescan.clone(), metrics.clone()));
+    tokio::spawn(icmp::watch(
+        input_tx.clone(),
+        rescan.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(sysctl::poll_defaults(inventory.clone(), input_tx.clone()));
     let attached = Arc::new(Mutex::new(Some(attached)));
     tokio::spawn(crate::rewalk::run(attached.clone(), web, hz, input_tx));
 
-    let state = LoopState { hz, tracker: Tracker::new(tracker::realtime_offset_ns()), inventory, sinks, rescan, namespaces: HashSet::new() };
+    let state = LoopState {
+        hz,
+        tracker: Tracker::new(tracker::realtime_offset_ns()),
+        inventory,
+        sinks,
+        rescan,
+        namespaces: HashSet::new(),
+    };
     let events = tokio::spawn(event_loop(ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);
-    let hooks: Vec<String> = metrics_hooks.iter().map(|h| format!("{}={}", h.hook, h.mode)).collect();
-    crate::notify::ready(&format!("serving on {scheme}://{}; hooks {}", opts.listen, hooks.join(" ")));
+    let hooks: Vec<String> = metrics_hooks
+        .iter()
+        .map(|h| format!("{}={}", h.hook, h.mode))
+        .collect();
+    crate::notify::ready(&format!(
+        "serving on {scheme}://{}; hooks {}",
+        opts.listen,
+        hooks.join(" ")
+    ));
 
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: detaching"),
@@ -176,10 +221,11 @@ struct LoopState {
 
 async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mut st: LoopState) {
     // SAFETY: the AsyncFd owns the ring buffer map and with it its descriptor.
-    let mut ring = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => return error!("ring buffer: {e}"),
-    };
+    let mut ring =
+        match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => return error!("ring buffer: {e}"),
+        };
     // The kernel wakes us at most about once a millisecond while events flow (`wake_flags` in
     // keepalive-ebpf/src/state.rs): the records written in the millisecond after a wake-up wait
     // for a drain on this tick instead. Such records only exist right after a wake-up, so the
@@ -251,7 +297,10 @@ impl LoopState {
                 // The caller itself when the event came from its syscall; otherwise never a
                 // /proc scan per connection: misses are resolved with the next poll.
                 let owner = match &ev.task {
-                    Some((pid, comm)) => Some(crate::owners::Owner { pid: *pid, comm: comm.clone() }),
+                    Some((pid, comm)) => Some(crate::owners::Owner {
+                        pid: *pid,
+                        comm: comm.clone(),
+                    }),
                     None => self.sinks.owners.cached(ev.ino),
                 };
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
@@ -259,14 +308,26 @@ impl LoopState {
                     let entry = inv.get(ev.sk).map(|e| (e.clone(), inv.owner(e)));
                     drop(inv);
                     if let Some((e, owner)) = entry {
-                        self.sinks.settings(&e, owner, before, after, self.tracker.wall_clock(ev.ts_ns));
+                        self.sinks.settings(
+                            &e,
+                            owner,
+                            before,
+                            after,
+                            self.tracker.wall_clock(ev.ts_ns),
+                        );
                     }
                 }
             }
             _ => {
-                self.inventory.lock().unwrap_or_else(|e| e.into_inner()).apply(ev, None);
+                self.inventory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apply(ev, None);
                 let out = self.tracker.handle(ev);
-                self.sinks.metrics.probing_sockets.set(self.tracker.probing() as i64);
+                self.sinks
+                    .metrics
+                    .probing_sockets
+                    .set(self.tracker.probing() as i64);
                 self.sinks.publish(out, ev.ino);
             }
         }
@@ -277,7 +338,10 @@ impl LoopState {
         let swept = self.tracker.sweep(tracker::monotonic_ns());
         if swept > 0 {
             warn!("{swept} probe runs ended unseen (events lost); forgotten");
-            self.sinks.metrics.probing_sockets.set(self.tracker.probing() as i64);
+            self.sinks
+                .metrics
+                .probing_sockets
+                .set(self.tracker.probing() as i64);
         }
         let now = self.tracker.wall_clock(tracker::monotonic_ns());
         for (netns, d) in all {
@@ -301,11 +365,26 @@ impl LoopState {
 impl LoopState {
     fn resync(&mut self, walked: resync::Walked) {
         let owners = &self.sinks.owners;
-        let c = self.inventory.lock().unwrap_or_else(|e| e.into_inner()).reconcile(&walked, |ino| owners.cached(ino));
+        let c = self
+            .inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconcile(&walked, |ino| owners.cached(ino));
         if c.added + c.removed > 0 {
-            info!("inventory re-walk: {} sockets added, {} removed (their events were lost)", c.added, c.removed);
-            self.sinks.metrics.resync.with_label_values(&["added"]).inc_by(c.added as u64);
-            self.sinks.metrics.resync.with_label_values(&["removed"]).inc_by(c.removed as u64);
+            info!(
+                "inventory re-walk: {} sockets added, {} removed (their events were lost)",
+                c.added, c.removed
+            );
+            self.sinks
+                .metrics
+                .resync
+                .with_label_values(&["added"])
+                .inc_by(c.added as u64);
+            self.sinks
+                .metrics
+                .resync
+                .with_label_values(&["removed"])
+                .inc_by(c.removed as u64);
         }
         // Once the walk's own buffers are gone too.
         drop(walked);
@@ -315,8 +394,15 @@ impl LoopState {
     /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner
     /// lookup hit the rescan rate limit. Runs with each sysctl poll.
     fn resolve_owners(&mut self) {
-        let unowned = self.inventory.lock().unwrap_or_else(|e| e.into_inner()).unowned();
-        let found: Vec<_> = unowned.into_iter().filter_map(|(sk, ino)| Some((sk, self.sinks.owners.lookup(ino)?))).collect();
+        let unowned = self
+            .inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unowned();
+        let found: Vec<_> = unowned
+            .into_iter()
+            .filter_map(|(sk, ino)| Some((sk, self.sinks.owners.lookup(ino)?)))
+            .collect();
         let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
         for (sk, owner) in found {
             inv.set_owner(sk, owner);

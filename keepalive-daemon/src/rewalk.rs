@@ -10,13 +10,7 @@ use std::{
 use log::warn;
 use tokio::sync::mpsc;
 
-use crate::{
-    attach::Attached,
-    decode,
-    http::Web,
-    inventory::resync::Walked,
-    pipeline::Input,
-};
+use crate::{attach::Attached, decode, http::Web, inventory::resync::Walked, pipeline::Input};
 
 /// How often the loss counters are looked at: a churn-heavy host with lost closes converges
 /// within a minute.
@@ -26,12 +20,23 @@ const SAFETY_EVERY: u32 = 20;
 
 /// Events lost where an open or close could have been among them.
 fn lost(web: &Web) -> u64 {
-    web.kernel_lost.lock().unwrap_or_else(|e| e.into_inner()).refresh(&web.metrics);
-    ["kernel", "nested", "decode"].iter().map(|s| web.metrics.lost.with_label_values(&[s]).get()).sum()
+    web.kernel_lost
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .refresh(&web.metrics);
+    ["kernel", "nested", "decode"]
+        .iter()
+        .map(|s| web.metrics.lost.with_label_values(&[s]).get())
+        .sum()
 }
 
 /// Runs until the programs are detached (`attached` emptied).
-pub async fn run(attached: Arc<Mutex<Option<Attached>>>, web: Arc<Web>, hz: u32, tx: mpsc::Sender<Input>) {
+pub async fn run(
+    attached: Arc<Mutex<Option<Attached>>>,
+    web: Arc<Web>,
+    hz: u32,
+    tx: mpsc::Sender<Input>,
+) {
     let inventory = web.inventory.clone();
     let (mut lost_at_walk, mut idle) = (0, 0);
     loop {
@@ -43,11 +48,16 @@ pub async fn run(attached: Arc<Mutex<Option<Attached>>>, web: Arc<Web>, hz: u32,
             continue;
         }
         (lost_at_walk, idle) = (now, 0);
-        inventory.lock().unwrap_or_else(|e| e.into_inner()).begin_walk();
+        inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin_walk();
         let att = attached.clone();
         let walked = tokio::task::spawn_blocking(move || {
             let mut guard = att.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_mut().map(|a| crate::attach::inventory(&mut a.ebpf))
+            guard
+                .as_mut()
+                .map(|a| crate::attach::inventory(&mut a.ebpf))
         })
         .await;
         let result = match walked {
@@ -57,17 +67,25 @@ pub async fn run(attached: Arc<Mutex<Option<Attached>>>, web: Arc<Web>, hz: u32,
         };
         match result {
             Ok((buf, namespaces)) => {
-                let events = decode::records(&buf).filter_map(|r| decode::decode(r, hz).ok()).collect();
+                let events = decode::records(&buf)
+                    .filter_map(|r| decode::decode(r, hz).ok())
+                    .collect();
                 let namespaces = namespaces.into_iter().collect();
-                if tx.send(Input::Resync(Walked { events, namespaces })).await.is_err() {
+                if tx
+                    .send(Input::Resync(Walked { events, namespaces }))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             Err(e) => {
                 warn!("inventory re-walk failed: {e}");
-                inventory.lock().unwrap_or_else(|e| e.into_inner()).abandon_walk();
+                inventory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .abandon_walk();
             }
         }
     }
 }
-

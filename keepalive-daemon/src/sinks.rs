@@ -21,11 +21,18 @@ pub struct Sinks {
 
 impl Sinks {
     pub fn new(json: bool, events: broadcast::Sender<Arc<str>>, metrics: Arc<Metrics>) -> Self {
-        Sinks { json, events, metrics, owners: Owners::default() }
+        Sinks {
+            json,
+            events,
+            metrics,
+            owners: Owners::default(),
+        }
     }
 
     pub fn publish(&mut self, out: Outcome, ino: u64) {
-        let Outcome::Publish(mut out) = out else { return };
+        let Outcome::Publish(mut out) = out else {
+            return;
+        };
         match out.event {
             EventKind::Probe => self.metrics.probes.inc(),
             EventKind::Answered => self.metrics.answered.inc(),
@@ -47,8 +54,22 @@ impl Sinks {
     }
 
     /// A `settings` event for a socket whose effective configuration changed.
-    pub fn settings(&mut self, e: &Entry, owner: Option<Owner>, before: Effective, after: Effective, ts: String) {
-        let mut out = Event::new(EventKind::Settings, ts, &e.flow, e.probes_out, e.own, "tracepoint");
+    pub fn settings(
+        &mut self,
+        e: &Entry,
+        owner: Option<Owner>,
+        before: Effective,
+        after: Effective,
+        ts: String,
+    ) {
+        let mut out = Event::new(
+            EventKind::Settings,
+            ts,
+            &e.flow,
+            e.probes_out,
+            e.own,
+            "tracepoint",
+        );
         out.keepalive = after.into();
         out.previous = Some(before.into());
         if let Some(o) = owner {
@@ -63,7 +84,10 @@ impl Sinks {
         let line: Arc<str> = out.to_line().into();
         if self.json {
             let mut stdout = std::io::stdout().lock();
-            if let Err(e) = stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()) {
+            if let Err(e) = stdout
+                .write_all(line.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
                 // A closed stdout (reader gone) must not stop metrics or /events.
                 error!("stdout: {e}; JSON output disabled");
                 self.json = false;

@@ -24,7 +24,11 @@ impl Filter {
                 "netns" => f.netns = Some(v.parse().map_err(|_| bad())?),
                 "keepalive" => f.keepalive = Some(flag(v).ok_or_else(bad)?),
                 "at_risk" => f.at_risk = Some(flag(v).ok_or_else(bad)?),
-                _ => return Err(format!("unknown filter {k:?} (port, comm, netns, keepalive, at_risk)")),
+                _ => {
+                    return Err(format!(
+                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk)"
+                    ));
+                }
             }
         }
         Ok(f)
@@ -52,7 +56,10 @@ impl Filter {
 
     pub fn matches(&self, s: &SocketView) -> bool {
         self.port.is_none_or(|p| s.sport == p || s.dport == p)
-            && self.comm.as_ref().is_none_or(|c| s.comm.as_ref() == Some(c))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|c| s.comm.as_ref() == Some(c))
             && self.netns.is_none_or(|n| s.netns == n)
             && self.keepalive.is_none_or(|k| s.keepalive == k)
             && self.at_risk.is_none_or(|r| s.at_risk == r)

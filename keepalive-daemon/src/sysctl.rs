@@ -4,7 +4,9 @@
 //! No tracepoint fires on a sysctl write, and the cgroup sysctl hook would need a cgroup v2
 //! root the daemon may not have; three small reads per namespace every half second reflect a
 //! change within the one second operators expect, at a cost that does not grow with sockets.
-use std::{collections::HashMap, fs, fs::File, io, os::fd::AsRawFd as _, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap, fs, fs::File, io, os::fd::AsRawFd as _, path::PathBuf, time::Duration,
+};
 
 use std::{
     collections::HashSet,
@@ -23,7 +25,9 @@ pub const POLL: Duration = Duration::from_millis(500);
 
 fn read_one(name: &str) -> io::Result<u32> {
     let text = fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))?;
-    text.trim().parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    text.trim()
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn read_here() -> io::Result<NsDefaults> {
@@ -63,7 +67,13 @@ mod tests {
     #[test]
     fn reads_own_namespace() {
         let link = fs::read_link("/proc/self/ns/net").unwrap();
-        let ino: u32 = link.to_str().unwrap().trim_start_matches("net:[").trim_end_matches(']').parse().unwrap();
+        let ino: u32 = link
+            .to_str()
+            .unwrap()
+            .trim_start_matches("net:[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap();
         let got = read_all(vec![(ino, PathBuf::from("/proc/self/ns/net"))]);
         assert_eq!(got.get(&ino), Some(&read_here().unwrap()));
     }
@@ -74,7 +84,10 @@ pub async fn poll_defaults(inventory: Arc<Mutex<Inventory>>, tx: mpsc::Sender<In
     let mut paths = NsPaths::default();
     loop {
         tokio::time::sleep(POLL).await;
-        let wanted = inventory.lock().unwrap_or_else(|e| e.into_inner()).namespaces();
+        let wanted = inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .namespaces();
         let mut p = std::mem::take(&mut paths);
         let read = tokio::task::spawn_blocking(move || {
             let list = p.resolve(wanted);
@@ -111,7 +124,9 @@ impl NsPaths {
     fn resolve(&mut self, wanted: impl IntoIterator<Item = u32>) -> Vec<(u32, std::path::PathBuf)> {
         let wanted: Vec<u32> = wanted.into_iter().collect();
         let stale = self.scanned.is_none_or(|t| t.elapsed() >= PATHS_RESCAN);
-        let missing = wanted.iter().any(|ns| !self.unfindable.contains(ns) && !self.valid(*ns));
+        let missing = wanted
+            .iter()
+            .any(|ns| !self.unfindable.contains(ns) && !self.valid(*ns));
         if stale || missing {
             self.paths = netns::discover();
             self.scanned = Some(std::time::Instant::now());
@@ -132,6 +147,8 @@ impl NsPaths {
     /// may have exited, or its pid been reused by a process elsewhere.
     fn valid(&self, ns: u32) -> bool {
         use std::os::unix::fs::MetadataExt as _;
-        self.paths.get(&ns).is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == ns))
+        self.paths
+            .get(&ns)
+            .is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == ns))
     }
 }

@@ -18,7 +18,15 @@ pub fn ensure_mounted() {
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let (src, target, fstype) = (c("tracefs"), c(ROOTS[0]), c("tracefs"));
     // SAFETY: valid NUL-terminated strings; a failure only leaves tracefs unmounted.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         log::debug!("mounting tracefs: {}", std::io::Error::last_os_error());
     }
@@ -26,7 +34,10 @@ pub fn ensure_mounted() {
 
 fn format(event: &str) -> Result<String> {
     for root in ROOTS {
-        let path = PathBuf::from(root).join("events/syscalls").join(event).join("format");
+        let path = PathBuf::from(root)
+            .join("events/syscalls")
+            .join(event)
+            .join("format");
         if let Ok(text) = fs::read_to_string(&path) {
             return Ok(text);
         }
@@ -45,7 +56,12 @@ fn field_offset(format: &str, name: &str) -> Option<u32> {
         if ident != name {
             return None;
         }
-        rest.trim().strip_prefix("offset:")?.split(';').next()?.parse().ok()
+        rest.trim()
+            .strip_prefix("offset:")?
+            .split(';')
+            .next()?
+            .parse()
+            .ok()
     })
 }
 
@@ -63,7 +79,9 @@ pub fn fill(o: &mut Offsets) -> Result<()> {
     // The accept hooks read `ret` at the same offset: every sys_exit record has one layout.
     for event in ["sys_exit_accept", "sys_exit_accept4"] {
         if get(&format(event)?, event, "ret")? != o.tp_setsockopt_ret {
-            return Err(Error::MissingType(format!("ret of syscalls:{event} at the setsockopt offset")));
+            return Err(Error::MissingType(format!(
+                "ret of syscalls:{event} at the setsockopt offset"
+            )));
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use log::debug;
 
 use crate::{
-    decode::{Flow, Kind, KernelEvent},
+    decode::{Flow, KernelEvent, Kind},
     event::{Cause, Event, EventKind, errno_name},
 };
 
@@ -97,11 +97,25 @@ impl Tracker {
                 }
                 run.last_ns = ev.ts_ns;
                 run.intvl_s = ev.keepalive.intvl_s;
-                Outcome::Publish(Event::new(EventKind::Probe, ts, &ev.flow, ev.probes, ev.keepalive, ev.hook))
+                Outcome::Publish(Event::new(
+                    EventKind::Probe,
+                    ts,
+                    &ev.flow,
+                    ev.probes,
+                    ev.keepalive,
+                    ev.hook,
+                ))
             }
             Kind::Answered => {
                 self.sockets.remove(&ev.sk);
-                Outcome::Publish(Event::new(EventKind::Answered, ts, &ev.flow, ev.probes, ev.keepalive, ev.hook))
+                Outcome::Publish(Event::new(
+                    EventKind::Answered,
+                    ts,
+                    &ev.flow,
+                    ev.probes,
+                    ev.keepalive,
+                    ev.hook,
+                ))
             }
             Kind::Timeout | Kind::Reset => {
                 let run_start = self.sockets.remove(&ev.sk).map(|r| r.run_start_ns);
@@ -112,7 +126,14 @@ impl Tracker {
                     _ => Cause::Timeout,
                 };
                 self.icmp.remove(&ev.flow);
-                let mut out = Event::new(EventKind::Dead, ts, &ev.flow, ev.probes, ev.keepalive, ev.hook);
+                let mut out = Event::new(
+                    EventKind::Dead,
+                    ts,
+                    &ev.flow,
+                    ev.probes,
+                    ev.keepalive,
+                    ev.hook,
+                );
                 out.cause = Some(cause);
                 out.errno = Some(errno_name(ev.errno));
                 out.icmp_unreachable = Some(icmp);
@@ -128,7 +149,10 @@ impl Tracker {
             }
             Kind::Open | Kind::Settings | Kind::Walked | Kind::Rearmed => Outcome::Nothing,
             Kind::Closed => {
-                debug!("{:?} closed with {} probes out, not by keepalive", ev.flow, ev.probes);
+                debug!(
+                    "{:?} closed with {} probes out, not by keepalive",
+                    ev.flow, ev.probes
+                );
                 self.sockets.remove(&ev.sk);
                 Outcome::Nothing
             }
@@ -151,9 +175,9 @@ impl Tracker {
     /// start was not seen, e.g. the daemon started mid-run).
     fn icmp_during_run(&self, flow: &Flow, run_start_ns: Option<u64>) -> u32 {
         let start = run_start_ns.unwrap_or(0);
-        self.icmp
-            .get(flow)
-            .map_or(0, |seen| seen.hits.iter().filter(|&&t| t >= start).count() as u32)
+        self.icmp.get(flow).map_or(0, |seen| {
+            seen.hits.iter().filter(|&&t| t >= start).count() as u32
+        })
     }
 
     pub fn wall_clock(&self, mono_ns: u64) -> String {
@@ -166,7 +190,10 @@ impl Tracker {
 /// CLOCK_REALTIME - CLOCK_MONOTONIC now.
 pub fn realtime_offset_ns() -> i128 {
     let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid clock id and out-pointer.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -175,7 +202,10 @@ pub fn realtime_offset_ns() -> i128 {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -196,7 +226,11 @@ mod tests {
     }
 
     fn ev(kind: Kind, ts_ns: u64, probes: u8, errno: i32) -> KernelEvent {
-        KernelEvent { ts_ns, errno, ..crate::decode::sample(kind, 0xabc, flow(), probes) }
+        KernelEvent {
+            ts_ns,
+            errno,
+            ..crate::decode::sample(kind, 0xabc, flow(), probes)
+        }
     }
 
     fn dead(t: &mut Tracker, e: &KernelEvent) -> (Cause, String) {
@@ -213,7 +247,10 @@ mod tests {
             t.handle(&ev(Kind::Probe, n as u64 * 1000, n, 0));
         }
         assert_eq!(t.probing(), 1);
-        assert_eq!(dead(&mut t, &ev(Kind::Timeout, 4000, 3, libc::ETIMEDOUT)), (Cause::Timeout, "ETIMEDOUT".into()));
+        assert_eq!(
+            dead(&mut t, &ev(Kind::Timeout, 4000, 3, libc::ETIMEDOUT)),
+            (Cause::Timeout, "ETIMEDOUT".into())
+        );
         assert_eq!(t.probing(), 0);
     }
 
@@ -221,26 +258,44 @@ mod tests {
     fn icmp_during_the_run_makes_it_unreachable() {
         let mut t = Tracker::new(0);
         t.handle(&ev(Kind::Probe, 1000, 1, 0));
-        t.icmp(IcmpHit { flow: flow(), mono_ns: 1100 });
+        t.icmp(IcmpHit {
+            flow: flow(),
+            mono_ns: 1100,
+        });
         t.handle(&ev(Kind::Probe, 2000, 2, 0));
-        assert_eq!(dead(&mut t, &ev(Kind::Timeout, 4000, 3, libc::ETIMEDOUT)).0, Cause::Unreachable);
+        assert_eq!(
+            dead(&mut t, &ev(Kind::Timeout, 4000, 3, libc::ETIMEDOUT)).0,
+            Cause::Unreachable
+        );
     }
 
     #[test]
     fn icmp_from_an_earlier_run_does_not_count() {
         let mut t = Tracker::new(0);
-        t.icmp(IcmpHit { flow: flow(), mono_ns: 500 });
+        t.icmp(IcmpHit {
+            flow: flow(),
+            mono_ns: 500,
+        });
         t.handle(&ev(Kind::Probe, 1000, 1, 0));
-        assert_eq!(dead(&mut t, &ev(Kind::Timeout, 4000, 3, libc::ETIMEDOUT)).0, Cause::Timeout);
+        assert_eq!(
+            dead(&mut t, &ev(Kind::Timeout, 4000, 3, libc::ETIMEDOUT)).0,
+            Cause::Timeout
+        );
     }
 
     #[test]
     fn reset_wins_and_closed_is_silent() {
         let mut t = Tracker::new(0);
         t.handle(&ev(Kind::Probe, 1000, 1, 0));
-        assert_eq!(dead(&mut t, &ev(Kind::Reset, 1100, 1, libc::ECONNRESET)), (Cause::Reset, "ECONNRESET".into()));
+        assert_eq!(
+            dead(&mut t, &ev(Kind::Reset, 1100, 1, libc::ECONNRESET)),
+            (Cause::Reset, "ECONNRESET".into())
+        );
         t.handle(&ev(Kind::Probe, 1000, 1, 0));
-        assert!(matches!(t.handle(&ev(Kind::Closed, 1200, 1, 0)), Outcome::Nothing));
+        assert!(matches!(
+            t.handle(&ev(Kind::Closed, 1200, 1, 0)),
+            Outcome::Nothing
+        ));
         assert_eq!(t.probing(), 0);
     }
 

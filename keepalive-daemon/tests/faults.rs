@@ -7,7 +7,10 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     process::{Command, Stdio},
-    sync::{Arc, Mutex, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -30,7 +33,11 @@ fn collect_stdout(r: &mut Running) -> Arc<Mutex<Vec<serde_json::Value>>> {
     lines
 }
 
-fn events_in(lines: &Mutex<Vec<serde_json::Value>>, netns: u64, kind: &str) -> Vec<serde_json::Value> {
+fn events_in(
+    lines: &Mutex<Vec<serde_json::Value>>,
+    netns: u64,
+    kind: &str,
+) -> Vec<serde_json::Value> {
     lines
         .lock()
         .unwrap()
@@ -49,10 +56,17 @@ fn kernel_lost(pid: u32) -> u64 {
         .flatten()
         .flatten()
         .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
-        .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok()))
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok())
+        })
         .collect();
     let bpftool_json = |args: &[&str]| -> serde_json::Value {
-        let out = Command::new("bpftool").arg("-j").args(args).output().expect("bpftool");
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool");
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     };
     let id = held
@@ -63,17 +77,31 @@ fn kernel_lost(pid: u32) -> u64 {
     // several it wraps each map: asking by id keeps one shape).
     let elements = bpftool_json(&["map", "dump", "id", &id.to_string()]);
     let le_bytes = |v: &serde_json::Value| {
-        v.as_array().into_iter().flatten().enumerate().fold(0u64, |acc, (i, b)| {
-            acc | u64::from_str_radix(b.as_str().unwrap_or("0x0").trim_start_matches("0x"), 16).unwrap_or(0) << (8 * i)
-        })
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .fold(0u64, |acc, (i, b)| {
+                acc | u64::from_str_radix(b.as_str().unwrap_or("0x0").trim_start_matches("0x"), 16)
+                    .unwrap_or(0)
+                    << (8 * i)
+            })
     };
-    elements[0]["values"].as_array().into_iter().flatten().map(|c| le_bytes(&c["value"])).sum()
+    elements[0]["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| le_bytes(&c["value"]))
+        .sum()
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -85,7 +113,8 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 fn overload_is_counted_and_state_recovers() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
-    let mut r = start_with(&["--json", "--ring-buffer-bytes", "4096"], Stdio::piped()).expect("daemon");
+    let mut r =
+        start_with(&["--json", "--ring-buffer-bytes", "4096"], Stdio::piped()).expect("daemon");
     let lines = collect_stdout(&mut r);
     let ns = Netns::new("ovl");
     let storm = Storm::open(&ns, 800, 1);
@@ -99,16 +128,27 @@ fn overload_is_counted_and_state_recovers() {
     let before = kernel_lost(pid);
     let page = body(r.port, "/metrics");
     let after = kernel_lost(pid);
-    let lost = metric(&page, "keepalive_events_lost_total{stage=\"kernel\"}").expect("lost metric") as u64;
-    assert!(lost > 0, "a frozen daemon with a 4 KiB ring lost nothing? storm too small");
-    assert!(before <= lost && lost <= after, "daemon says {lost} lost, kernel {before}..{after}");
+    let lost =
+        metric(&page, "keepalive_events_lost_total{stage=\"kernel\"}").expect("lost metric") as u64;
+    assert!(
+        lost > 0,
+        "a frozen daemon with a 4 KiB ring lost nothing? storm too small"
+    );
+    assert!(
+        before <= lost && lost <= after,
+        "daemon says {lost} lost, kernel {before}..{after}"
+    );
 
     drop(storm);
     // Two probe intervals and five seconds, plus margin: the sweep's bound for lost endings.
     wait_for("no socket left probing", Duration::from_secs(12), || {
         metric(&body(r.port, "/metrics"), "keepalive_probing_sockets") == Some(0.0)
     });
-    assert!(events_in(&lines, ns.inode, "dead").is_empty(), "phantom deaths: {:?}", events_in(&lines, ns.inode, "dead"));
+    assert!(
+        events_in(&lines, ns.inode, "dead").is_empty(),
+        "phantom deaths: {:?}",
+        events_in(&lines, ns.inode, "dead")
+    );
     assert!(!events_in(&lines, ns.inode, "probe").is_empty());
     stop(r);
 }
@@ -122,7 +162,8 @@ fn stuck_event_readers_are_dropped_not_waited_for() {
     // 8192 events per reader (several seconds of this storm) absorb any stall of a reader that
     // keeps reading, even on a loaded machine; the stuck ones, whose socket buffers fill within
     // a few hundred events, fall a whole buffer behind within the storm's ten seconds.
-    let mut r = start_with(&["--json", "--web.events-buffer", "8192"], Stdio::piped()).expect("daemon");
+    let mut r =
+        start_with(&["--json", "--web.events-buffer", "8192"], Stdio::piped()).expect("daemon");
     let lines = collect_stdout(&mut r);
     let ns = Netns::new("rdr");
     let done = Arc::new(AtomicBool::new(false));
@@ -131,7 +172,8 @@ fn stuck_event_readers_are_dropped_not_waited_for() {
         let (port, done) = (r.port, done.clone());
         live.push(thread::spawn(move || {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             write!(s, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
             let mut got = Vec::new();
             let mut buf = [0u8; 65536];
@@ -145,7 +187,9 @@ fn stuck_event_readers_are_dropped_not_waited_for() {
             String::from_utf8_lossy(&got).into_owned()
         }));
     }
-    let stuck: Vec<_> = (0..5).map(|_| netns::stuck_reader(r.port, "/events")).collect();
+    let stuck: Vec<_> = (0..5)
+        .map(|_| netns::stuck_reader(r.port, "/events"))
+        .collect();
     thread::sleep(Duration::from_millis(300));
 
     let storm = Storm::open(&ns, 1000, 1);
@@ -164,14 +208,20 @@ fn stuck_event_readers_are_dropped_not_waited_for() {
     let streams: Vec<String> = live.into_iter().map(|h| h.join().unwrap()).collect();
     drop(stuck);
 
-    assert!(slowest < Duration::from_millis(500), "a scrape took {slowest:?} during the storm");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a scrape took {slowest:?} during the storm"
+    );
     let dropped = metric(&page, "keepalive_event_readers_dropped_total");
     assert_eq!(dropped, Some(5.0), "stuck readers dropped");
     let want = events_in(&lines, ns.inode, "probe").len();
     assert!(want > 600, "storm produced only {want} probes");
     let needle = format!("\"netns\":{},", ns.inode);
     for s in &streams {
-        let got = s.lines().filter(|l| l.contains(&needle) && l.contains("\"event\":\"probe\"")).count();
+        let got = s
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("\"event\":\"probe\""))
+            .count();
         assert_eq!(got, want, "a live reader missed events");
     }
     stop(r);
@@ -188,20 +238,45 @@ fn kill9_then_restart_relearns_runs_in_progress() {
 
     let mut a = start_with(&["--json"], Stdio::piped()).expect("daemon A");
     let a_lines = collect_stdout(&mut a);
-    wait_for("two probes seen by A", Duration::from_secs(10), || events_in(&a_lines, ns.inode, "probe").len() >= 2);
+    wait_for("two probes seen by A", Duration::from_secs(10), || {
+        events_in(&a_lines, ns.inode, "probe").len() >= 2
+    });
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    assert!(leftover_programs().is_empty(), "kill -9 left programs: {:?}", leftover_programs());
-    let a_max = events_in(&a_lines, ns.inode, "probe").iter().filter_map(|e| e["probes"].as_u64()).max().unwrap();
+    assert!(
+        leftover_programs().is_empty(),
+        "kill -9 left programs: {:?}",
+        leftover_programs()
+    );
+    let a_max = events_in(&a_lines, ns.inode, "probe")
+        .iter()
+        .filter_map(|e| e["probes"].as_u64())
+        .max()
+        .unwrap();
 
     let mut b = start_with(&["--json"], Stdio::piped()).expect("daemon B");
     let b_lines = collect_stdout(&mut b);
     let log = std::fs::read_to_string(&b.log).unwrap_or_default();
-    assert!(log.contains("1 in the middle of a probe run") || log.contains("in the middle of a probe run"), "{log}");
-    wait_for("B reports the death", Duration::from_secs(15), || !events_in(&b_lines, ns.inode, "dead").is_empty());
-    let b_probes: Vec<u64> = events_in(&b_lines, ns.inode, "probe").iter().filter_map(|e| e["probes"].as_u64()).collect();
-    assert!(b_probes.iter().all(|n| *n > a_max), "B recounted probes A had reported: A up to {a_max}, B {b_probes:?}");
-    assert!(b_probes.windows(2).all(|w| w[1] == w[0] + 1), "B's probes not consecutive: {b_probes:?}");
+    assert!(
+        log.contains("1 in the middle of a probe run")
+            || log.contains("in the middle of a probe run"),
+        "{log}"
+    );
+    wait_for("B reports the death", Duration::from_secs(15), || {
+        !events_in(&b_lines, ns.inode, "dead").is_empty()
+    });
+    let b_probes: Vec<u64> = events_in(&b_lines, ns.inode, "probe")
+        .iter()
+        .filter_map(|e| e["probes"].as_u64())
+        .collect();
+    assert!(
+        b_probes.iter().all(|n| *n > a_max),
+        "B recounted probes A had reported: A up to {a_max}, B {b_probes:?}"
+    );
+    assert!(
+        b_probes.windows(2).all(|w| w[1] == w[0] + 1),
+        "B's probes not consecutive: {b_probes:?}"
+    );
     let dead = events_in(&b_lines, ns.inode, "dead");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["cause"], "timeout");
@@ -222,7 +297,11 @@ fn sigint_detaches_within_a_second() {
     signal(&r, libc::SIGINT);
     let status = r.child.wait().unwrap();
     assert!(status.success(), "{status}");
-    assert!(t.elapsed() < Duration::from_secs(1), "SIGINT took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "SIGINT took {:?}",
+        t.elapsed()
+    );
     assert!(leftover_programs().is_empty());
 }
 
@@ -233,10 +312,19 @@ fn missing_privileges_are_named() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
     for prefix in [
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"][..],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ][..],
         &["setpriv", "--inh-caps=-all", "--bounding-set=-all"][..],
     ] {
-        let out = Command::new(prefix[0]).args(&prefix[1..]).arg(BIN).output().expect("setpriv");
+        let out = Command::new(prefix[0])
+            .args(&prefix[1..])
+            .arg(BIN)
+            .output()
+            .expect("setpriv");
         assert_eq!(out.status.code(), Some(4), "{prefix:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -249,7 +337,14 @@ fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -261,13 +356,21 @@ fn rss_kib(pid: u32) -> u64 {
 fn churn_soak_million_connections() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
-    let total: usize = std::env::var("KAT_SOAK_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let min_secs: u64 = std::env::var("KAT_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let total: usize = std::env::var("KAT_SOAK_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let min_secs: u64 = std::env::var("KAT_SOAK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
     let r = start(&[]).expect("daemon");
     let pid = r.child.id();
     let ns = Netns::new("soak");
     let sockets_in_ns = |port: u16| {
-        let list: serde_json::Value = serde_json::from_str(&body(port, &format!("/sockets?netns={}", ns.inode))).unwrap_or_default();
+        let list: serde_json::Value =
+            serde_json::from_str(&body(port, &format!("/sockets?netns={}", ns.inode)))
+                .unwrap_or_default();
         list.as_array().map_or(0, Vec::len)
     };
     // One listener that stays: the live socket count the inventory must return to.
@@ -293,29 +396,57 @@ fn churn_soak_million_connections() {
             }
         });
         if b % (batches / 20).max(1) == 0 {
-            samples.push((start_t.elapsed().as_secs(), rss_kib(pid), sockets_in_ns(r.port)));
+            samples.push((
+                start_t.elapsed().as_secs(),
+                rss_kib(pid),
+                sockets_in_ns(r.port),
+            ));
         }
         if let Some(rest) = pace.checked_sub(t.elapsed()) {
             thread::sleep(rest);
         }
     }
     // TIME_WAIT and closing sockets drain; the inventory must follow them out.
-    wait_for("inventory back to the listener alone", Duration::from_secs(90), || sockets_in_ns(r.port) == 1);
+    wait_for(
+        "inventory back to the listener alone",
+        Duration::from_secs(90),
+        || sockets_in_ns(r.port) == 1,
+    );
     let page = body(r.port, "/metrics");
     let half = samples[samples.len() / 2].1;
     let last = rss_kib(pid);
     let peak = samples.iter().map(|s| s.1).chain([last]).max().unwrap_or(0);
-    eprintln!("soak: {total} connections in {:?}; samples (s, RSS KiB, sockets in ns): {samples:?}; final RSS {last} KiB, peak {peak} KiB", start_t.elapsed());
+    eprintln!(
+        "soak: {total} connections in {:?}; samples (s, RSS KiB, sockets in ns): {samples:?}; final RSS {last} KiB, peak {peak} KiB",
+        start_t.elapsed()
+    );
     // A burst the ring cannot hold is allowed to cost events (counted); it must not cost the
     // truth: the re-walk brings the inventory back (checked above).
     let lost = metric(&page, "keepalive_events_lost_total{stage=\"kernel\"}").expect("lost metric");
-    let nested = metric(&page, "keepalive_events_lost_total{stage=\"nested\"}").expect("lost metric");
-    let removed = metric(&page, "keepalive_inventory_resync_corrections_total{change=\"removed\"}").expect("resync metric");
-    eprintln!("soak: {lost} events lost in the kernel (ring full), {nested} hook runs skipped and not made up for, {removed} stale sockets removed by the re-walk");
+    let nested =
+        metric(&page, "keepalive_events_lost_total{stage=\"nested\"}").expect("lost metric");
+    let removed = metric(
+        &page,
+        "keepalive_inventory_resync_corrections_total{change=\"removed\"}",
+    )
+    .expect("resync metric");
+    eprintln!(
+        "soak: {lost} events lost in the kernel (ring full), {nested} hook runs skipped and not made up for, {removed} stale sockets removed by the re-walk"
+    );
     for stage in ["decode", "icmp"] {
-        assert_eq!(metric(&page, &format!("keepalive_events_lost_total{{stage=\"{stage}\"}}")), Some(0.0), "{stage} losses");
+        assert_eq!(
+            metric(
+                &page,
+                &format!("keepalive_events_lost_total{{stage=\"{stage}\"}}")
+            ),
+            Some(0.0),
+            "{stage} losses"
+        );
     }
-    assert!(last <= half + half / 5, "RSS grew from {half} KiB mid-run to {last} KiB at the end: a leak");
+    assert!(
+        last <= half + half / 5,
+        "RSS grew from {half} KiB mid-run to {last} KiB at the end: a leak"
+    );
     assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
     stop(r);
 }

@@ -28,10 +28,22 @@ fn promtool_accepts_a_live_scrape() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus)");
-    child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{page}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{page}"
+    );
     d.stop();
 }
 
@@ -46,12 +58,20 @@ fn capabilities_are_dropped_in_every_thread_after_attaching() {
         assert_eq!(*prm, KEPT, "thread {tid}: CapPrm {prm:#x}");
         assert_eq!(*bnd, KEPT, "thread {tid}: CapBnd {bnd:#x}");
     }
-    assert!(d.log().contains("capabilities kept: CAP_DAC_READ_SEARCH CAP_NET_RAW CAP_SYS_PTRACE CAP_SYS_ADMIN"), "{}", d.log());
+    assert!(
+        d.log().contains(
+            "capabilities kept: CAP_DAC_READ_SEARCH CAP_NET_RAW CAP_SYS_PTRACE CAP_SYS_ADMIN"
+        ),
+        "{}",
+        d.log()
+    );
     // Still serving, and scraping (which reads a BPF map) still works without CAP_BPF.
     let (code, page) = http_get(d.port, "/metrics");
     assert_eq!(code, 200);
     // The value depends on what else the host is doing; that it is read at all is the point.
-    let lost = page.lines().find_map(|l| l.strip_prefix("keepalive_events_lost_total{stage=\"kernel\"} "));
+    let lost = page
+        .lines()
+        .find_map(|l| l.strip_prefix("keepalive_events_lost_total{stage=\"kernel\"} "));
     assert!(lost.is_some_and(|v| v.parse::<u64>().is_ok()), "{page}");
     d.stop();
 }
@@ -77,7 +97,10 @@ fn the_units_capabilities_suffice_for_an_unprivileged_user() {
         .split_whitespace()
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
-    assert_eq!(ambient, bounding, "AmbientCapabilities= and CapabilityBoundingSet= differ");
+    assert_eq!(
+        ambient, bounding,
+        "AmbientCapabilities= and CapabilityBoundingSet= differ"
+    );
     let caps = ambient.join(",");
     // ProtectProc=invisible: a /proc where only ptrace-able processes show; and, as
     // ProtectKernelTunables= does, no /proc/kallsyms (the timer address is calibrated).
@@ -97,9 +120,15 @@ fn the_units_capabilities_suffice_for_an_unprivileged_user() {
         &format!("--bounding-set=-all,{caps}"),
         "--no-new-privs",
     ];
-    let d = start_full(&["--log.level=debug"], &wrap, &[]).unwrap_or_else(|e| panic!("with the unit's capabilities as nobody: {e}"));
+    let d = start_full(&["--log.level=debug"], &wrap, &[])
+        .unwrap_or_else(|e| panic!("with the unit's capabilities as nobody: {e}"));
     let status = fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
     for (tid, eff, prm, _) in caps_of(d.pid()) {
         assert_eq!(eff, KEPT, "thread {tid}: CapEff {eff:#x}");
         assert_eq!(prm, KEPT, "thread {tid}: CapPrm {prm:#x}");
@@ -124,14 +153,20 @@ fn the_units_capabilities_suffice_for_an_unprivileged_user() {
     while Instant::now() < deadline {
         let (_, body) = http_get(d.port, &format!("/sockets?port={port}"));
         let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
-        if list.iter().any(|s| s["pid"].as_u64() == Some(u64::from(std::process::id())) && s["keepalive"] == true) {
+        if list.iter().any(|s| {
+            s["pid"].as_u64() == Some(u64::from(std::process::id())) && s["keepalive"] == true
+        }) {
             break;
         }
         last = body;
         thread::sleep(Duration::from_millis(250));
     }
     let (_, body) = http_get(d.port, &format!("/sockets?port={port}"));
-    assert!(body.contains(&format!("\"pid\":{}", std::process::id())), "owner not named as nobody after the drop: {body} (earlier: {last})\n{}", d.log());
+    assert!(
+        body.contains(&format!("\"pid\":{}", std::process::id())),
+        "owner not named as nobody after the drop: {body} (earlier: {last})\n{}",
+        d.log()
+    );
     drop(client);
     d.stop();
 }
@@ -140,12 +175,30 @@ fn the_units_capabilities_suffice_for_an_unprivileged_user() {
 fn sd_notify_ready_status_and_stopping() {
     let _g = serial();
     let d = start(&[]);
-    let ready = d.notes.iter().find(|n| n.contains("READY=1")).unwrap().clone();
-    assert!(ready.contains(&format!("STATUS=serving on http://127.0.0.1:{}; hooks keepalive_timer=", d.port)), "{ready}");
+    let ready = d
+        .notes
+        .iter()
+        .find(|n| n.contains("READY=1"))
+        .unwrap()
+        .clone();
+    assert!(
+        ready.contains(&format!(
+            "STATUS=serving on http://127.0.0.1:{}; hooks keepalive_timer=",
+            d.port
+        )),
+        "{ready}"
+    );
     assert!(ready.contains(&format!("MAINPID={}", d.pid())), "{ready}");
-    assert!(d.notes[0].starts_with("STATUS="), "a STATUS= line before READY: {:?}", d.notes);
+    assert!(
+        d.notes[0].starts_with("STATUS="),
+        "a STATUS= line before READY: {:?}",
+        d.notes
+    );
     let notes = d.stop();
-    assert!(notes.iter().any(|n| n.starts_with("STOPPING=1")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.starts_with("STOPPING=1")),
+        "{notes:?}"
+    );
 }
 
 /// Under systemd stderr is the journal: a priority prefix, no timestamp of our own.
@@ -167,7 +220,11 @@ fn journal_lines_carry_priority_and_no_timestamp() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && !fs::read_to_string(&log).unwrap().contains("attached; serving") {
+    while Instant::now() < deadline
+        && !fs::read_to_string(&log)
+            .unwrap()
+            .contains("attached; serving")
+    {
         thread::sleep(Duration::from_millis(100));
     }
     // SAFETY: signalling our own child.
@@ -199,20 +256,39 @@ fn config_file_keys_and_flags_over_them() {
     let (code, page) = http_get(file_port, "/m");
     assert_eq!(code, 200);
     assert!(page.contains("keepalive_build_info"));
-    let lines: Vec<serde_json::Value> =
-        d.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
-    assert!(lines.iter().any(|v| v["level"] == "debug"), "log.level from the file: {lines:?}");
+    let lines: Vec<serde_json::Value> = d
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["level"] == "debug"),
+        "log.level from the file: {lines:?}"
+    );
     d.stop();
 
     // Flags win: another port, logfmt, the default level.
     let d = start_full(
-        &["--config.file", config, &format!("--web.listen-address=127.0.0.1:{flag_port}"), "--log.format=logfmt", "--log.level=info"],
+        &[
+            "--config.file",
+            config,
+            &format!("--web.listen-address=127.0.0.1:{flag_port}"),
+            "--log.format=logfmt",
+            "--log.level=info",
+        ],
         &[],
         &[],
     )
     .unwrap();
-    assert_eq!(http_get(flag_port, "/m").0, 200, "telemetry path still from the file");
-    assert!(TcpStream::connect(("127.0.0.1", file_port)).is_err(), "the file's address must not be used");
+    assert_eq!(
+        http_get(flag_port, "/m").0,
+        200,
+        "telemetry path still from the file"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", file_port)).is_err(),
+        "the file's address must not be used"
+    );
     let log = d.log();
     assert!(log.lines().next().unwrap_or("").starts_with("ts="), "{log}");
     assert!(!log.contains("level=debug"), "{log}");
@@ -220,11 +296,18 @@ fn config_file_keys_and_flags_over_them() {
 
     // A bad key: one line, exit 2, nothing attached.
     let bad = dir.write("bad.toml", "[web]\nlisten-adress = \"127.0.0.1:1\"\n");
-    let out = Command::new(BIN).arg("--config.file").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config.file")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("bad.toml:2:1: unknown field `listen-adress`"), "{err}");
+    assert!(
+        err.contains("bad.toml:2:1: unknown field `listen-adress`"),
+        "{err}"
+    );
     assert!(leftover_programs().is_empty());
 }
 
@@ -238,32 +321,83 @@ fn config_check_passes_a_good_setup_and_names_each_problem() {
         "web.yml",
         &format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  alice: '{hash}'\n"),
     );
-    let good = dir.write("good.toml", &format!("hook-mode = \"tracepoint\"\n[web]\nconfig-file = \"{}\"\n", web.display()));
-    let out = Command::new(BIN).arg("--config.file").arg(&good).arg("--config.check").output().unwrap();
+    let good = dir.write(
+        "good.toml",
+        &format!(
+            "hook-mode = \"tracepoint\"\n[web]\nconfig-file = \"{}\"\n",
+            web.display()
+        ),
+    );
+    let out = Command::new(BIN)
+        .arg("--config.file")
+        .arg(&good)
+        .arg("--config.check")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("ok: web config") && stdout.contains("TLS, basic auth (1 user)"), "{stdout}");
-    assert!(stdout.contains("ok: hook mode tracepoint: available"), "{stdout}");
-    assert!(stdout.lines().last().unwrap().starts_with("config check passed"), "{stdout}");
-    assert!(leftover_programs().is_empty(), "--config.check attached something");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: web config") && stdout.contains("TLS, basic auth (1 user)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: hook mode tracepoint: available"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("config check passed"),
+        "{stdout}"
+    );
+    assert!(
+        leftover_programs().is_empty(),
+        "--config.check attached something"
+    );
 
     // Several problems at once: each on its own line, exit code of the first (2: config).
-    let broken_web = dir.write("broken.yml", "tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n");
+    let broken_web = dir.write(
+        "broken.yml",
+        "tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n",
+    );
     let out = Command::new(BIN)
-        .args(["--config.check", "--btf.path=/nonexistent/vmlinux", "--web.config.file"])
+        .args([
+            "--config.check",
+            "--btf.path=/nonexistent/vmlinux",
+            "--web.config.file",
+        ])
         .arg(&broken_web)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with("problem: ")).collect();
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("problem: "))
+        .collect();
     assert_eq!(problems.len(), 2, "{stderr}");
-    assert!(problems[0].contains("broken.yml") && problems[0].contains("missing.crt"), "{stderr}");
+    assert!(
+        problems[0].contains("broken.yml") && problems[0].contains("missing.crt"),
+        "{stderr}"
+    );
     assert!(problems[1].contains("/nonexistent/vmlinux"), "{stderr}");
-    assert!(stderr.lines().last().unwrap().contains("2 problems"), "{stderr}");
+    assert!(
+        stderr.lines().last().unwrap().contains("2 problems"),
+        "{stderr}"
+    );
 
     // The daemon itself refuses the broken web config before attaching, with exit 2.
-    let out = Command::new(BIN).arg("--web.config.file").arg(&broken_web).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--web.config.file")
+        .arg(&broken_web)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(leftover_programs().is_empty());
 }

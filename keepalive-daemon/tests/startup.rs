@@ -18,19 +18,35 @@ fn forced_modes_run_or_are_refused_clearly() {
         match start(&["--hook-mode", mode]) {
             Ok(r) => {
                 let metrics = get(r.port, "/metrics").expect("metrics");
-                let want = format!("keepalive_hook_mode{{hook=\"keepalive_timer\",mode=\"{mode}\"}} 1");
-                assert!(metrics.contains(&want), "{mode}: metrics lack {want}:\n{metrics}");
-                for other in ["fentry", "kprobe", "tracepoint"].iter().filter(|m| **m != mode) {
+                let want =
+                    format!("keepalive_hook_mode{{hook=\"keepalive_timer\",mode=\"{mode}\"}} 1");
+                assert!(
+                    metrics.contains(&want),
+                    "{mode}: metrics lack {want}:\n{metrics}"
+                );
+                for other in ["fentry", "kprobe", "tracepoint"]
+                    .iter()
+                    .filter(|m| **m != mode)
+                {
                     let wrong = format!("hook=\"keepalive_timer\",mode=\"{other}\"");
-                    assert!(!metrics.contains(&wrong), "{mode}: timer hook also in {other}");
+                    assert!(
+                        !metrics.contains(&wrong),
+                        "{mode}: timer hook also in {other}"
+                    );
                 }
                 stop(r);
             }
             Err(out) => {
                 assert_eq!(out.status.code(), Some(5), "{mode}: {out:?}");
                 let line = last_line(&out);
-                assert!(line.contains(&format!("in {mode} mode")), "{mode}: unclear refusal: {line}");
-                assert!(mode != "tracepoint", "tracepoint mode must work on every kernel: {line}");
+                assert!(
+                    line.contains(&format!("in {mode} mode")),
+                    "{mode}: unclear refusal: {line}"
+                );
+                assert!(
+                    mode != "tracepoint",
+                    "tracepoint mode must work on every kernel: {line}"
+                );
                 assert!(leftover_programs().is_empty());
             }
         }
@@ -55,7 +71,10 @@ fn auto_mode_attaches_serves_and_detaches_on_sigterm() {
     assert!(metrics.contains("keepalive_hook_mode{hook=\"keepalive_timer\""));
     let landing = get(r.port, "/").expect("landing");
     assert!(landing.contains("href=\"/metrics\"") && landing.contains("href=\"/events\""));
-    assert!(!loaded_programs().is_empty(), "running daemon shows no programs in bpftool");
+    assert!(
+        !loaded_programs().is_empty(),
+        "running daemon shows no programs in bpftool"
+    );
     let took = stop(r);
     assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
 }

@@ -7,7 +7,11 @@
 #![no_std]
 #![no_main]
 // `state::count`: the BPF target has no atomic read-modify-write methods in `core`.
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics), allow(internal_features))]
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
 
 mod kernel;
 mod nesting;

@@ -50,7 +50,9 @@ pub fn primary(slot: u32, work: impl FnOnce()) {
 /// The twin's body: `work` only if it interrupted the primary on this CPU.
 #[inline(always)]
 pub fn twin(slot: u32, work: impl FnOnce()) {
-    let Some(b) = BUSY.get_ptr_mut(slot) else { return };
+    let Some(b) = BUSY.get_ptr_mut(slot) else {
+        return;
+    };
     if unsafe { *b } == 0 {
         return;
     }

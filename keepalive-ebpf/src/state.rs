@@ -13,9 +13,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE, EV_SOCK_OPEN,
-    EV_TIMEOUT, FLAG_DEATH_VIA_DONE,
-    FLAG_PROBE_VIA_WAKEUP, RawEvent,
+    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE,
+    EV_SOCK_OPEN, EV_TIMEOUT, FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, RawEvent,
 };
 
 use crate::kernel::{
@@ -77,10 +76,13 @@ static RUNS: Array<u64> = Array::with_max_entries(1, 0);
 pub fn count(slot: *mut u64, delta: u64) {
     #[cfg(target_arch = "bpf")]
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(slot, delta);
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            slot, delta,
+        );
     }
     #[cfg(not(target_arch = "bpf"))]
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(slot) }.fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(slot) }
+        .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }
 
 #[inline(always)]
@@ -178,7 +180,9 @@ const WAKE_EVERY_NS: u64 = 1_000_000;
 /// `DRAIN_TICK`), so an event written without a wake-up waits at most that long.
 #[inline(always)]
 fn wake_flags(now: u64) -> u64 {
-    let Some(last) = LAST_WAKE.get_ptr_mut(0) else { return 0 };
+    let Some(last) = LAST_WAKE.get_ptr_mut(0) else {
+        return 0;
+    };
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
     let size = EVENTS.query(BPF_RB_RING_SIZE);
     if avail < size / 4 && now.wrapping_sub(unsafe { *last }) < WAKE_EVERY_NS {
@@ -192,7 +196,9 @@ fn wake_flags(now: u64) -> u64 {
 #[inline(always)]
 pub fn timer_enter(sk: u64, hook: u8) {
     let Some(run) = current() else { return };
-    let Some(runs) = RUNS.get_ptr_mut(0) else { return };
+    let Some(runs) = RUNS.get_ptr_mut(0) else {
+        return;
+    };
     count(runs, 1);
     let probes = kernel::probes_out(sk);
     *run = TimerRun {
@@ -217,7 +223,9 @@ pub fn timer_enter(sk: u64, hook: u8) {
 /// Keepalive timer exit: report the probe this run sent, if any.
 #[inline(always)]
 pub fn timer_exit() {
-    let Some(runs) = RUNS.get_ptr_mut(0) else { return };
+    let Some(runs) = RUNS.get_ptr_mut(0) else {
+        return;
+    };
     if unsafe { core::ptr::read_volatile(runs) } == 0 {
         return;
     }
@@ -336,6 +344,20 @@ pub fn reset_received(sk: u64, hook: u8) {
         return;
     }
     let _ = PROBING.remove(&sk);
-    let errno = if state == TCP_CLOSE_WAIT { EPIPE } else { ECONNRESET };
-    emit(EV_RESET, hook, sk, if probes > 0 { probes } else { tracked.unwrap_or(0) }, errno);
+    let errno = if state == TCP_CLOSE_WAIT {
+        EPIPE
+    } else {
+        ECONNRESET
+    };
+    emit(
+        EV_RESET,
+        hook,
+        sk,
+        if probes > 0 {
+            probes
+        } else {
+            tracked.unwrap_or(0)
+        },
+        errno,
+    );
 }

@@ -69,6 +69,9 @@ struct Cli {
     daemon_args: Vec<String>,
 }
 
+/// Starts the block that repeats every failure at the end of stdout (xtask quotes it).
+const FAILED_HEADER: &str = "failed scenarios:";
+
 fn main() {
     let cli = Cli::parse();
     match run(&cli) {
@@ -152,7 +155,8 @@ fn run(cli: &Cli) -> Result<bool> {
         );
     }
 
-    let mut all_ok = true;
+    // Repeated at the very end: CI shows only a log's tail, and the VM stage follows this one.
+    let mut failed = Vec::new();
     let mut seq = 0;
     for kind in &kinds {
         for family in &families {
@@ -184,13 +188,23 @@ fn run(cli: &Cli) -> Result<bool> {
                 eprintln!("  skipped {} {}: {why}", line.scenario, line.family);
             }
             if !line.success() {
-                all_ok = false;
+                let mut block = line.render();
                 if let Some(d) = &daemon {
-                    eprintln!("  daemon stderr tail:\n{}", d.stderr_tail(15));
+                    let tail = d.stderr_tail(15);
+                    eprintln!("  daemon stderr tail:\n{tail}");
+                    block.push_str("\n  daemon stderr tail:\n");
+                    block.push_str(&tail);
                 }
+                failed.push(block);
             }
         }
     }
     drop(daemon.take());
-    Ok(all_ok)
+    if !failed.is_empty() {
+        println!("{FAILED_HEADER}");
+        for block in &failed {
+            println!("{block}");
+        }
+    }
+    Ok(failed.is_empty())
 }

@@ -36,33 +36,65 @@ pub struct Options {
 
 /// Tools the bench drives, by the Debian package that has them. bpftrace is one of the peers
 /// measured, so it is installed here rather than by `cargo xtask setup` for every developer.
-const TOOLS: &[(&str, &str)] = &[("bpftool", "bpftool"), ("bpftrace", "bpftrace"), ("ss", "iproute2"), ("ip", "iproute2")];
+const TOOLS: &[(&str, &str)] = &[
+    ("bpftool", "bpftool"),
+    ("bpftrace", "bpftrace"),
+    ("ss", "iproute2"),
+    ("ip", "iproute2"),
+];
 
 pub fn run(opts: Options) -> Result<()> {
     let start = Instant::now();
-    let missing: Vec<&str> = TOOLS.iter().filter(|(bin, _)| find_binary(bin).is_none()).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| find_binary(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if !missing.is_empty() {
         let mut cmd = privileged("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "--no-install-recommends"]).args(&missing);
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing);
         exec(&mut cmd)?;
     }
     if !opts.no_build {
         setup::toolchain()?;
-        exec(Command::new("cargo").args(["build", "--release", "-p", "keepalive-daemon", "-p", "keepalive-bench"]))?;
+        exec(Command::new("cargo").args([
+            "build",
+            "--release",
+            "-p",
+            "keepalive-daemon",
+            "-p",
+            "keepalive-bench",
+        ]))?;
         // Compiled now so that the build does not run inside a measurement; the micro section
         // only runs it.
-        exec(Command::new("cargo").args(["bench", "--no-run", "-p", "keepalive-bench", "--bench", "pipeline"]))?;
+        exec(Command::new("cargo").args([
+            "bench",
+            "--no-run",
+            "-p",
+            "keepalive-bench",
+            "--bench",
+            "pipeline",
+        ]))?;
     }
     let built = start.elapsed().as_secs_f64();
     // Section 1b first, so the VM's TCG load never overlaps a host measurement. Its failure is
     // reported after the host sections ran, like a failed section's.
-    let want_vm = !opts.no_vm && (opts.only.is_empty() || opts.only.iter().any(|s| s == "kcost-vm"));
+    let want_vm =
+        !opts.no_vm && (opts.only.is_empty() || opts.only.iter().any(|s| s == "kcost-vm"));
     let vm = want_vm.then(crate::vm::bench::run);
     if let Some(Err(e)) = &vm {
         eprintln!("bench: the VM part failed ({e:#}); the host sections run anyway");
     }
     let mut cmd = privileged("target/release/keepalive-bench");
-    cmd.args(["run", "--daemon", "target/release/keepalive-daemon", "--out", &opts.out]);
+    cmd.args([
+        "run",
+        "--daemon",
+        "target/release/keepalive-daemon",
+        "--out",
+        &opts.out,
+    ]);
     cmd.args(["--churn-seconds", &opts.churn_seconds.to_string()]);
     if opts.quick {
         cmd.arg("--quick");
@@ -82,7 +114,11 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some(Err(e)) = vm {
         return Err(e.context("section 1b (kcost-vm, the 6.1 VM)"));
     }
-    eprintln!("bench: build {built:.0} s, total {:.0} s; report in {}", start.elapsed().as_secs_f64(), opts.out);
+    eprintln!(
+        "bench: build {built:.0} s, total {:.0} s; report in {}",
+        start.elapsed().as_secs_f64(),
+        opts.out
+    );
     if !std::path::Path::new(&opts.out).exists() {
         bail!("{} was not written", opts.out);
     }

@@ -33,7 +33,13 @@ const DEBUG_DAEMON: &str = "target/debug/keepalive-daemon";
 const RELEASE_DAEMON: &str = "target/release/keepalive-daemon";
 
 /// Debian packages by the binary that proves each present.
-const TOOLS: &[(&str, &str)] = &[("systemd-analyze", "systemd"), ("promtool", "prometheus"), ("dpkg-deb", "dpkg"), ("dpkg-shlibdeps", "dpkg-dev"), ("strip", "binutils")];
+const TOOLS: &[(&str, &str)] = &[
+    ("systemd-analyze", "systemd"),
+    ("promtool", "prometheus"),
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
+];
 
 pub fn run_checks() -> Result<()> {
     tools()?;
@@ -48,19 +54,32 @@ pub fn run_checks() -> Result<()> {
     };
     let mut deb = None;
     check("package builds and holds the expected files", &mut || {
-        let binary = [RELEASE_DAEMON, DEBUG_DAEMON].into_iter().map(PathBuf::from).find(|p| p.is_file());
-        let d = package::build_deb(&package::Options { binary, out_dir: "target/debian".into() })?;
+        let binary = [RELEASE_DAEMON, DEBUG_DAEMON]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        let d = package::build_deb(&package::Options {
+            binary,
+            out_dir: "target/debian".into(),
+        })?;
         package::verify(&d)?;
         deb = Some(d);
         Ok(())
     });
-    check("systemd-analyze verify (the unit as installed)", &mut || match &deb {
-        Some(d) => verify_installed_unit(d),
-        None => bail!("no package to install the unit from"),
-    });
+    check(
+        "systemd-analyze verify (the unit as installed)",
+        &mut || match &deb {
+            Some(d) => verify_installed_unit(d),
+            None => bail!("no package to install the unit from"),
+        },
+    );
     check("systemd-analyze security", &mut security);
-    check("promtool check rules", &mut || promtool(&["check", "rules", RULES]));
-    check("promtool test rules", &mut || promtool(&["test", "rules", RULE_TESTS]));
+    check("promtool check rules", &mut || {
+        promtool(&["check", "rules", RULES])
+    });
+    check("promtool test rules", &mut || {
+        promtool(&["test", "rules", RULE_TESTS])
+    });
     check("promtool check config (scrape config)", &mut scrape_config);
     check("shipped config passes --config.check", &mut shipped_config);
     // promtool check metrics on a live scrape, and "the dashboard and rules name only exported
@@ -70,11 +89,19 @@ pub fn run_checks() -> Result<()> {
         eprintln!("deploy checks: all passed");
         return Ok(());
     }
-    bail!("{} deploy check(s) failed:\n  {}", failed.len(), failed.join("\n  "))
+    bail!(
+        "{} deploy check(s) failed:\n  {}",
+        failed.len(),
+        failed.join("\n  ")
+    )
 }
 
 fn tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS.iter().filter(|(bin, _)| find_binary(bin).is_none()).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| find_binary(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -89,10 +116,22 @@ fn tools() -> Result<()> {
 }
 
 fn promtool(args: &[&str]) -> Result<()> {
-    let out = Command::new("promtool").args(args).output().context("promtool")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("promtool")
+        .args(args)
+        .output()
+        .context("promtool")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprint!("{text}");
-    ensure!(out.status.success(), "promtool {}: {}", args.join(" "), text.trim());
+    ensure!(
+        out.status.success(),
+        "promtool {}: {}",
+        args.join(" "),
+        text.trim()
+    );
     Ok(())
 }
 
@@ -107,7 +146,12 @@ fn verify_installed_unit(deb: &Path) -> Result<()> {
             let dest = root.join(dir.trim_start_matches('/'));
             fs::create_dir_all(&dest)?;
             // -n: the packaged unit wins over any installed copy of it.
-            exec(Command::new("cp").arg("-an").arg(format!("{dir}/.")).arg(&dest))?;
+            exec(
+                Command::new("cp")
+                    .arg("-an")
+                    .arg(format!("{dir}/."))
+                    .arg(&dest),
+            )?;
         }
     }
     let out = Command::new("systemd-analyze")
@@ -115,15 +159,31 @@ fn verify_installed_unit(deb: &Path) -> Result<()> {
         .arg(format!("--root={}", root.display()))
         .arg("keepalive-daemon.service")
         .output()?;
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = fs::remove_dir_all(&root);
-    ensure!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {}", said.trim());
+    ensure!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {}",
+        said.trim()
+    );
     Ok(())
 }
 
 fn security() -> Result<()> {
-    let out = output(Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager", UNIT]))?;
-    let line = out.lines().find(|l| l.contains("Overall exposure level")).context("no overall exposure line")?;
+    let out = output(Command::new("systemd-analyze").args([
+        "security",
+        "--offline=true",
+        "--no-pager",
+        UNIT,
+    ]))?;
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .context("no overall exposure line")?;
     eprintln!("{line}");
     let score: f64 = line
         .split(':')
@@ -131,7 +191,10 @@ fn security() -> Result<()> {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("cannot read the score in {line:?}"))?;
-    ensure!(score <= MAX_EXPOSURE, "exposure {score} is above {MAX_EXPOSURE}: {line}");
+    ensure!(
+        score <= MAX_EXPOSURE,
+        "exposure {score} is above {MAX_EXPOSURE}: {line}"
+    );
     Ok(())
 }
 
@@ -139,7 +202,10 @@ fn security() -> Result<()> {
 fn scrape_config() -> Result<()> {
     let dir = scratch("scrape")?;
     let rules = fs::canonicalize(RULES)?;
-    let text = fs::read_to_string(SCRAPE)?.replace("/usr/share/keepalive-daemon/prometheus/keepalive-rules.yml", &rules.to_string_lossy());
+    let text = fs::read_to_string(SCRAPE)?.replace(
+        "/usr/share/keepalive-daemon/prometheus/keepalive-rules.yml",
+        &rules.to_string_lossy(),
+    );
     let path = dir.join("scrape.yml");
     fs::write(&path, text)?;
     let r = promtool(&["check", "config", path.to_str().context("path")?]);
@@ -149,10 +215,20 @@ fn scrape_config() -> Result<()> {
 
 fn shipped_config() -> Result<()> {
     ensure!(is_root(), "needs root (the check probes BPF program types)");
-    let out = Command::new(DEBUG_DAEMON).args(["--config.file", CONFIG, "--config.check"]).output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(DEBUG_DAEMON)
+        .args(["--config.file", CONFIG, "--config.check"])
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprint!("{text}");
-    ensure!(out.status.success(), "{CONFIG} fails --config.check: {}", text.trim());
+    ensure!(
+        out.status.success(),
+        "{CONFIG} fails --config.check: {}",
+        text.trim()
+    );
     Ok(())
 }
 
@@ -162,4 +238,3 @@ fn scratch(tag: &str) -> Result<PathBuf> {
     fs::create_dir_all(&dir)?;
     Ok(dir)
 }
-

@@ -93,3 +93,67 @@ fn is_executable(p: &Path) -> bool {
     p.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+/// Like [`exec`], but when the command fails its error also quotes the stdout block that
+/// follows the line `header` (the scenario suite repeats its failures there), so the summary
+/// at the end of a long CI log says what failed, not only that something did.
+pub fn exec_quoting(cmd: &mut Command, header: &str) -> Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    eprintln!("+ {}", display(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start `{}`", display(cmd)))?;
+    let mut quoted: Option<Vec<String>> = None;
+    if let Some(out) = child.stdout.take() {
+        let mut stdout = std::io::stdout().lock();
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(stdout, "{line}");
+            match &mut quoted {
+                Some(block) if line != "failure" && line != "success" => block.push(line),
+                Some(_) => {}
+                None if line == header => quoted = Some(Vec::new()),
+                None => {}
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("failed to wait for `{}`", display(cmd)))?;
+    if !status.success() {
+        let block = quoted.map(|b| b.join("\n")).unwrap_or_default();
+        bail!("`{}` failed: {status}\n{block}", display(cmd));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    #[test]
+    fn failure_quotes_the_block_after_the_header() {
+        let err = super::exec_quoting(
+            Command::new("sh").args([
+                "-c",
+                "echo one; echo 'failed scenarios:'; echo 'scenario=x result=failure'; \
+                 echo '  tail'; echo failure; exit 1",
+            ]),
+            "failed scenarios:",
+        )
+        .unwrap_err()
+        .to_string();
+        let quoted: Vec<&str> = err.lines().skip(1).collect();
+        assert_eq!(quoted, ["scenario=x result=failure", "  tail"]);
+    }
+
+    #[test]
+    fn success_quotes_nothing() {
+        super::exec_quoting(
+            Command::new("sh").args(["-c", "echo 'failed scenarios:'; echo success"]),
+            "failed scenarios:",
+        )
+        .unwrap();
+    }
+}

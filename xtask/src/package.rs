@@ -32,15 +32,51 @@ pub struct Options {
 /// Every file the package installs: (path in the package, source in the repository, mode).
 /// The daemon binary is added separately.
 const FILES: &[(&str, &str, u32)] = &[
-    ("lib/systemd/system/keepalive-daemon.service", "deploy/systemd/keepalive-daemon.service", 0o644),
-    ("etc/keepalive-daemon/config.toml", "deploy/config.toml", 0o644),
-    ("usr/share/doc/keepalive-daemon/examples/web-config.yml", "deploy/web-config.yml", 0o644),
-    ("usr/share/doc/keepalive-daemon/operations.md", "docs/operations.md", 0o644),
-    ("usr/share/doc/keepalive-daemon/metrics-and-events.md", "docs/metrics-and-events.md", 0o644),
-    ("usr/share/keepalive-daemon/prometheus/keepalive-rules.yml", "deploy/prometheus/keepalive-rules.yml", 0o644),
-    ("usr/share/keepalive-daemon/prometheus/keepalive-rules.test.yml", "deploy/prometheus/keepalive-rules.test.yml", 0o644),
-    ("usr/share/keepalive-daemon/prometheus/scrape.yml", "deploy/prometheus/scrape.yml", 0o644),
-    ("usr/share/keepalive-daemon/grafana/keepalive-dashboard.json", "deploy/grafana/keepalive-dashboard.json", 0o644),
+    (
+        "lib/systemd/system/keepalive-daemon.service",
+        "deploy/systemd/keepalive-daemon.service",
+        0o644,
+    ),
+    (
+        "etc/keepalive-daemon/config.toml",
+        "deploy/config.toml",
+        0o644,
+    ),
+    (
+        "usr/share/doc/keepalive-daemon/examples/web-config.yml",
+        "deploy/web-config.yml",
+        0o644,
+    ),
+    (
+        "usr/share/doc/keepalive-daemon/operations.md",
+        "docs/operations.md",
+        0o644,
+    ),
+    (
+        "usr/share/doc/keepalive-daemon/metrics-and-events.md",
+        "docs/metrics-and-events.md",
+        0o644,
+    ),
+    (
+        "usr/share/keepalive-daemon/prometheus/keepalive-rules.yml",
+        "deploy/prometheus/keepalive-rules.yml",
+        0o644,
+    ),
+    (
+        "usr/share/keepalive-daemon/prometheus/keepalive-rules.test.yml",
+        "deploy/prometheus/keepalive-rules.test.yml",
+        0o644,
+    ),
+    (
+        "usr/share/keepalive-daemon/prometheus/scrape.yml",
+        "deploy/prometheus/scrape.yml",
+        0o644,
+    ),
+    (
+        "usr/share/keepalive-daemon/grafana/keepalive-dashboard.json",
+        "deploy/grafana/keepalive-dashboard.json",
+        0o644,
+    ),
 ];
 const BINARY: &str = "usr/bin/keepalive-daemon";
 const CONFFILES: &[&str] = &["/etc/keepalive-daemon/config.toml"];
@@ -57,14 +93,19 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
     let binary = match &opts.binary {
         Some(b) => b.clone(),
         None => {
-            let release = build::Options { release: true, musl: false };
+            let release = build::Options {
+                release: true,
+                musl: false,
+            };
             build::build_packages(&release, &[PACKAGE])?;
             build::binary(&release, PACKAGE)
         }
     };
     ensure!(binary.is_file(), "no daemon binary at {}", binary.display());
     let version = version()?;
-    let arch = output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_string();
+    let arch = output(Command::new("dpkg").arg("--print-architecture"))?
+        .trim()
+        .to_string();
     let name = format!("{PACKAGE}_{version}_{arch}");
     let stage = opts.out_dir.join(&name);
     let _ = fs::remove_dir_all(&stage);
@@ -76,14 +117,34 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
         Ok(())
     };
-    put(BINARY, &fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?, 0o755)?;
+    put(
+        BINARY,
+        &fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?,
+        0o755,
+    )?;
     // Debug info stays in the build tree; the package gets the stripped binary.
-    exec(Command::new("strip").arg("--strip-unneeded").arg(stage.join(BINARY)))?;
+    exec(
+        Command::new("strip")
+            .arg("--strip-unneeded")
+            .arg(stage.join(BINARY)),
+    )?;
     for (dest, src, mode) in FILES {
-        put(dest, &fs::read(src).with_context(|| format!("reading {src}"))?, *mode)?;
+        put(
+            dest,
+            &fs::read(src).with_context(|| format!("reading {src}"))?,
+            *mode,
+        )?;
     }
-    put("usr/share/doc/keepalive-daemon/copyright", copyright().as_bytes(), 0o644)?;
-    put("usr/share/doc/keepalive-daemon/changelog.Debian.gz", &gzip(changelog(&version).as_bytes())?, 0o644)?;
+    put(
+        "usr/share/doc/keepalive-daemon/copyright",
+        copyright().as_bytes(),
+        0o644,
+    )?;
+    put(
+        "usr/share/doc/keepalive-daemon/changelog.Debian.gz",
+        &gzip(changelog(&version).as_bytes())?,
+        0o644,
+    )?;
 
     let depends = depends(&stage.join(BINARY)).unwrap_or_else(|e| {
         eprintln!("package: dpkg-shlibdeps failed ({e:#}); depending on libc6 alone");
@@ -108,7 +169,11 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
          risk behind NAT and load-balancer idle timeouts.\n"
     );
     put("DEBIAN/control", control.as_bytes(), 0o644)?;
-    put("DEBIAN/conffiles", format!("{}\n", CONFFILES.join("\n")).as_bytes(), 0o644)?;
+    put(
+        "DEBIAN/conffiles",
+        format!("{}\n", CONFFILES.join("\n")).as_bytes(),
+        0o644,
+    )?;
     put("DEBIAN/postinst", POSTINST.as_bytes(), 0o755)?;
     put("DEBIAN/prerm", PRERM.as_bytes(), 0o755)?;
     put("DEBIAN/postrm", POSTRM.as_bytes(), 0o755)?;
@@ -117,7 +182,12 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
     set_dir_modes(&stage)?;
 
     let deb = opts.out_dir.join(format!("{name}.deb"));
-    exec(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&stage).arg(&deb))?;
+    exec(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&stage)
+            .arg(&deb),
+    )?;
     Ok(deb)
 }
 
@@ -126,25 +196,64 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
 pub fn verify(deb: &Path) -> Result<()> {
     let info = output(Command::new("dpkg-deb").arg("-I").arg(deb))?;
     let field = |name: &str| -> Option<String> {
-        info.lines().find_map(|l| l.trim_start().strip_prefix(&format!("{name}: ")).map(str::to_string))
+        info.lines().find_map(|l| {
+            l.trim_start()
+                .strip_prefix(&format!("{name}: "))
+                .map(str::to_string)
+        })
     };
-    ensure!(field("Package").as_deref() == Some(PACKAGE), "{}: Package is {:?}", deb.display(), field("Package"));
-    ensure!(field("Version").as_deref() == Some(version()?.as_str()), "{}: Version is {:?}", deb.display(), field("Version"));
-    ensure!(field("Depends").is_some_and(|d| d.contains("libc6")), "{}: Depends lacks libc6: {:?}", deb.display(), field("Depends"));
+    ensure!(
+        field("Package").as_deref() == Some(PACKAGE),
+        "{}: Package is {:?}",
+        deb.display(),
+        field("Package")
+    );
+    ensure!(
+        field("Version").as_deref() == Some(version()?.as_str()),
+        "{}: Version is {:?}",
+        deb.display(),
+        field("Version")
+    );
+    ensure!(
+        field("Depends").is_some_and(|d| d.contains("libc6")),
+        "{}: Depends lacks libc6: {:?}",
+        deb.display(),
+        field("Depends")
+    );
     for script in ["postinst", "prerm", "postrm", "conffiles", "md5sums"] {
-        ensure!(info.contains(&format!(" {script}")), "{}: no {script} in the control archive", deb.display());
+        ensure!(
+            info.contains(&format!(" {script}")),
+            "{}: no {script} in the control archive",
+            deb.display()
+        );
     }
     let control_dir = std::env::temp_dir().join(format!("ka-verify-{}", std::process::id()));
     let _ = fs::remove_dir_all(&control_dir);
-    exec(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&control_dir))?;
+    exec(
+        Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(deb)
+            .arg(&control_dir),
+    )?;
     let conffiles = fs::read_to_string(control_dir.join("conffiles")).unwrap_or_default();
     for script in ["postinst", "prerm", "postrm"] {
-        let status = Command::new("sh").arg("-n").arg(control_dir.join(script)).status()?;
-        ensure!(status.success(), "{}: {script} is not valid sh", deb.display());
+        let status = Command::new("sh")
+            .arg("-n")
+            .arg(control_dir.join(script))
+            .status()?;
+        ensure!(
+            status.success(),
+            "{}: {script} is not valid sh",
+            deb.display()
+        );
     }
     let _ = fs::remove_dir_all(&control_dir);
     for c in CONFFILES {
-        ensure!(conffiles.lines().any(|l| l == *c), "{}: {c} is not a conffile", deb.display());
+        ensure!(
+            conffiles.lines().any(|l| l == *c),
+            "{}: {c} is not a conffile",
+            deb.display()
+        );
     }
 
     let listing = output(Command::new("dpkg-deb").arg("-c").arg(deb))?;
@@ -154,36 +263,67 @@ pub fn verify(deb: &Path) -> Result<()> {
         let cols: Vec<&str> = line.split_whitespace().collect();
         ensure!(cols.len() >= 6, "unexpected dpkg-deb -c line: {line}");
         let (mode, owner, path) = (cols[0], cols[1], cols[5]);
-        ensure!(owner == "root/root", "{path} is owned by {owner}, not root/root");
+        ensure!(
+            owner == "root/root",
+            "{path} is owned by {owner}, not root/root"
+        );
         if mode.starts_with('d') {
             ensure!(mode == "drwxr-xr-x", "directory {path} has mode {mode}");
             continue;
         }
         files.push((path.trim_start_matches("./").to_string(), mode.to_string()));
     }
-    let mut expected: Vec<(String, &str)> = FILES.iter().map(|(dest, _, _)| (dest.to_string(), "-rw-r--r--")).collect();
+    let mut expected: Vec<(String, &str)> = FILES
+        .iter()
+        .map(|(dest, _, _)| (dest.to_string(), "-rw-r--r--"))
+        .collect();
     expected.push((BINARY.to_string(), "-rwxr-xr-x"));
-    expected.push(("usr/share/doc/keepalive-daemon/copyright".into(), "-rw-r--r--"));
-    expected.push(("usr/share/doc/keepalive-daemon/changelog.Debian.gz".into(), "-rw-r--r--"));
+    expected.push((
+        "usr/share/doc/keepalive-daemon/copyright".into(),
+        "-rw-r--r--",
+    ));
+    expected.push((
+        "usr/share/doc/keepalive-daemon/changelog.Debian.gz".into(),
+        "-rw-r--r--",
+    ));
     for (path, mode) in &expected {
         match files.iter().find(|(p, _)| p == path) {
             Some((_, m)) => ensure!(m == mode, "{path} has mode {m}, expected {mode}"),
             None => bail!("{}: {path} is missing", deb.display()),
         }
     }
-    let extra: Vec<&String> = files.iter().map(|(p, _)| p).filter(|p| !expected.iter().any(|(e, _)| e == *p)).collect();
-    ensure!(extra.is_empty(), "{}: unexpected files {extra:?}", deb.display());
-    eprintln!("package: {} holds the {} expected files", deb.display(), expected.len());
+    let extra: Vec<&String> = files
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| !expected.iter().any(|(e, _)| e == *p))
+        .collect();
+    ensure!(
+        extra.is_empty(),
+        "{}: unexpected files {extra:?}",
+        deb.display()
+    );
+    eprintln!(
+        "package: {} holds the {} expected files",
+        deb.display(),
+        expected.len()
+    );
     Ok(())
 }
 
 /// The daemon crate's version (the workspace's).
 fn version() -> Result<String> {
     let text = fs::read_to_string("Cargo.toml")?;
-    let in_package = text.split("[workspace.package]").nth(1).context("no [workspace.package] in Cargo.toml")?;
+    let in_package = text
+        .split("[workspace.package]")
+        .nth(1)
+        .context("no [workspace.package] in Cargo.toml")?;
     in_package
         .lines()
-        .find_map(|l| l.strip_prefix("version = \"")?.strip_suffix('"').map(str::to_string))
+        .find_map(|l| {
+            l.strip_prefix("version = \"")?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
         .context("no version in [workspace.package]")
 }
 
@@ -191,8 +331,16 @@ fn version() -> Result<String> {
 fn depends(binary: &Path) -> Result<String> {
     let dir = std::env::temp_dir().join(format!("ka-shlibdeps-{}", std::process::id()));
     fs::create_dir_all(dir.join("debian"))?;
-    fs::write(dir.join("debian/control"), format!("Source: {PACKAGE}\n\nPackage: {PACKAGE}\nArchitecture: any\n"))?;
-    let out = output(Command::new("dpkg-shlibdeps").arg("-O").arg(fs::canonicalize(binary)?).current_dir(&dir));
+    fs::write(
+        dir.join("debian/control"),
+        format!("Source: {PACKAGE}\n\nPackage: {PACKAGE}\nArchitecture: any\n"),
+    )?;
+    let out = output(
+        Command::new("dpkg-shlibdeps")
+            .arg("-O")
+            .arg(fs::canonicalize(binary)?)
+            .current_dir(&dir),
+    );
     let _ = fs::remove_dir_all(&dir);
     let out = out?;
     out.lines()
@@ -258,7 +406,9 @@ fn set_dir_modes(p: &Path) -> Result<()> {
 
 fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     use std::io::Write as _;
-    let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
     enc.write_all(bytes)?;
     Ok(enc.finish()?)
 }

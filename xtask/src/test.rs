@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     build,
-    exec::{exec, privileged},
+    exec::{exec, exec_quoting, privileged},
     setup,
     vm::{self, kernels},
 };
@@ -73,23 +73,33 @@ pub fn run(opts: Options) -> Result<()> {
             musl: false,
         };
         if stage("build (release)", &mut || build::build(&release)) {
-            stage("deploy checks (systemd unit, promtool, dashboard, package)", &mut || {
-                crate::deploy_checks::run_checks()
-            });
+            stage(
+                "deploy checks (systemd unit, promtool, dashboard, package)",
+                &mut || crate::deploy_checks::run_checks(),
+            );
             stage("host scenarios (hook mode auto)", &mut || {
-                exec(
+                exec_quoting(
                     privileged(build::binary(&release, "keepalive-scenarios"))
                         .arg("--daemon")
                         .arg(build::binary(&release, "keepalive-daemon"))
                         .args(["--hook-mode", "auto"]),
+                    "failed scenarios:",
                 )
             });
         }
         if opts.soak {
             stage("churn soak (1 M connections, 10 min)", &mut || {
                 exec(Command::new("cargo").args([
-                    "test", "--release", "-p", "keepalive-daemon", "--test", "faults",
-                    "churn", "--", "--ignored", "--nocapture",
+                    "test",
+                    "--release",
+                    "-p",
+                    "keepalive-daemon",
+                    "--test",
+                    "faults",
+                    "churn",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
                 ]))
             });
         }
@@ -119,9 +129,12 @@ pub fn run(opts: Options) -> Result<()> {
                             refresh: false,
                             verbose: false,
                         };
-                        let (_, ok) = vm::run_kernels(&[kernel], &modes, &vm_opts)?;
+                        let (outcomes, ok) = vm::run_kernels(&[kernel], &modes, &vm_opts)?;
                         if !ok {
-                            bail!("a scenario failed in the VM (table above)");
+                            bail!(
+                                "a scenario failed in the VM (table above)\n{}",
+                                vm::report::failures(&outcomes)
+                            );
                         }
                         Ok(())
                     },
@@ -138,6 +151,16 @@ pub fn run(opts: Options) -> Result<()> {
             Err(e) => format!("FAILED: {}", e.to_string().lines().next().unwrap_or("")),
         };
         println!("{:<40} {:>8.1}  {result}", s.name, s.took.as_secs_f64());
+    }
+    // The details after the table: CI keeps only the end of the log.
+    for s in &stages {
+        if let Err(e) = &s.result {
+            let text = e.to_string();
+            let more: Vec<&str> = text.lines().skip(1).collect();
+            if !more.is_empty() {
+                println!("\n{}:\n{}", s.name, more.join("\n"));
+            }
+        }
     }
     // The plain closing line CI reads when no test runner's own line comes last.
     println!("stages: {} passed, {failed} failed", stages.len() - failed);

@@ -7,11 +7,21 @@ use super::*;
 #[test]
 fn object_has_every_program_of_every_rung() {
     let obj = Object::parse(OBJECT).expect("parse eBPF object");
-    let all = [TIMER, PROBE_SENT, DEATH].into_iter().flatten().flat_map(|(_, p)| p.iter().copied());
+    let all = [TIMER, PROBE_SENT, DEATH]
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, p)| p.iter().copied());
     let mut checked = 0;
-    for prog in all.chain(TIMER_RAW_TP.iter().copied()).chain(ALWAYS.iter().flat_map(|(_, p)| p.iter().copied())).chain(SETTINGS[..3].iter().copied()) {
+    for prog in all
+        .chain(TIMER_RAW_TP.iter().copied())
+        .chain(ALWAYS.iter().flat_map(|(_, p)| p.iter().copied()))
+        .chain(SETTINGS[..3].iter().copied())
+    {
         let name = prog_name(prog);
-        let found = obj.programs.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        let found = obj
+            .programs
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
         let ok = match (prog, &found.section) {
             (Prog::FEntry(..), ProgramSection::FEntry { .. }) => true,
             (Prog::FExit(..), ProgramSection::FExit { .. }) => true,
@@ -26,9 +36,18 @@ fn object_has_every_program_of_every_rung() {
         checked += 1;
     }
     assert_eq!(checked, 21);
-    assert!(matches!(obj.programs.get(ITER).map(|p| &p.section), Some(ProgramSection::Iter { .. })));
+    assert!(matches!(
+        obj.programs.get(ITER).map(|p| &p.section),
+        Some(ProgramSection::Iter { .. })
+    ));
     let calib = crate::calibrate::PROG;
-    assert!(matches!(obj.programs.get(calib).map(|p| &p.section), Some(ProgramSection::RawTracePoint)), "{calib}");
+    assert!(
+        matches!(
+            obj.programs.get(calib).map(|p| &p.section),
+            Some(ProgramSection::RawTracePoint)
+        ),
+        "{calib}"
+    );
     // The object carries nothing the daemon does not use.
     assert_eq!(obj.programs.len(), checked + 2);
 }
@@ -42,10 +61,19 @@ fn twins_follow_their_primaries() {
     let mut seen = 0;
     for (primary, twin) in crate::kernel_loss::twins() {
         for list in &lists {
-            let Some(i) = list.iter().position(|p| prog_name(*p) == primary) else { continue };
-            let next = list.get(i + 1).copied().unwrap_or_else(|| panic!("{primary} attached without {twin}"));
+            let Some(i) = list.iter().position(|p| prog_name(*p) == primary) else {
+                continue;
+            };
+            let next = list
+                .get(i + 1)
+                .copied()
+                .unwrap_or_else(|| panic!("{primary} attached without {twin}"));
             assert_eq!(prog_name(next), twin);
-            assert_eq!(hook_of(next), hook_of(list[i]), "{twin} on another hook than {primary}");
+            assert_eq!(
+                hook_of(next),
+                hook_of(list[i]),
+                "{twin} on another hook than {primary}"
+            );
             seen += 1;
         }
     }
@@ -54,7 +82,12 @@ fn twins_follow_their_primaries() {
 
 fn hook_of(p: Prog) -> &'static str {
     match p {
-        Prog::FEntry(_, h) | Prog::FExit(_, h) | Prog::KProbe(_, h) | Prog::RawTp(_, h) | Prog::BtfTp(_, h) | Prog::Tp(_, _, h) => h,
+        Prog::FEntry(_, h)
+        | Prog::FExit(_, h)
+        | Prog::KProbe(_, h)
+        | Prog::RawTp(_, h)
+        | Prog::BtfTp(_, h)
+        | Prog::Tp(_, _, h) => h,
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    decode::{Flow, KernelEvent, Keepalive, Kind},
+    decode::{Flow, Keepalive, KernelEvent, Kind},
     owners::Owner,
 };
 
@@ -27,7 +27,11 @@ pub struct NsDefaults {
 }
 
 /// Linux's own defaults, for a namespace whose values were never read.
-const LINUX_DEFAULTS: NsDefaults = NsDefaults { idle_s: 7200, intvl_s: 75, cnt: 9 };
+const LINUX_DEFAULTS: NsDefaults = NsDefaults {
+    idle_s: 7200,
+    intvl_s: 75,
+    cnt: 9,
+};
 
 /// One socket. Kept small on purpose (about 100 bytes): a host holds hundreds of thousands of
 /// sockets and the table is most of the daemon's memory. The owner's name is kept once per
@@ -127,7 +131,11 @@ impl Inventory {
 
     /// Applies an inventory event; returns the socket's effective config before and after when
     /// a known socket's keepalive configuration changed.
-    pub fn apply(&mut self, ev: &KernelEvent, owner: Option<Owner>) -> Option<(Effective, Effective)> {
+    pub fn apply(
+        &mut self,
+        ev: &KernelEvent,
+        owner: Option<Owner>,
+    ) -> Option<(Effective, Effective)> {
         match ev.kind {
             Kind::Gone => {
                 if let Some(w) = &mut self.walk {
@@ -152,7 +160,9 @@ impl Inventory {
             // when they reach ESTABLISHED or LISTEN; tracking them would leak closed ones. The
             // caller of setsockopt is the owner, which the later state change (softirq: no
             // caller) cannot tell: kept until then, so no /proc scan is needed to name it.
-            Kind::Settings if !self.sockets.contains_key(&ev.sk) && !tracked_state(ev.info.state) => {
+            Kind::Settings
+                if !self.sockets.contains_key(&ev.sk) && !tracked_state(ev.info.state) =>
+            {
                 if let Some(o) = owner.filter(|_| self.pending.len() < MAX_PENDING) {
                     self.pending.insert(ev.sk, o);
                 }
@@ -161,19 +171,38 @@ impl Inventory {
             Kind::Open | Kind::Settings | Kind::Walked => {
                 // A namespace's first socket brings the kernel's own reading of its defaults;
                 // later a sysctl poll may know better.
-                let fresh = NsDefaults { idle_s: ev.info.ns_idle_s, intvl_s: ev.info.ns_intvl_s, cnt: ev.info.ns_cnt };
+                let fresh = NsDefaults {
+                    idle_s: ev.info.ns_idle_s,
+                    intvl_s: ev.info.ns_intvl_s,
+                    cnt: ev.info.ns_cnt,
+                };
                 if self.members.contains_key(&ev.flow.netns) {
                     self.defaults.entry(ev.flow.netns).or_insert(fresh);
                 } else {
                     self.defaults.insert(ev.flow.netns, fresh);
                 }
                 let own = Keepalive {
-                    idle_s: if ev.info.sources.idle { ev.keepalive.idle_s } else { 0 },
-                    intvl_s: if ev.info.sources.intvl { ev.keepalive.intvl_s } else { 0 },
-                    cnt: if ev.info.sources.cnt { ev.keepalive.cnt } else { 0 },
+                    idle_s: if ev.info.sources.idle {
+                        ev.keepalive.idle_s
+                    } else {
+                        0
+                    },
+                    intvl_s: if ev.info.sources.intvl {
+                        ev.keepalive.intvl_s
+                    } else {
+                        0
+                    },
+                    cnt: if ev.info.sources.cnt {
+                        ev.keepalive.cnt
+                    } else {
+                        0
+                    },
                     user_timeout_ms: ev.keepalive.user_timeout_ms,
                 };
-                let old = self.sockets.get(&ev.sk).map(|e| (self.effective(e), e.flow.netns, e.pid));
+                let old = self
+                    .sockets
+                    .get(&ev.sk)
+                    .map(|e| (self.effective(e), e.flow.netns, e.pid));
                 let before = old.map(|(eff, _, _)| eff);
                 // Same socket (same address, same namespace): it keeps its owner unless the
                 // event names one. Otherwise the address was reused and the close was lost.
@@ -230,7 +259,9 @@ impl Inventory {
         if !self.members.contains_key(&netns) {
             return Vec::new();
         }
-        let Some(old) = self.defaults.insert(netns, d) else { return Vec::new() };
+        let Some(old) = self.defaults.insert(netns, d) else {
+            return Vec::new();
+        };
         if old == d {
             return Vec::new();
         }
@@ -258,7 +289,10 @@ impl Inventory {
     /// Counts one more socket for the process; a pid reused by another program takes the
     /// new name.
     fn adopt(&mut self, o: &Owner) -> u32 {
-        let p = self.procs.entry(o.pid).or_insert_with(|| Proc { comm: o.comm.as_str().into(), sockets: 0 });
+        let p = self.procs.entry(o.pid).or_insert_with(|| Proc {
+            comm: o.comm.as_str().into(),
+            sockets: 0,
+        });
         if *p.comm != *o.comm {
             p.comm = o.comm.as_str().into();
         }
@@ -286,7 +320,10 @@ impl Inventory {
         let mut out = Vec::new();
         let sockets = &mut self.sockets;
         self.ownerless.retain(|sk| {
-            let Some(e) = sockets.get_mut(sk).filter(|e| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL) else {
+            let Some(e) = sockets
+                .get_mut(sk)
+                .filter(|e| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL)
+            else {
                 return false;
             };
             e.owner_tries += 1;
@@ -302,7 +339,9 @@ impl Inventory {
     }
 
     pub fn set_owner(&mut self, sk: u64, owner: Owner) {
-        let Some(old) = self.sockets.get(&sk).map(|e| e.pid) else { return };
+        let Some(old) = self.sockets.get(&sk).map(|e| e.pid) else {
+            return;
+        };
         self.disown(old);
         let pid = self.adopt(&owner);
         if let Some(e) = self.sockets.get_mut(&sk) {
@@ -313,7 +352,10 @@ impl Inventory {
     /// The process holding the socket, when known.
     pub fn owner(&self, e: &Entry) -> Option<Owner> {
         let p = self.procs.get(&e.pid)?;
-        Some(Owner { pid: e.pid, comm: p.comm.to_string() })
+        Some(Owner {
+            pid: e.pid,
+            comm: p.comm.to_string(),
+        })
     }
 
     pub fn get(&self, sk: u64) -> Option<&Entry> {
@@ -321,7 +363,10 @@ impl Inventory {
     }
 
     pub fn effective(&self, e: &Entry) -> Effective {
-        effective_with(e, self.defaults.get(&e.flow.netns).unwrap_or(&LINUX_DEFAULTS))
+        effective_with(
+            e,
+            self.defaults.get(&e.flow.netns).unwrap_or(&LINUX_DEFAULTS),
+        )
     }
 
     /// At risk: keepalive off, or its idle longer than the budget (a middlebox on the path with

@@ -31,7 +31,10 @@ pub struct Corrections {
 
 impl Inventory {
     pub fn begin_walk(&mut self) {
-        self.walk = Some(Walk { started_ms: self.now_ms(), gone: HashSet::new() });
+        self.walk = Some(Walk {
+            started_ms: self.now_ms(),
+            gone: HashSet::new(),
+        });
     }
 
     pub fn abandon_walk(&mut self) {
@@ -41,13 +44,23 @@ impl Inventory {
     /// Makes the inventory agree with a finished walk: entries the walk did not list in a
     /// namespace it walked, and that nothing refreshed since it began, were closed; sockets
     /// it listed that the inventory lacks were opened.
-    pub fn reconcile(&mut self, walked: &Walked, owner: impl Fn(u64) -> Option<Owner>) -> Corrections {
-        let Some(walk) = self.walk.take() else { return Corrections::default() };
+    pub fn reconcile(
+        &mut self,
+        walked: &Walked,
+        owner: impl Fn(u64) -> Option<Owner>,
+    ) -> Corrections {
+        let Some(walk) = self.walk.take() else {
+            return Corrections::default();
+        };
         let alive: HashSet<u64> = walked.events.iter().map(|e| e.sk).collect();
         let stale: Vec<u64> = self
             .sockets
             .iter()
-            .filter(|(sk, e)| walked.namespaces.contains(&e.flow.netns) && !alive.contains(sk) && e.seen_ms < walk.started_ms)
+            .filter(|(sk, e)| {
+                walked.namespaces.contains(&e.flow.netns)
+                    && !alive.contains(sk)
+                    && e.seen_ms < walk.started_ms
+            })
             .map(|(sk, _)| *sk)
             .collect();
         for sk in &stale {
@@ -64,7 +77,10 @@ impl Inventory {
                 added += 1;
             }
         }
-        Corrections { added, removed: stale.len() }
+        Corrections {
+            added,
+            removed: stale.len(),
+        }
     }
 }
 
@@ -76,7 +92,10 @@ mod tests {
     use crate::{decode::Kind, inventory::tests::ev};
 
     fn walked(events: Vec<KernelEvent>, namespaces: &[u32]) -> Walked {
-        Walked { events, namespaces: namespaces.iter().copied().collect() }
+        Walked {
+            events,
+            namespaces: namespaces.iter().copied().collect(),
+        }
     }
 
     fn listed(inv: &Inventory) -> Vec<u64> {
@@ -96,13 +115,29 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         inv.begin_walk();
         // The kernel still has 1 and 3 and a 4 whose open was lost; 2's close was lost.
-        let w = walked(vec![ev(Kind::Walked, 1, 7), ev(Kind::Walked, 3, 7), ev(Kind::Walked, 4, 7)], &[7]);
-        assert_eq!(inv.reconcile(&w, |_| None), Corrections { added: 1, removed: 1 });
+        let w = walked(
+            vec![
+                ev(Kind::Walked, 1, 7),
+                ev(Kind::Walked, 3, 7),
+                ev(Kind::Walked, 4, 7),
+            ],
+            &[7],
+        );
+        assert_eq!(
+            inv.reconcile(&w, |_| None),
+            Corrections {
+                added: 1,
+                removed: 1
+            }
+        );
         // Namespace 8 was not walked (could not be entered): its socket stays.
         assert_eq!(listed(&inv), vec![1, 3, 4, 9]);
         assert_eq!(inv.members.get(&7), Some(&3));
         // A second result without a walk begun is ignored.
-        assert_eq!(inv.reconcile(&walked(vec![], &[7, 8]), |_| None), Corrections::default());
+        assert_eq!(
+            inv.reconcile(&walked(vec![], &[7, 8]), |_| None),
+            Corrections::default()
+        );
         assert_eq!(listed(&inv), vec![1, 3, 4, 9]);
     }
 
@@ -116,7 +151,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         inv.apply(&ev(Kind::Open, 5, 7), None);
         let w = walked(vec![ev(Kind::Walked, 1, 7)], &[7]);
-        assert_eq!(inv.reconcile(&w, |_| None), Corrections { added: 0, removed: 0 });
+        assert_eq!(
+            inv.reconcile(&w, |_| None),
+            Corrections {
+                added: 0,
+                removed: 0
+            }
+        );
         assert_eq!(listed(&inv), vec![5]);
     }
 
@@ -126,7 +167,13 @@ mod tests {
         inv.apply(&ev(Kind::Open, 1, 7), None);
         std::thread::sleep(Duration::from_millis(2));
         inv.begin_walk();
-        assert_eq!(inv.reconcile(&walked(vec![], &[7]), |_| None), Corrections { added: 0, removed: 1 });
+        assert_eq!(
+            inv.reconcile(&walked(vec![], &[7]), |_| None),
+            Corrections {
+                added: 0,
+                removed: 1
+            }
+        );
         assert!(inv.defaults().is_empty());
         assert!(inv.namespaces().is_empty());
     }

@@ -1,30 +1,62 @@
 use super::*;
 
 pub(super) fn ev(kind: Kind, sk: u64, netns: u32) -> KernelEvent {
-    let flow = Flow { netns, saddr: [10, 0, 0, 1].into(), sport: sk as u16, daddr: [10, 0, 0, 2].into(), dport: 80 };
-    KernelEvent { ino: sk + 1000, ..crate::decode::sample(kind, sk, flow, 0) }
+    let flow = Flow {
+        netns,
+        saddr: [10, 0, 0, 1].into(),
+        sport: sk as u16,
+        daddr: [10, 0, 0, 2].into(),
+        dport: 80,
+    };
+    KernelEvent {
+        ino: sk + 1000,
+        ..crate::decode::sample(kind, sk, flow, 0)
+    }
 }
 
 #[test]
 fn owners_are_named_once_per_process() {
     let mut inv = Inventory::new(Duration::from_secs(350));
-    let redis = || Some(Owner { pid: 42, comm: "redis-server".into() });
+    let redis = || {
+        Some(Owner {
+            pid: 42,
+            comm: "redis-server".into(),
+        })
+    };
     inv.apply(&ev(Kind::Open, 1, 7), redis());
     inv.apply(&ev(Kind::Open, 2, 7), redis());
     inv.apply(&ev(Kind::Walked, 3, 7), None);
-    inv.set_owner(3, Owner { pid: 43, comm: "curl".into() });
+    inv.set_owner(
+        3,
+        Owner {
+            pid: 43,
+            comm: "curl".into(),
+        },
+    );
     assert_eq!(inv.procs.len(), 2);
     assert_eq!(inv.procs[&42].sockets, 2);
     // A settings event without a caller keeps the owner.
     inv.apply(&ev(Kind::Settings, 1, 7), None);
     assert_eq!(inv.owner(inv.get(1).unwrap()), redis());
     inv.apply(&ev(Kind::Gone, 1, 7), None);
-    assert_eq!(inv.view(inv.get(2).unwrap()).comm.as_deref(), Some("redis-server"));
+    assert_eq!(
+        inv.view(inv.get(2).unwrap()).comm.as_deref(),
+        Some("redis-server")
+    );
     inv.apply(&ev(Kind::Gone, 2, 7), None);
     assert!(!inv.procs.contains_key(&42));
     // A pid reused by another program: its sockets show the new name.
-    inv.apply(&ev(Kind::Open, 4, 7), Some(Owner { pid: 43, comm: "python3".into() }));
-    assert_eq!(inv.view(inv.get(3).unwrap()).comm.as_deref(), Some("python3"));
+    inv.apply(
+        &ev(Kind::Open, 4, 7),
+        Some(Owner {
+            pid: 43,
+            comm: "python3".into(),
+        }),
+    );
+    assert_eq!(
+        inv.view(inv.get(3).unwrap()).comm.as_deref(),
+        Some("python3")
+    );
     inv.apply(&ev(Kind::Gone, 3, 7), None);
     inv.apply(&ev(Kind::Gone, 4, 7), None);
     assert!(inv.procs.is_empty() && inv.members.is_empty());
@@ -33,7 +65,10 @@ fn owners_are_named_once_per_process() {
 #[test]
 fn options_set_before_connect_name_the_owner() {
     let mut inv = Inventory::new(Duration::from_secs(350));
-    let curl = Some(Owner { pid: 7, comm: "curl".into() });
+    let curl = Some(Owner {
+        pid: 7,
+        comm: "curl".into(),
+    });
     let mut syn_sent = ev(Kind::Settings, 1, 7);
     syn_sent.info.state = 2;
     inv.apply(&syn_sent, curl.clone());
@@ -54,12 +89,21 @@ fn options_set_before_connect_name_the_owner() {
 #[test]
 fn an_entry_stays_small() {
     // The table is most of the daemon's memory (BENCHMARKS.md, section 4).
-    assert!(std::mem::size_of::<Entry>() <= 104, "{} B", std::mem::size_of::<Entry>());
+    assert!(
+        std::mem::size_of::<Entry>() <= 104,
+        "{} B",
+        std::mem::size_of::<Entry>()
+    );
 }
 
-
 fn eff(on: bool, idle: u32, intvl: u32, cnt: u8, ut: u32) -> Effective {
-    Effective { on, idle_s: idle, intvl_s: intvl, cnt, user_timeout_ms: ut }
+    Effective {
+        on,
+        idle_s: idle,
+        intvl_s: intvl,
+        cnt,
+        user_timeout_ms: ut,
+    }
 }
 
 #[test]

@@ -37,7 +37,11 @@ impl Inventory {
         let ttd = time_to_detect(&eff);
         let elapsed = self.now_ms().saturating_sub(e.seen_ms);
         SocketView {
-            family: if e.flow.saddr.is_ipv4() { "ipv4" } else { "ipv6" },
+            family: if e.flow.saddr.is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            },
             state: state_name(e.state),
             saddr: e.flow.saddr,
             sport: e.flow.sport,
@@ -69,9 +73,11 @@ impl Inventory {
         if !eff.on {
             return None;
         }
-        let armed = (e.next_timer_ms != NOT_ARMED).then_some(u64::from(e.next_timer_ms)).or_else(|| {
-            (e.state == 1 && e.probes_out == 0).then(|| u64::from(eff.idle_s) * 1000)
-        })?;
+        let armed = (e.next_timer_ms != NOT_ARMED)
+            .then_some(u64::from(e.next_timer_ms))
+            .or_else(|| {
+                (e.state == 1 && e.probes_out == 0).then(|| u64::from(eff.idle_s) * 1000)
+            })?;
         Some(armed.saturating_sub(elapsed_ms))
     }
 }

@@ -78,9 +78,7 @@ fn ref_size(types: &[RefType], id: u64) -> Option<u64> {
     let t = strip_modifiers(types, id);
     match t.kind.as_str() {
         "PTR" => Some(8),
-        "ARRAY" => {
-            Some(ref_size(types, attr(&t.attrs, "type_id")?)? * attr(&t.attrs, "nr_elems")?)
-        }
+        "ARRAY" => Some(ref_size(types, attr(&t.attrs, "type_id")?)? * attr(&t.attrs, "nr_elems")?),
         _ => attr(&t.attrs, "size"),
     }
 }

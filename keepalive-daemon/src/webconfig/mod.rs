@@ -25,12 +25,11 @@ use axum::http::{HeaderName, HeaderValue};
 use rustls::ServerConfig;
 use serde::Deserialize;
 
-
 mod tls;
 mod watch;
 
-pub use watch::Watched;
 use tls::tls_config;
+pub use watch::Watched;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,7 +116,11 @@ impl WebConfig {
             (Some(_), auth) => parts.push(format!("TLS (client certificates: {auth:?})")),
         }
         if !self.users.is_empty() {
-            parts.push(format!("basic auth ({} user{})", self.users.len(), if self.users.len() == 1 { "" } else { "s" }));
+            parts.push(format!(
+                "basic auth ({} user{})",
+                self.users.len(),
+                if self.users.len() == 1 { "" } else { "s" }
+            ));
         }
         if let Some((interval, burst)) = self.rate_limit {
             parts.push(format!("rate limit (1 per {interval:?}, burst {burst})"));
@@ -148,26 +151,46 @@ fn parse(text: &str, dir: &Path, path: &Path) -> Result<WebConfig, String> {
     }
 
     let mut headers = Vec::new();
-    for (name, value) in raw.http_server_config.and_then(|h| h.headers).unwrap_or_default() {
+    for (name, value) in raw
+        .http_server_config
+        .and_then(|h| h.headers)
+        .unwrap_or_default()
+    {
         let allowed: &[&str] = match name.as_str() {
             "Strict-Transport-Security" | "X-XSS-Protection" | "Content-Security-Policy" => &[],
             "X-Content-Type-Options" => &["nosniff"],
             "X-Frame-Options" => &["deny", "sameorigin"],
-            _ => return Err(format!("http_server_config.headers: HTTP header {name:?} can not be configured")),
+            _ => {
+                return Err(format!(
+                    "http_server_config.headers: HTTP header {name:?} can not be configured"
+                ));
+            }
         };
         if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
-            return Err(format!("http_server_config.headers.{name}: {value:?} is not one of {}", allowed.join(", ")));
+            return Err(format!(
+                "http_server_config.headers.{name}: {value:?} is not one of {}",
+                allowed.join(", ")
+            ));
         }
-        let v = HeaderValue::from_str(&value).map_err(|_| format!("http_server_config.headers.{name}: not a valid header value"))?;
+        let v = HeaderValue::from_str(&value)
+            .map_err(|_| format!("http_server_config.headers.{name}: not a valid header value"))?;
         headers.push((HeaderName::from_str(&name).map_err(|e| e.to_string())?, v));
     }
 
     let rate_limit = match raw.rate_limit {
-        Some(RawRateLimit { interval: Some(i), burst }) => {
+        Some(RawRateLimit {
+            interval: Some(i),
+            burst,
+        }) => {
             let interval = go_duration(&i).map_err(|e| format!("rate_limit.interval: {e}"))?;
             match (interval.is_zero(), burst.unwrap_or(0)) {
                 (true, _) => None,
-                (false, 0) => return Err("rate_limit.burst must be at least 1 when rate_limit.interval is set".into()),
+                (false, 0) => {
+                    return Err(
+                        "rate_limit.burst must be at least 1 when rate_limit.interval is set"
+                            .into(),
+                    );
+                }
                 (false, b) => Some((interval, b)),
             }
         }
@@ -181,20 +204,34 @@ fn parse(text: &str, dir: &Path, path: &Path) -> Result<WebConfig, String> {
         }
         _ => (None, ClientAuth::None),
     };
-    Ok(WebConfig { tls, client_auth, users, headers, rate_limit, files })
+    Ok(WebConfig {
+        tls,
+        client_auth,
+        users,
+        headers,
+        rate_limit,
+        files,
+    })
 }
 
 /// The toolkit's rule: TLS is on when any TLS field is set.
 fn tls_enabled(t: &RawTls) -> bool {
-    [&t.cert, &t.key, &t.client_ca, &t.cert_file, &t.key_file, &t.client_ca_file, &t.client_auth_type]
-        .iter()
-        .any(|f| f.as_deref().is_some_and(|s| !s.is_empty()))
+    [
+        &t.cert,
+        &t.key,
+        &t.client_ca,
+        &t.cert_file,
+        &t.key_file,
+        &t.client_ca_file,
+        &t.client_auth_type,
+    ]
+    .iter()
+    .any(|f| f.as_deref().is_some_and(|s| !s.is_empty()))
 }
 
 fn nonempty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
 }
-
 
 /// Go's `time.ParseDuration` for the forms a config uses: `1s`, `500ms`, `1m30s`, `1.5h`, `0`.
 pub fn go_duration(s: &str) -> Result<Duration, String> {
@@ -208,10 +245,16 @@ pub fn go_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is not a duration like 1s or 500ms"));
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let num: f64 = rest[..num_len].parse().map_err(|_| format!("{s:?} is not a duration like 1s or 500ms"))?;
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration like 1s or 500ms"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -219,14 +262,17 @@ pub fn go_duration(s: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            _ => return Err(format!("{s:?} is not a duration like 1s or 500ms (units ns, us, ms, s, m, h)")),
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a duration like 1s or 500ms (units ns, us, ms, s, m, h)"
+                ));
+            }
         };
         total += num * scale;
         rest = &rest[unit_len..];
     }
     Ok(Duration::from_secs_f64(total))
 }
-
 
 #[cfg(test)]
 mod tests;

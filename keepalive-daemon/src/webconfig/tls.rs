@@ -18,13 +18,21 @@ use rustls::{
     },
 };
 
-
 use super::{ClientAuth, RawTls, nonempty};
 
-pub(super) fn tls_config(t: &RawTls, dir: &Path, files: &mut Vec<PathBuf>) -> Result<(ServerConfig, ClientAuth), String> {
+pub(super) fn tls_config(
+    t: &RawTls,
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+) -> Result<(ServerConfig, ClientAuth), String> {
     let mut read = |key: &str, file: &str| -> Result<Vec<u8>, String> {
         let path = dir.join(file);
-        let bytes = std::fs::read(&path).map_err(|e| format!("tls_server_config.{key}: cannot read {}: {e}", path.display()))?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            format!(
+                "tls_server_config.{key}: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
         files.push(path);
         Ok(bytes)
     };
@@ -50,7 +58,8 @@ pub(super) fn tls_config(t: &RawTls, dir: &Path, files: &mut Vec<PathBuf>) -> Re
     if chain.is_empty() {
         return Err("tls_server_config.cert_file: no certificate in it".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("tls_server_config.key_file: no PEM private key in it: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("tls_server_config.key_file: no PEM private key in it: {e}"))?;
 
     let client_auth = match nonempty(&t.client_auth_type).unwrap_or("NoClientCert") {
         "NoClientCert" => ClientAuth::None,
@@ -74,20 +83,32 @@ pub(super) fn tls_config(t: &RawTls, dir: &Path, files: &mut Vec<PathBuf>) -> Re
     let algs = provider.signature_verification_algorithms;
     let verifier: Arc<dyn ClientCertVerifier> = match client_auth {
         ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
-        ClientAuth::Request | ClientAuth::RequireAny => Arc::new(AnyClientCert { mandatory: client_auth == ClientAuth::RequireAny, algs }),
+        ClientAuth::Request | ClientAuth::RequireAny => Arc::new(AnyClientCert {
+            mandatory: client_auth == ClientAuth::RequireAny,
+            algs,
+        }),
         ClientAuth::VerifyIfGiven | ClientAuth::RequireAndVerify => {
             let Some(ca) = &ca_pem else {
-                return Err(format!("tls_server_config: client_auth_type {client_auth:?} needs client_ca_file (or client_ca)"));
+                return Err(format!(
+                    "tls_server_config: client_auth_type {client_auth:?} needs client_ca_file (or client_ca)"
+                ));
             };
             let mut roots = RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(ca) {
-                let c = c.map_err(|e| format!("tls_server_config.client_ca_file: not PEM certificates: {e}"))?;
-                roots.add(c).map_err(|e| format!("tls_server_config.client_ca_file: {e}"))?;
+                let c = c.map_err(|e| {
+                    format!("tls_server_config.client_ca_file: not PEM certificates: {e}")
+                })?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls_server_config.client_ca_file: {e}"))?;
             }
             if roots.is_empty() {
                 return Err("tls_server_config.client_ca_file: no certificate in it".into());
             }
-            let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider.clone()));
+            let mut b = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(provider.clone()),
+            );
             if client_auth == ClientAuth::VerifyIfGiven {
                 b = b.allow_unauthenticated();
             }
@@ -97,13 +118,21 @@ pub(super) fn tls_config(t: &RawTls, dir: &Path, files: &mut Vec<PathBuf>) -> Re
     let verifier = match &t.client_allowed_sans {
         None => verifier,
         Some(sans) => {
-            if !matches!(client_auth, ClientAuth::RequireAny | ClientAuth::RequireAndVerify) {
+            if !matches!(
+                client_auth,
+                ClientAuth::RequireAny | ClientAuth::RequireAndVerify
+            ) {
                 return Err("tls_server_config.client_allowed_sans requires client_auth_type to be one of RequireAnyClientCert or RequireAndVerifyClientCert".into());
             }
             if let Some(email) = sans.iter().find(|s| s.contains('@') && !s.contains("://")) {
-                return Err(format!("tls_server_config.client_allowed_sans: e-mail address {email:?} is not supported; use DNS, IP or URI names"));
+                return Err(format!(
+                    "tls_server_config.client_allowed_sans: e-mail address {email:?} is not supported; use DNS, IP or URI names"
+                ));
             }
-            Arc::new(SanCheck { inner: verifier, allowed: sans.clone() })
+            Arc::new(SanCheck {
+                inner: verifier,
+                allowed: sans.clone(),
+            })
         }
     };
 
@@ -124,10 +153,22 @@ fn provider(t: &RawTls) -> Result<CryptoProvider, String> {
         let mut chosen = Vec::new();
         for name in names {
             // Go also accepts the names without the _SHA256 suffix for ChaCha20.
-            let want = if name.ends_with("_CHACHA20_POLY1305") { format!("{name}_SHA256") } else { name.clone() };
-            match p.cipher_suites.iter().find(|s| format!("{:?}", s.suite()) == want) {
+            let want = if name.ends_with("_CHACHA20_POLY1305") {
+                format!("{name}_SHA256")
+            } else {
+                name.clone()
+            };
+            match p
+                .cipher_suites
+                .iter()
+                .find(|s| format!("{:?}", s.suite()) == want)
+            {
                 Some(s) => chosen.push(*s),
-                None => return Err(format!("tls_server_config.cipher_suites: {name:?} is not offered (the TLS 1.2 suites offered are the ECDHE AES-GCM and ChaCha20-Poly1305 ones)")),
+                None => {
+                    return Err(format!(
+                        "tls_server_config.cipher_suites: {name:?} is not offered (the TLS 1.2 suites offered are the ECDHE AES-GCM and ChaCha20-Poly1305 ones)"
+                    ));
+                }
             }
         }
         // Like Go, the list governs TLS 1.2 only: every TLS 1.3 suite stays.
@@ -145,8 +186,16 @@ fn provider(t: &RawTls) -> Result<CryptoProvider, String> {
                 "CurveP256" => rustls::NamedGroup::secp256r1,
                 "CurveP384" => rustls::NamedGroup::secp384r1,
                 "X25519" => rustls::NamedGroup::X25519,
-                "CurveP521" => return Err("tls_server_config.curve_preferences: CurveP521 is not offered".into()),
-                other => return Err(format!("tls_server_config.curve_preferences: unknown curve {other:?} (CurveP256, CurveP384, X25519)")),
+                "CurveP521" => {
+                    return Err(
+                        "tls_server_config.curve_preferences: CurveP521 is not offered".into(),
+                    );
+                }
+                other => {
+                    return Err(format!(
+                        "tls_server_config.curve_preferences: unknown curve {other:?} (CurveP256, CurveP384, X25519)"
+                    ));
+                }
             };
             if let Some(g) = p.kx_groups.iter().find(|g| g.name() == group) {
                 chosen.push(*g);
@@ -162,8 +211,12 @@ fn versions(t: &RawTls) -> Result<Vec<&'static SupportedProtocolVersion>, String
         match v.unwrap_or(if default == 12 { "TLS12" } else { "TLS13" }) {
             "TLS12" => Ok(12),
             "TLS13" => Ok(13),
-            "TLS10" | "TLS11" => Err(format!("tls_server_config.{key}: TLS 1.0 and 1.1 are not offered; use TLS12 or TLS13")),
-            other => Err(format!("tls_server_config.{key}: unknown TLS version {other:?} (TLS12, TLS13)")),
+            "TLS10" | "TLS11" => Err(format!(
+                "tls_server_config.{key}: TLS 1.0 and 1.1 are not offered; use TLS12 or TLS13"
+            )),
+            other => Err(format!(
+                "tls_server_config.{key}: unknown TLS version {other:?} (TLS12, TLS13)"
+            )),
         }
     };
     let min = parse("min_version", nonempty(&t.min_version), 12)?;
@@ -171,13 +224,14 @@ fn versions(t: &RawTls) -> Result<Vec<&'static SupportedProtocolVersion>, String
     if min > max {
         return Err("tls_server_config: min_version is above max_version".into());
     }
-    Ok([(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
-        .into_iter()
-        .filter(|(v, _)| (min..=max).contains(v))
-        .map(|(_, p)| p)
-        .collect())
+    Ok(
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (min..=max).contains(v))
+            .map(|(_, p)| p)
+            .collect(),
+    )
 }
-
 
 /// `RequestClientCert` and `RequireAnyClientCert`: a certificate is asked for (and for the
 /// latter required) but not checked against any CA, only that the client holds its key.
@@ -194,13 +248,28 @@ impl ClientCertVerifier for AnyClientCert {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
-    fn verify_client_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
     }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -217,11 +286,16 @@ struct SanCheck {
 
 impl SanCheck {
     fn matches(&self, cert: &CertificateDer<'_>) -> bool {
-        let Ok(ee) = webpki::EndEntityCert::try_from(cert) else { return false };
+        let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+            return false;
+        };
         let names: Vec<&str> = ee.valid_dns_names().chain(ee.valid_uri_names()).collect();
         self.allowed.iter().any(|a| {
             names.contains(&a.as_str())
-                || a.parse::<IpAddr>().is_ok_and(|ip| ee.verify_is_valid_for_subject_name(&ServerName::IpAddress(ip.into())).is_ok())
+                || a.parse::<IpAddr>().is_ok_and(|ip| {
+                    ee.verify_is_valid_for_subject_name(&ServerName::IpAddress(ip.into()))
+                        .is_ok()
+                })
         })
     }
 }
@@ -236,22 +310,40 @@ impl ClientCertVerifier for SanCheck {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         if self.matches(end_entity) {
             Ok(ok)
         } else {
-            Err(rustls::Error::General("client certificate names none of client_allowed_sans".into()))
+            Err(rustls::Error::General(
+                "client certificate names none of client_allowed_sans".into(),
+            ))
         }
     }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
 }
-

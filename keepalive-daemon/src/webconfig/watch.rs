@@ -11,14 +11,24 @@ use std::{
 use log::{error, info};
 use sha2::{Digest as _, Sha256};
 
-
 use super::{WebConfig, load};
 
 /// What identifies a file's version without reading it.
 type Stamp = Vec<Option<(SystemTime, u64, u64)>>;
 
 fn stamp(files: &[PathBuf]) -> Stamp {
-    files.iter().map(|f| std::fs::metadata(f).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino()))).collect()
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f).ok().map(|m| {
+                (
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.len(),
+                    m.ino(),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The web configuration in force, reloaded when its files change.
@@ -49,7 +59,10 @@ impl Watched {
             path: path.to_path_buf(),
             state: Mutex::new((s, Arc::new(config), None)),
             tls_at_start,
-            limiter: Mutex::new(Bucket { tokens: f64::from(burst), last: Instant::now() }),
+            limiter: Mutex::new(Bucket {
+                tokens: f64::from(burst),
+                last: Instant::now(),
+            }),
             auth_cache: Mutex::new(HashMap::new()),
             bcrypt_lock: Mutex::new(()),
         }))
@@ -65,14 +78,24 @@ impl Watched {
         st.0 = now;
         match load(&self.path) {
             Ok(new) if new.tls.is_some() != self.tls_at_start => {
-                error!("{}: turning TLS on or off needs a restart; keeping the previous web configuration", self.path.display());
+                error!(
+                    "{}: turning TLS on or off needs a restart; keeping the previous web configuration",
+                    self.path.display()
+                );
             }
             Ok(new) => {
-                info!("web config {} reloaded: {}", self.path.display(), new.summary());
+                info!(
+                    "web config {} reloaded: {}",
+                    self.path.display(),
+                    new.summary()
+                );
                 // The file list may have grown (a CA file added): stamp what the new one names.
                 st.0 = stamp(&new.files);
                 st.1 = Arc::new(new);
-                self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.auth_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
             }
             Err(e) => error!("{e}; keeping the previous web configuration"),
         }
@@ -81,7 +104,9 @@ impl Watched {
 
     /// Takes a token from the bucket; false means answer 429.
     pub fn allow(&self, config: &WebConfig) -> bool {
-        let Some((interval, burst)) = config.rate_limit else { return true };
+        let Some((interval, burst)) = config.rate_limit else {
+            return true;
+        };
         let mut b = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let refill = now.duration_since(b.last).as_secs_f64() / interval.as_secs_f64();
@@ -112,7 +137,12 @@ impl Watched {
             d.update(part.as_bytes());
         }
         let key: [u8; 32] = d.finalize().into();
-        if let Some(ok) = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(ok) = self
+            .auth_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return *ok;
         }
         let ok = {
@@ -127,4 +157,3 @@ impl Watched {
         ok
     }
 }
-

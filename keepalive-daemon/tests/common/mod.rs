@@ -18,17 +18,29 @@ pub static SERIAL: Mutex<()> = Mutex::new(());
 
 pub fn require_root() {
     // SAFETY: no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests load eBPF programs: run them as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs: run them as root"
+    );
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
@@ -42,7 +54,10 @@ pub fn leftover_programs() -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let held = held_program_ids();
-        let left: Vec<u64> = loaded_programs().into_iter().filter(|id| !held.contains(id)).collect();
+        let left: Vec<u64> = loaded_programs()
+            .into_iter()
+            .filter(|id| !held.contains(id))
+            .collect();
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }
@@ -52,7 +67,10 @@ pub fn leftover_programs() -> Vec<u64> {
 
 /// Ids of our programs (names start with `ka_`) loaded now.
 pub fn loaded_programs() -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
     let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     progs
         .iter()
@@ -65,9 +83,16 @@ pub fn loaded_programs() -> Vec<u64> {
 pub fn held_program_ids() -> Vec<u64> {
     let mut ids = Vec::new();
     for proc in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        for fd in std::fs::read_dir(proc.path().join("fdinfo")).into_iter().flatten().flatten() {
+        for fd in std::fs::read_dir(proc.path().join("fdinfo"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(text) = std::fs::read_to_string(fd.path()) {
-                ids.extend(text.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()));
+                ids.extend(
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()),
+                );
             }
         }
     }
@@ -76,12 +101,20 @@ pub fn held_program_ids() -> Vec<u64> {
 
 pub fn run_to_exit(args: &[&str]) -> Output {
     let out = Command::new(BIN).args(args).output().expect("spawn daemon");
-    assert!(leftover_programs().is_empty(), "programs left behind: {:?}", leftover_programs());
+    assert!(
+        leftover_programs().is_empty(),
+        "programs left behind: {:?}",
+        leftover_programs()
+    );
     out
 }
 
 pub fn last_line(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_string()
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string()
 }
 
 pub struct Running {
@@ -114,14 +147,20 @@ pub fn start_with(args: &[&str], stdout: Stdio) -> Result<Running, Output> {
         .args(args)
         .args(["--web.listen-address", &listen])
         .stdout(stdout)
-        .stderr(Stdio::from(std::fs::File::create(&log).expect("daemon log file")))
+        .stderr(Stdio::from(
+            std::fs::File::create(&log).expect("daemon log file"),
+        ))
         .spawn()
         .expect("spawn daemon");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().expect("wait") {
             let stderr = std::fs::read(&log).unwrap_or_default();
-            return Err(Output { status, stdout: Vec::new(), stderr });
+            return Err(Output {
+                status,
+                stdout: Vec::new(),
+                stderr,
+            });
         }
         if get(port, "/healthz").is_some_and(|b| b.ends_with("ok\n")) {
             return Ok(Running { child, port, log });
@@ -130,7 +169,10 @@ pub fn start_with(args: &[&str], stdout: Stdio) -> Result<Running, Output> {
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("daemon neither became healthy nor exited within 30 s: {}", String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()));
+    panic!(
+        "daemon neither became healthy nor exited within 30 s: {}",
+        String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
+    );
 }
 
 pub fn stop(r: Running) -> Duration {
@@ -140,22 +182,32 @@ pub fn stop(r: Running) -> Duration {
     unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
     let status = r.child.wait().expect("wait");
     assert!(status.success(), "SIGTERM exit: {status}");
-    assert!(leftover_programs().is_empty(), "programs left after SIGTERM: {:?}", leftover_programs());
+    assert!(
+        leftover_programs().is_empty(),
+        "programs left after SIGTERM: {:?}",
+        leftover_programs()
+    );
     t.elapsed()
 }
-
 
 /// Value of the first sample line starting with `series` (name plus labels, exactly as
 /// exposed) in a Prometheus text page.
 pub fn metric(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Body of a GET (after the headers).
 pub fn body(port: u16, path: &str) -> String {
     let raw = get(port, path).unwrap_or_default();
-    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 pub fn signal(r: &Running, sig: i32) {

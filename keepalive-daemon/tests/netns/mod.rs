@@ -27,10 +27,15 @@ fn run(cmd: &[&str]) {
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         let name = format!("katf{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         run(&["ip", "netns", "add", &name]);
         run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        let inode = std::fs::metadata(format!("/run/netns/{name}")).expect("netns").ino();
+        let inode = std::fs::metadata(format!("/run/netns/{name}"))
+            .expect("netns")
+            .ino();
         Netns { name, inode }
     }
 
@@ -40,7 +45,11 @@ impl Netns {
         thread::spawn(move || {
             let ns = File::open(path).expect("open netns");
             // SAFETY: valid fd; changes only this thread.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
             f()
         })
         .join()
@@ -75,7 +84,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -139,7 +150,10 @@ pub fn silent_peer(ns: &Netns, idle: i32, intvl: i32, cnt: i32) -> SilentPeer {
         "table inet katf {{\n chain out {{\n  type filter hook output priority 0;\n  tcp dport {} drop\n }}\n}}\n",
         addr.port()
     ));
-    SilentPeer { client, _server: server }
+    SilentPeer {
+        client,
+        _server: server,
+    }
 }
 
 impl SilentPeer {
@@ -164,14 +178,26 @@ pub fn stuck_reader(port: u16, path: &str) -> OwnedFd {
     let small: i32 = 4096;
     // SAFETY: valid fd and buffers.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&small as *const i32).cast(), 4);
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const i32).cast(),
+            4,
+        );
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: port.to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+            },
             sin_zero: [0; 8],
         };
-        let rc = libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
+        let rc = libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
         assert_eq!(rc, 0, "connect stuck reader");
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
         libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0);

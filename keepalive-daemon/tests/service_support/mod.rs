@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-
 pub const BIN: &str = env!("CARGO_BIN_EXE_keepalive-daemon");
 pub const UNIT: &str = include_str!("../../../deploy/systemd/keepalive-daemon.service");
 
@@ -27,12 +26,20 @@ pub static SERIAL: Mutex<()> = Mutex::new(());
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests load eBPF programs: run them as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs: run them as root"
+    );
     g
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A scratch directory per test, removed when dropped.
@@ -63,7 +70,11 @@ impl Drop for Scratch {
 
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -73,14 +84,25 @@ pub fn leftover_programs() -> Vec<u64> {
     loop {
         let mut held = Vec::new();
         for proc in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            for fd in fs::read_dir(proc.path().join("fdinfo")).into_iter().flatten().flatten() {
+            for fd in fs::read_dir(proc.path().join("fdinfo"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if let Ok(text) = fs::read_to_string(fd.path()) {
-                    held.extend(text.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()));
+                    held.extend(
+                        text.lines()
+                            .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()),
+                    );
                 }
             }
         }
-        let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
-        let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show"])
+            .output()
+            .expect("bpftool");
+        let progs: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("bpftool JSON");
         let left: Vec<u64> = progs
             .iter()
             .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("ka_")))
@@ -130,7 +152,9 @@ impl Daemon {
                 return true;
             }
             match self.notify.recv(&mut buf) {
-                Ok(n) => self.notes.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Ok(n) => self
+                    .notes
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
                 Err(_) => {
                     if matches!(self.child.try_wait(), Ok(Some(_))) {
                         return false;
@@ -148,7 +172,11 @@ impl Daemon {
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "SIGTERM exit: {status}\n{}", self.log());
         self.recv_notes(|n| n.contains("STOPPING=1"), Duration::from_millis(500));
-        assert!(leftover_programs().is_empty(), "programs left after SIGTERM: {:?}", leftover_programs());
+        assert!(
+            leftover_programs().is_empty(),
+            "programs left after SIGTERM: {:?}",
+            leftover_programs()
+        );
         std::mem::take(&mut self.notes)
     }
 }
@@ -160,10 +188,16 @@ pub fn start_full(args: &[&str], wrap: &[&str], env: &[(&str, &str)]) -> Result<
     let dir = Scratch::new(&format!("daemon-{}", free_port()));
     let notify_path = dir.path("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     // The socket must be writable by an unprivileged daemon too (setpriv tests).
     fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    fs::set_permissions(&notify_path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    fs::set_permissions(
+        &notify_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let log = dir.path("stderr");
     let mut port = 0;
     let mut cmd = match wrap.split_first() {
@@ -175,7 +209,10 @@ pub fn start_full(args: &[&str], wrap: &[&str], env: &[(&str, &str)]) -> Result<
         None => Command::new(BIN),
     };
     cmd.args(args);
-    if !args.iter().any(|a| a.starts_with("--web.listen-address") || a.starts_with("--config.file")) {
+    if !args
+        .iter()
+        .any(|a| a.starts_with("--web.listen-address") || a.starts_with("--config.file"))
+    {
         port = free_port();
         cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"));
     }
@@ -187,17 +224,34 @@ pub fn start_full(args: &[&str], wrap: &[&str], env: &[(&str, &str)]) -> Result<
         .spawn()
         .expect("spawn daemon");
     let pid = child.id();
-    let mut d = Daemon { child, pid, port, log, notify, notes: Vec::new(), _dir: dir };
+    let mut d = Daemon {
+        child,
+        pid,
+        port,
+        log,
+        notify,
+        notes: Vec::new(),
+        _dir: dir,
+    };
     if d.recv_notes(|n| n.contains("READY=1"), Duration::from_secs(60)) {
         if wrap.first() == Some(&"strace") {
-            let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-            d.pid = children.split_whitespace().next().and_then(|p| p.parse().ok()).expect("the traced daemon");
+            let children =
+                fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            d.pid = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("the traced daemon");
         }
         return Ok(d);
     }
     let _ = d.child.kill();
     let _ = d.child.wait();
-    Err(format!("daemon did not become ready; notes {:?}; stderr:\n{}", d.notes, d.log()))
+    Err(format!(
+        "daemon did not become ready; notes {:?}; stderr:\n{}",
+        d.notes,
+        d.log()
+    ))
 }
 
 pub fn start(args: &[&str]) -> Daemon {
@@ -208,11 +262,22 @@ pub fn start(args: &[&str]) -> Daemon {
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
-    let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -239,7 +304,10 @@ pub fn curl(dir: &Scratch, args: &[&str]) -> Curl {
         .expect("curl (install curl)");
     Curl {
         exit: out.status.code().unwrap_or(-1),
-        status: String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0),
+        status: String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
         headers: fs::read_to_string(&hdr).unwrap_or_default(),
         body: fs::read_to_string(&body).unwrap_or_default(),
     }
@@ -248,15 +316,41 @@ pub fn curl(dir: &Scratch, args: &[&str]) -> Curl {
 /// A CA, a server certificate for localhost/127.0.0.1 and a client certificate it signed, and
 /// a self-signed client certificate it did not.
 pub fn make_pki(dir: &Scratch) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let d = |n: &str| dir.path(n);
-    run(Command::new("openssl").args(["req", "-x509"]).args(ec).args(["-days", "2", "-subj", "/CN=kat test CA", "-keyout"]).arg(d("ca.key")).arg("-out").arg(d("ca.crt")));
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "2", "-subj", "/CN=kat test CA", "-keyout"])
+        .arg(d("ca.key"))
+        .arg("-out")
+        .arg(d("ca.crt")));
     for (name, cn, ext) in [
-        ("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-        ("client", "prometheus", "subjectAltName=DNS:prometheus.example\nextendedKeyUsage=clientAuth\n"),
+        (
+            "server",
+            "localhost",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        (
+            "client",
+            "prometheus",
+            "subjectAltName=DNS:prometheus.example\nextendedKeyUsage=clientAuth\n",
+        ),
     ] {
         dir.write(&format!("{name}.ext"), ext);
-        run(Command::new("openssl").arg("req").args(ec).args(["-subj", &format!("/CN={cn}"), "-keyout"]).arg(d(&format!("{name}.key"))).arg("-out").arg(d(&format!("{name}.csr"))));
+        run(Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", &format!("/CN={cn}"), "-keyout"])
+            .arg(d(&format!("{name}.key")))
+            .arg("-out")
+            .arg(d(&format!("{name}.csr"))));
         run(Command::new("openssl")
             .args(["x509", "-req", "-days", "2", "-in"])
             .arg(d(&format!("{name}.csr")))
@@ -270,19 +364,30 @@ pub fn make_pki(dir: &Scratch) {
             .arg("-out")
             .arg(d(&format!("{name}.crt"))));
     }
-    run(Command::new("openssl").args(["req", "-x509"]).args(ec).args(["-days", "2", "-subj", "/CN=intruder", "-keyout"]).arg(d("rogue.key")).arg("-out").arg(d("rogue.crt")));
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "2", "-subj", "/CN=intruder", "-keyout"])
+        .arg(d("rogue.key"))
+        .arg("-out")
+        .arg(d("rogue.crt")));
 }
 
 pub fn caps_of(pid: u32) -> Vec<(u32, u64, u64, u64)> {
     let mut out = Vec::new();
     for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let Ok(status) = fs::read_to_string(t.path().join("status")) else { continue };
+        let Ok(status) = fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
         let set = |f: &str| {
-            status.lines().find_map(|l| l.strip_prefix(f)?.strip_prefix(':')).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap()
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(f)?.strip_prefix(':'))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
         };
         let tid = t.file_name().to_str().unwrap().parse().unwrap();
         out.push((tid, set("CapEff"), set("CapPrm"), set("CapBnd")));
     }
     out
 }
-

@@ -50,6 +50,10 @@ fn try_ka_calib_timer_start(ctx: &RawTracePointContext) -> Option<()> {
     if function == 0 {
         return None;
     }
-    let seen = CALIB_SEEN.get_ptr_mut(&function).map_or(0, |n| unsafe { *n });
-    CALIB_SEEN.insert(&function, &seen.saturating_add(1), 0).ok()
+    let seen = CALIB_SEEN
+        .get_ptr_mut(&function)
+        .map_or(0, |n| unsafe { *n });
+    CALIB_SEEN
+        .insert(&function, &seen.saturating_add(1), 0)
+        .ok()
 }

@@ -37,7 +37,9 @@ pub extern "C" fn ka_iter_tcp(ctx: *mut u64) -> i32 {
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         return 0;
     }
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let rec = unsafe {
         core::ptr::write_bytes(rec, 0, 1);
         &mut *rec

@@ -30,7 +30,10 @@ static SETSOCKOPT: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 fn keepalive_option(level: u64, optname: u64) -> bool {
     (level == SOL_SOCKET && optname == SO_KEEPALIVE)
         || (level == IPPROTO_TCP
-            && matches!(optname, TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT | TCP_USER_TIMEOUT))
+            && matches!(
+                optname,
+                TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT | TCP_USER_TIMEOUT
+            ))
 }
 
 /// Keepalive setsockopt calls in flight (entries of `SETSOCKOPT`). Every setsockopt of the
@@ -73,8 +76,13 @@ fn try_sys_enter_setsockopt(ctx: &TracePointContext) {
     let optname = field(ctx, o.tp_setsockopt_optname) as u32 as u64;
     if keepalive_option(level, optname) {
         let fd = field(ctx, o.tp_setsockopt_fd) as u32 as u64;
-        let Some(n) = IN_FLIGHT.get_ptr_mut(0) else { return };
-        if SETSOCKOPT.insert(&bpf_get_current_pid_tgid(), &fd, 0).is_ok() {
+        let Some(n) = IN_FLIGHT.get_ptr_mut(0) else {
+            return;
+        };
+        if SETSOCKOPT
+            .insert(&bpf_get_current_pid_tgid(), &fd, 0)
+            .is_ok()
+        {
             state::count(n, 1);
         }
     }
@@ -89,12 +97,16 @@ pub fn ka_sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_sys_exit_setsockopt(ctx: &TracePointContext) {
-    let Some(n) = IN_FLIGHT.get_ptr_mut(0) else { return };
+    let Some(n) = IN_FLIGHT.get_ptr_mut(0) else {
+        return;
+    };
     if unsafe { core::ptr::read_volatile(n) } == 0 {
         return;
     }
     let tid = bpf_get_current_pid_tgid();
-    let Some(fd) = (unsafe { SETSOCKOPT.get(&tid) }).copied() else { return };
+    let Some(fd) = (unsafe { SETSOCKOPT.get(&tid) }).copied() else {
+        return;
+    };
     if SETSOCKOPT.remove(&tid).is_ok() {
         state::count(n, u64::MAX);
     }

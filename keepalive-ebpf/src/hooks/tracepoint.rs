@@ -105,13 +105,17 @@ fn set_state(ctx: &RawTracePointContext) {
 /// the socket's backlog, hence a twin as well.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn ka_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
-    nesting::primary(nesting::NEST_RESET, || state::reset_received(ctx.arg(0), HOOK_TRACEPOINT));
+    nesting::primary(nesting::NEST_RESET, || {
+        state::reset_received(ctx.arg(0), HOOK_TRACEPOINT)
+    });
     0
 }
 
 /// Twin of [`ka_tcp_receive_reset`] (see [`nesting`]).
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn ka_nest_rcv_reset(ctx: RawTracePointContext) -> i32 {
-    nesting::twin(nesting::NEST_RESET, || state::reset_received(ctx.arg(0), HOOK_TRACEPOINT));
+    nesting::twin(nesting::NEST_RESET, || {
+        state::reset_received(ctx.arg(0), HOOK_TRACEPOINT)
+    });
     0
 }

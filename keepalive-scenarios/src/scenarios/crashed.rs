@@ -57,4 +57,3 @@ pub fn times_out(
     });
     Ok((conn, detect, window))
 }
-

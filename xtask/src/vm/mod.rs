@@ -8,7 +8,7 @@ pub mod kernels;
 mod matrix;
 mod modules;
 mod qemu;
-mod report;
+pub mod report;
 mod tools;
 
 use std::{fs, path::PathBuf, time::Duration};

@@ -195,6 +195,31 @@ pub fn cell_text(run: Option<&ModeRun>, scenario: &str) -> String {
     }
 }
 
+/// One line per failed cell (or per mode/kernel that gave no results), for the end of a log.
+pub fn failures(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            let _ = writeln!(s, "{}: {e}", o.kernel);
+        }
+        if o.timed_out {
+            let _ = writeln!(s, "{}: timed out", o.kernel);
+        }
+        for (mode, run) in &o.modes {
+            for (scenario, cell) in &run.results {
+                if let Cell::Fail(detail) = cell {
+                    let _ = writeln!(s, "{} {mode} {scenario}: {detail}", o.kernel);
+                }
+            }
+            if run.results.is_empty() {
+                let why = run.why().unwrap_or_else(|| "no results".to_owned());
+                let _ = writeln!(s, "{} {mode}: {why}", o.kernel);
+            }
+        }
+    }
+    s.trim_end().to_owned()
+}
+
 pub fn summary(outcomes: &[Outcome], modes: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(
