@@ -9,8 +9,8 @@
 //! hook fire. It prints one `kcost-vm key=value…` line per program, which xtask collects from
 //! the serial console; `section` (host side) turns those lines into the report's section 1b.
 //!
-//! The guest has no bpftool, so run_time_ns / run_cnt come from BPF_OBJ_GET_INFO_BY_FD directly
-//! (aya 0.14's ProgramInfo does not expose them).
+//! The guest has no bpftool, so run_time_ns / run_cnt come from BPF_OBJ_GET_INFO_BY_FD, through
+//! aya's `loaded_programs`.
 use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -203,53 +203,25 @@ fn load_twins(mode: &str) -> Result<(Ebpf, Vec<(&'static str, u32)>)> {
     Ok((ebpf, ids))
 }
 
-/// (name as the kernel keeps it, run_time_ns, run_cnt) of program `id`, by BPF_PROG_GET_FD_BY_ID
-/// and BPF_OBJ_GET_INFO_BY_FD; None once the program is gone.
-fn prog_stats(id: u32) -> Option<(String, Delta)> {
-    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    // `union bpf_attr` is 8-byte aligned; 128 bytes covers every field these commands read.
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(id);
-    // SAFETY: bpf(2) reads `attr` (size given) and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, attr.as_mut_ptr(), 128) };
-    if fd < 0 {
-        return None;
-    }
-    // struct bpf_prog_info: name[16] at byte 64, run_time_ns at 192, run_cnt at 200 (stable
-    // uapi since 5.1); the kernel fills min(our size, its size) and zeroes nothing beyond.
-    let mut info = [0u64; 32];
-    let mut attr = [0u64; 16];
-    attr[0] = (fd as u64 & 0xffff_ffff) | ((size_of_val(&info) as u64) << 32);
-    attr[1] = info.as_mut_ptr() as u64;
-    // SAFETY: `info` outlives the call and is as long as info_len says.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_mut_ptr(),
-            128,
-        )
-    };
-    // SAFETY: we own fd.
-    unsafe { libc::close(fd as i32) };
-    if r != 0 {
-        return None;
-    }
-    let bytes: Vec<u8> = info[8..10].iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let name = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
-    Some((
-        name,
-        Delta {
-            runs: info[25],
-            ns: info[24],
-        },
-    ))
+/// (name as the kernel keeps it, run_time_ns, run_cnt) of every loaded program we asked for,
+/// read through aya's BPF_OBJ_GET_INFO_BY_FD wrapper; programs gone since are left out.
+fn prog_stats(ids: &[u32]) -> HashMap<u32, (String, Delta)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| {
+            let name = p.name_as_str().unwrap_or("").to_owned();
+            let runs = p.run_count();
+            let ns = u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX);
+            (p.id(), (name, Delta { runs, ns }))
+        })
+        .collect()
 }
 
 fn snapshot(ids: &[u32]) -> HashMap<u32, Delta> {
-    ids.iter()
-        .filter_map(|&id| Some((id, prog_stats(id)?.1)))
+    prog_stats(ids)
+        .into_iter()
+        .map(|(id, (_, d))| (id, d))
         .collect()
 }
 
@@ -272,10 +244,8 @@ pub fn run(o: VmOpts) -> Result<()> {
 
     // The daemon's programs by the names the kernel kept (fdinfo says which ids it holds).
     let mut names: HashMap<String, Vec<u32>> = HashMap::new();
-    for id in sys::bpf_ids(daemon.pid(), "prog_id") {
-        if let Some((name, _)) = prog_stats(id) {
-            names.entry(name).or_default().push(id);
-        }
+    for (id, (name, _)) in prog_stats(&sys::bpf_ids(daemon.pid(), "prog_id")) {
+        names.entry(name).or_default().push(id);
     }
     for (name, id) in first.1.iter().chain(&second.1) {
         names.entry(name.to_string()).or_default().push(*id);

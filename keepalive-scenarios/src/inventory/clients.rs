@@ -81,7 +81,7 @@ pub fn python(ctx: &mut Ctx) -> Result<()> {
         local: dst,
         peer: key.local,
     };
-    ctx.record("python close", obs.gone(&[key, server_key], closed)?);
+    ctx.gone("python close", &obs, &[key, server_key], closed)?;
     Ok(())
 }
 
@@ -183,7 +183,7 @@ pub fn socat(ctx: &mut Ctx) -> Result<()> {
     p.stop()?;
     sock::abort(server);
     let closed = Instant::now();
-    ctx.record("socat close", obs.gone(&[key, server_key], closed)?);
+    ctx.gone("socat close", &obs, &[key, server_key], closed)?;
     timer_rearms(ctx, &obs)
 }
 
@@ -322,7 +322,7 @@ pub fn curl(ctx: &mut Ctx) -> Result<()> {
         local: dst,
         peer: key.local,
     };
-    ctx.record("curl close", obs.gone(&[key, server_key], closed)?);
+    ctx.gone("curl close", &obs, &[key, server_key], closed)?;
     Ok(())
 }
 

@@ -106,7 +106,7 @@ pub fn preexisting(ctx: &mut Ctx) -> Result<()> {
     sock::abort(server_b);
     drop(listener);
     let closed = Instant::now();
-    ctx.record("close", obs.gone(&[ka, kb, sa, sb, lkey], closed)?);
+    ctx.gone("close", &obs, &[ka, kb, sa, sb, lkey], closed)?;
     if let Some(status) = second.exited() {
         ctx.failures.push(format!(
             "second daemon exited ({status}): {}",
@@ -179,9 +179,6 @@ pub fn sysctl(ctx: &mut Ctx) -> Result<()> {
             peer: kb.local,
         },
     ];
-    ctx.record(
-        "close",
-        obs.gone(&[ka, kb, servers[0], servers[1]], closed)?,
-    );
+    ctx.gone("close", &obs, &[ka, kb, servers[0], servers[1]], closed)?;
     super::reuse::recycled_inode(ctx)
 }

@@ -13,6 +13,7 @@ mod risk;
 mod table;
 mod view;
 
+use crate::cmd;
 use crate::daemon::Daemon;
 use crate::event::Event;
 use crate::report::Line;
@@ -112,6 +113,25 @@ impl Ctx<'_> {
         if !ok {
             self.failures.push(msg());
         }
+    }
+
+    /// Waits until `keys` are no longer listed (see [`Obs::gone`]). When they stay, the notes
+    /// also get what the kernel itself still has in both namespaces: a daemon that missed a
+    /// close and a socket that never closed fail alike, and only `ss` tells them apart.
+    pub fn gone(&mut self, label: &str, obs: &Obs, keys: &[Key], since: Instant) -> Result<()> {
+        let found = obs.gone(keys, since)?;
+        if !found.0.is_empty() {
+            for ns in [&self.topo.client, &self.topo.server] {
+                let args = ["netns", "exec", ns.as_str(), "ss", "-tanoH"];
+                let ss =
+                    cmd::run(&self.env.ip_bin, &args, None).unwrap_or_else(|e| format!("{e:#}"));
+                let ss = ss.trim().replace('\n', " | ");
+                self.notes
+                    .push(format!("{label}: kernel sockets in {ns}: {ss}"));
+            }
+        }
+        self.record(label, found);
+        Ok(())
     }
 
     /// Records `(failures, notes)` from a check, each prefixed with the socket's label.

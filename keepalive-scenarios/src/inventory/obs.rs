@@ -102,10 +102,13 @@ impl Obs {
         namespaces.sort_unstable();
         namespaces.dedup();
         loop {
-            let mut left: Vec<&Key> = Vec::new();
+            // Each socket still listed, with the state the daemon last saw it in.
+            let mut left: Vec<String> = Vec::new();
             for ns in &namespaces {
                 let list = self.sockets(&format!("netns={ns}"))?;
-                left.extend(keys.iter().filter(|k| !k.find(&list).is_empty()));
+                for k in keys {
+                    left.extend(k.find(&list).iter().map(|v| format!("{k} ({})", v.state)));
+                }
             }
             let now = since.elapsed();
             if left.is_empty() {
@@ -126,7 +129,6 @@ impl Obs {
                 ));
             }
             if now > GRACE {
-                let left: Vec<String> = left.iter().map(|k| k.to_string()).collect();
                 return Ok((
                     vec![format!(
                         "still listed {:.1}s after close: {}",

@@ -99,11 +99,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     };
     drop(client);
     let closed = Instant::now();
-    ctx.record("client close", obs.gone(&[key, client_key], closed)?);
+    ctx.gone("client close", &obs, &[key, client_key], closed)?;
     redis.ensure_running()?;
     redis.stop()?;
     let closed = Instant::now();
-    ctx.record("redis stop", obs.gone(&[lkey], closed)?);
+    ctx.gone("redis stop", &obs, &[lkey], closed)?;
     Ok(())
 }
 

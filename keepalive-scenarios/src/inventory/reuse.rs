@@ -74,10 +74,7 @@ fn one_socket(ctx: &mut Ctx, ns: &str, ino: u64, want_idle: u32, label: &str) ->
         local: dst,
         peer: key.local,
     };
-    ctx.record(
-        &format!("{label} close"),
-        obs.gone(&[key, server_key], closed)?,
-    );
+    ctx.gone(&format!("{label} close"), &obs, &[key, server_key], closed)?;
     Ok(key)
 }
 

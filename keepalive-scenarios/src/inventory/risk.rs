@@ -165,7 +165,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     }
     drop(listener);
     let closed = Instant::now();
-    ctx.record("close", obs.gone(&all, closed)?);
+    ctx.gone("close", &obs, &all, closed)?;
     ctx.record(
         "metric after close",
         obs.ours(risk, "at_risk=true", &ours, 0.0, limit)?,
