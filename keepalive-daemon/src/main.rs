@@ -32,6 +32,7 @@ mod sockets_cmd;
 mod sysctl;
 mod tracefs;
 mod tracker;
+mod unseen;
 mod webconfig;
 
 fn main() -> ExitCode {

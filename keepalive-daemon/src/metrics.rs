@@ -10,6 +10,8 @@ use crate::{attach::HookStatus, event::Cause};
 pub struct Metrics {
     registry: Registry,
     pub probes: IntCounter,
+    /// Probes the namespace's TcpExtTCPKeepAlive counted that no event reported.
+    pub probes_unseen: IntCounter,
     pub answered: IntCounter,
     /// `cause`: timeout | reset | unreachable.
     pub dead: IntCounterVec,
@@ -129,6 +131,11 @@ impl Metrics {
                 &r,
                 "keepalive_probes_total",
                 "Keepalive probes sent that were not yet answered when sent.",
+            ),
+            probes_unseen: counter(
+                &r,
+                "keepalive_probes_unseen_total",
+                "Keepalive probes the kernel counted (TcpExtTCPKeepAlive of the namespace) that no probe event reported.",
             ),
             answered: counter(
                 &r,

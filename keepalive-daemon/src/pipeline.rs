@@ -1,6 +1,6 @@
 //! attach → decode → per-socket state → sinks (stdout JSON, /events, /metrics, /sockets).
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{Arc, Mutex},
 };
 
@@ -23,7 +23,7 @@ use crate::{
     error::{Error, Result},
     http::{self, Web},
     icmp,
-    inventory::{Inventory, NsDefaults, resync},
+    inventory::{Inventory, resync},
     inventory_offsets, kernel,
     kernel_loss::KernelLoss,
     metrics::Metrics,
@@ -33,10 +33,12 @@ use crate::{
     tracker::{self, IcmpHit, Tracker},
 };
 
+mod inputs;
+
 /// Everything the event loop hears about besides the ring buffer.
 pub enum Input {
     Icmp(IcmpHit),
-    Defaults(HashMap<u32, NsDefaults>),
+    Defaults(sysctl::Reading),
     Resync(resync::Walked),
 }
 
@@ -184,6 +186,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<crate::webconfig::Watched
         sinks,
         rescan,
         namespaces: HashSet::new(),
+        audit: crate::unseen::ProbeAudit::default(),
     };
     let events = tokio::spawn(event_loop(ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);
@@ -217,6 +220,7 @@ struct LoopState {
     sinks: Sinks,
     rescan: Arc<Notify>,
     namespaces: HashSet<u32>,
+    audit: crate::unseen::ProbeAudit,
 }
 
 async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mut st: LoopState) {
@@ -256,7 +260,10 @@ async fn event_loop(ring: RingBuf<MapData>, mut input: mpsc::Receiver<Input>, mu
             }
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
-                Input::Defaults(all) => st.defaults(all),
+                Input::Defaults(read) => {
+                    st.defaults(read.defaults);
+                    st.audit_probes(&read.probes_sent);
+                }
                 Input::Resync(walked) => st.resync(walked),
             },
         }
@@ -319,6 +326,9 @@ impl LoopState {
                 }
             }
             _ => {
+                if ev.kind == Kind::Probe {
+                    self.audit.saw_probe(ev.flow.netns);
+                }
                 self.inventory
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -330,82 +340,6 @@ impl LoopState {
                     .set(self.tracker.probing() as i64);
                 self.sinks.publish(out, ev.ino);
             }
-        }
-    }
-
-    fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
-        self.resolve_owners();
-        let swept = self.tracker.sweep(tracker::monotonic_ns());
-        if swept > 0 {
-            warn!("{swept} probe runs ended unseen (events lost); forgotten");
-            self.sinks
-                .metrics
-                .probing_sockets
-                .set(self.tracker.probing() as i64);
-        }
-        let now = self.tracker.wall_clock(tracker::monotonic_ns());
-        for (netns, d) in all {
-            let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = inv.set_defaults(netns, d);
-            let entries: Vec<_> = changed
-                .iter()
-                .filter_map(|(sk, b, a)| {
-                    let e = inv.get(*sk)?;
-                    Some((e.clone(), inv.owner(e), *b, *a))
-                })
-                .collect();
-            drop(inv);
-            for (e, owner, before, after) in entries {
-                self.sinks.settings(&e, owner, before, after, now.clone());
-            }
-        }
-    }
-}
-
-impl LoopState {
-    fn resync(&mut self, walked: resync::Walked) {
-        let owners = &self.sinks.owners;
-        let c = self
-            .inventory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reconcile(&walked, |ino| owners.cached(ino));
-        if c.added + c.removed > 0 {
-            info!(
-                "inventory re-walk: {} sockets added, {} removed (their events were lost)",
-                c.added, c.removed
-            );
-            self.sinks
-                .metrics
-                .resync
-                .with_label_values(&["added"])
-                .inc_by(c.added as u64);
-            self.sinks
-                .metrics
-                .resync
-                .with_label_values(&["removed"])
-                .inc_by(c.removed as u64);
-        }
-        // Once the walk's own buffers are gone too.
-        drop(walked);
-        release_freed_heap();
-    }
-
-    /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner
-    /// lookup hit the rescan rate limit. Runs with each sysctl poll.
-    fn resolve_owners(&mut self) {
-        let unowned = self
-            .inventory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unowned();
-        let found: Vec<_> = unowned
-            .into_iter()
-            .filter_map(|(sk, ino)| Some((sk, self.sinks.owners.lookup(ino)?)))
-            .collect();
-        let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
-        for (sk, owner) in found {
-            inv.set_owner(sk, owner);
         }
     }
 }

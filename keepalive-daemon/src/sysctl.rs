@@ -38,11 +38,24 @@ fn read_here() -> io::Result<NsDefaults> {
     })
 }
 
-/// Reads the defaults of each namespace, from one short-lived thread that enters them in turn
-/// (`setns` changes only the calling thread).
-pub fn read_all(namespaces: Vec<(u32, PathBuf)>) -> HashMap<u32, NsDefaults> {
+/// The kernel's count of keepalive probes sent in this thread's namespace (`/proc/self/net` would
+/// be the process's namespace, not the one this thread entered).
+fn probes_here() -> Option<u64> {
+    crate::unseen::keepalive_probes(&fs::read_to_string("/proc/thread-self/net/netstat").ok()?)
+}
+
+/// One poll: each namespace's defaults, and its kernel count of keepalive probes sent.
+#[derive(Default)]
+pub struct Reading {
+    pub defaults: HashMap<u32, NsDefaults>,
+    pub probes_sent: HashMap<u32, u64>,
+}
+
+/// Reads each namespace, from one short-lived thread that enters them in turn (`setns` changes
+/// only the calling thread).
+pub fn read_all(namespaces: Vec<(u32, PathBuf)>) -> Reading {
     std::thread::spawn(move || {
-        let mut out = HashMap::new();
+        let mut out = Reading::default();
         for (ino, path) in namespaces {
             let Ok(ns) = File::open(&path) else { continue };
             // SAFETY: valid fd; affects only this thread.
@@ -50,7 +63,10 @@ pub fn read_all(namespaces: Vec<(u32, PathBuf)>) -> HashMap<u32, NsDefaults> {
                 continue;
             }
             if let Ok(d) = read_here() {
-                out.insert(ino, d);
+                out.defaults.insert(ino, d);
+            }
+            if let Some(n) = probes_here() {
+                out.probes_sent.insert(ino, n);
             }
         }
         out
@@ -75,7 +91,11 @@ mod tests {
             .parse()
             .unwrap();
         let got = read_all(vec![(ino, PathBuf::from("/proc/self/ns/net"))]);
-        assert_eq!(got.get(&ino), Some(&read_here().unwrap()));
+        assert_eq!(got.defaults.get(&ino), Some(&read_here().unwrap()));
+        assert!(
+            got.probes_sent.contains_key(&ino),
+            "TcpExtTCPKeepAlive read"
+        );
     }
 }
 
@@ -96,7 +116,10 @@ pub async fn poll_defaults(inventory: Arc<Mutex<Inventory>>, tx: mpsc::Sender<In
         .await;
         let Ok((read, p)) = read else { continue };
         paths = p;
-        if !read.is_empty() && tx.send(Input::Defaults(read)).await.is_err() {
+        if read.defaults.is_empty() && read.probes_sent.is_empty() {
+            continue;
+        }
+        if tx.send(Input::Defaults(read)).await.is_err() {
             return;
         }
     }

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub dead_reset: f64,
     pub dead_unreachable: f64,
     pub lost: f64,
+    /// Probes the kernel counted that reached no hook (the daemon's own audit).
+    pub unseen: f64,
 }
 
 pub const CAUSES: [&str; 3] = ["timeout", "reset", "unreachable"];
@@ -166,6 +168,7 @@ impl Metrics {
             dead_reset: dead("reset"),
             dead_unreachable: dead("unreachable"),
             lost: plain("keepalive_events_lost_total")?,
+            unseen: plain("keepalive_probes_unseen_total")?,
         })
     }
 

@@ -67,10 +67,16 @@ struct Cli {
     /// Extra argument for the daemon (repeatable).
     #[arg(long = "daemon-arg", value_name = "ARG", allow_hyphen_values = true)]
     daemon_args: Vec<String>,
+    /// Run a failed scenario again up to this many times, at the end of the suite; one that
+    /// then passes is reported as flaky (its failure is kept in the output), not as passed.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
 }
 
 /// Starts the block that repeats every failure at the end of stdout (xtask quotes it).
 const FAILED_HEADER: &str = "failed scenarios:";
+/// Starts the block of scenarios that failed once and then passed when run again.
+const FLAKY_HEADER: &str = "flaky scenarios (failed once, passed when run again):";
 
 fn main() {
     let cli = Cli::parse();
@@ -156,55 +162,92 @@ fn run(cli: &Cli) -> Result<bool> {
     }
 
     // Repeated at the very end: CI shows only a log's tail, and the VM stage follows this one.
-    let mut failed = Vec::new();
+    let mut failed: Vec<(Scenario, Family, String)> = Vec::new();
     let mut seq = 0;
     for kind in &kinds {
         for family in &families {
             seq += 1;
-            let started = std::time::Instant::now();
-            // A panic is a failed scenario, not the end of the suite; the topology's Drop has
-            // already removed its namespaces while unwinding.
-            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                kind.run(*family, seq, &env, daemon.as_mut())
-            }));
-            let line = attempt.unwrap_or_else(|_| {
-                let mut l = report::Line::new(kind.name(), family.name(), &env.mode);
-                l.failures
-                    .push("the scenario panicked (see stderr)".to_owned());
-                l
-            });
-            println!("{}", line.render());
-            let _ = std::io::stdout().flush();
-            eprintln!(
-                "  took {} {}: {:.1}s",
-                line.scenario,
-                line.family,
-                started.elapsed().as_secs_f64()
-            );
-            for note in &line.notes {
-                eprintln!("  note {} {}: {note}", line.scenario, line.family);
-            }
-            if let (Some(why), true) = (&line.skipped, line.success()) {
-                eprintln!("  skipped {} {}: {why}", line.scenario, line.family);
-            }
-            if !line.success() {
-                let mut block = line.render();
-                if let Some(d) = &daemon {
-                    let tail = d.stderr_tail(15);
-                    eprintln!("  daemon stderr tail:\n{tail}");
-                    block.push_str("\n  daemon stderr tail:\n");
-                    block.push_str(&tail);
-                }
-                failed.push(block);
+            if let Some(block) = run_one(*kind, *family, seq, &env, daemon.as_mut()) {
+                failed.push((*kind, *family, block));
             }
         }
     }
+    // A failure that does not repeat is reported as flaky, never hidden: its first line stays
+    // above and is repeated in its own block below.
+    let mut flaky = Vec::new();
+    for _ in 0..cli.retries {
+        let mut still = Vec::new();
+        for (kind, family, first) in failed {
+            seq += 1;
+            eprintln!("  retrying {} {} once", kind.name(), family.name());
+            match run_one(kind, family, seq, &env, daemon.as_mut()) {
+                Some(block) => still.push((kind, family, block)),
+                None => flaky.push(first),
+            }
+        }
+        failed = still;
+    }
     drop(daemon.take());
+    if !flaky.is_empty() {
+        println!("{FLAKY_HEADER}");
+        for block in &flaky {
+            println!("{block}");
+        }
+    }
     if !failed.is_empty() {
         println!("{FAILED_HEADER}");
-        for block in &failed {
+        for (_, _, block) in &failed {
             println!("{block}");
         }
     }
     Ok(failed.is_empty())
+}
+
+/// Runs one scenario and prints its result line; on failure returns the line with the daemon's
+/// stderr tail, for the blocks at the end.
+fn run_one(
+    kind: Scenario,
+    family: Family,
+    seq: usize,
+    env: &Env,
+    daemon: Option<&mut daemon::Daemon>,
+) -> Option<String> {
+    let started = std::time::Instant::now();
+    let tail = |d: &Option<&mut daemon::Daemon>| d.as_ref().map(|d| d.stderr_tail(15));
+    let mut daemon = daemon;
+    // A panic is a failed scenario, not the end of the suite; the topology's Drop has already
+    // removed its namespaces while unwinding.
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        kind.run(family, seq, env, daemon.as_deref_mut())
+    }));
+    let line = attempt.unwrap_or_else(|_| {
+        let mut l = report::Line::new(kind.name(), family.name(), &env.mode);
+        l.failures
+            .push("the scenario panicked (see stderr)".to_owned());
+        l
+    });
+    println!("{}", line.render());
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "  took {} {}: {:.1}s",
+        line.scenario,
+        line.family,
+        started.elapsed().as_secs_f64()
+    );
+    for note in &line.notes {
+        eprintln!("  note {} {}: {note}", line.scenario, line.family);
+    }
+    if let (Some(why), true) = (&line.skipped, line.success()) {
+        eprintln!("  skipped {} {}: {why}", line.scenario, line.family);
+    }
+    if line.success() {
+        return None;
+    }
+    let mut block = line.render();
+    if let Some(t) = tail(&daemon) {
+        eprintln!("  daemon stderr tail:\n{t}");
+        block.push_str("\n  daemon stderr tail:\n");
+        block.push_str(&t);
+    }
+    Some(block)
 }

@@ -94,10 +94,11 @@ fn is_executable(p: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Like [`exec`], but when the command fails its error also quotes the stdout block that
-/// follows the line `header` (the scenario suite repeats its failures there), so the summary
-/// at the end of a long CI log says what failed, not only that something did.
-pub fn exec_quoting(cmd: &mut Command, header: &str) -> Result<()> {
+/// Like [`exec`], but keeps the stdout lines from the first line that is one of `headers` to
+/// the end (the scenario suite repeats its failures and flaky scenarios there): a failure's
+/// error quotes them, and a success returns them, so the summary at the end of a long CI log
+/// says what failed or wobbled, not only that something did.
+pub fn exec_quoting(cmd: &mut Command, headers: &[&str]) -> Result<String> {
     use std::io::{BufRead as _, Write as _};
     eprintln!("+ {}", display(cmd));
     let mut child = cmd
@@ -113,7 +114,7 @@ pub fn exec_quoting(cmd: &mut Command, header: &str) -> Result<()> {
             match &mut quoted {
                 Some(block) if line != "failure" && line != "success" => block.push(line),
                 Some(_) => {}
-                None if line == header => quoted = Some(Vec::new()),
+                None if headers.contains(&line.as_str()) => quoted = Some(vec![line]),
                 None => {}
             }
         }
@@ -121,11 +122,11 @@ pub fn exec_quoting(cmd: &mut Command, header: &str) -> Result<()> {
     let status = child
         .wait()
         .with_context(|| format!("failed to wait for `{}`", display(cmd)))?;
+    let block = quoted.map(|b| b.join("\n")).unwrap_or_default();
     if !status.success() {
-        let block = quoted.map(|b| b.join("\n")).unwrap_or_default();
         bail!("`{}` failed: {status}\n{block}", display(cmd));
     }
-    Ok(())
+    Ok(block)
 }
 
 #[cfg(test)]
@@ -140,20 +141,24 @@ mod tests {
                 "echo one; echo 'failed scenarios:'; echo 'scenario=x result=failure'; \
                  echo '  tail'; echo failure; exit 1",
             ]),
-            "failed scenarios:",
+            &["failed scenarios:"],
         )
         .unwrap_err()
         .to_string();
         let quoted: Vec<&str> = err.lines().skip(1).collect();
-        assert_eq!(quoted, ["scenario=x result=failure", "  tail"]);
+        assert_eq!(
+            quoted,
+            ["failed scenarios:", "scenario=x result=failure", "  tail"]
+        );
     }
 
     #[test]
-    fn success_quotes_nothing() {
-        super::exec_quoting(
-            Command::new("sh").args(["-c", "echo 'failed scenarios:'; echo success"]),
-            "failed scenarios:",
+    fn success_returns_the_block() {
+        let block = super::exec_quoting(
+            Command::new("sh").args(["-c", "echo a; echo 'flaky:'; echo x; echo success"]),
+            &["flaky:", "failed scenarios:"],
         )
         .unwrap();
+        assert_eq!(block, "flaky:\nx");
     }
 }

@@ -1,0 +1,99 @@
+//! What the event loop does with its inputs other than the ring buffer: the periodic
+//! namespace poll (defaults, probe audit, owners, sweep) and a finished re-walk.
+use std::collections::HashMap;
+
+use log::{info, warn};
+
+use super::{LoopState, release_freed_heap};
+use crate::{
+    inventory::{NsDefaults, resync},
+    tracker,
+};
+
+impl LoopState {
+    pub(super) fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
+        self.resolve_owners();
+        let swept = self.tracker.sweep(tracker::monotonic_ns());
+        if swept > 0 {
+            warn!("{swept} probe runs ended unseen (events lost); forgotten");
+            self.sinks
+                .metrics
+                .probing_sockets
+                .set(self.tracker.probing() as i64);
+        }
+        let now = self.tracker.wall_clock(tracker::monotonic_ns());
+        for (netns, d) in all {
+            let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = inv.set_defaults(netns, d);
+            let entries: Vec<_> = changed
+                .iter()
+                .filter_map(|(sk, b, a)| {
+                    let e = inv.get(*sk)?;
+                    Some((e.clone(), inv.owner(e), *b, *a))
+                })
+                .collect();
+            drop(inv);
+            for (e, owner, before, after) in entries {
+                self.sinks.settings(&e, owner, before, after, now.clone());
+            }
+        }
+    }
+
+    /// Probes the kernel counted that no event reported (see `unseen`): counted and said.
+    pub(super) fn audit_probes(&mut self, sent: &HashMap<u32, u64>) {
+        for (netns, n) in self.audit.audit(sent) {
+            self.sinks.metrics.probes_unseen.inc_by(n);
+            warn!(
+                "{n} keepalive probes sent in network namespace {netns} reached no hook \
+                 (kernel TcpExtTCPKeepAlive ahead of the probe events); counted in \
+                 keepalive_probes_unseen_total"
+            );
+        }
+    }
+
+    pub(super) fn resync(&mut self, walked: resync::Walked) {
+        let owners = &self.sinks.owners;
+        let c = self
+            .inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconcile(&walked, |ino| owners.cached(ino));
+        if c.added + c.removed > 0 {
+            info!(
+                "inventory re-walk: {} sockets added, {} removed (their events were lost)",
+                c.added, c.removed
+            );
+            self.sinks
+                .metrics
+                .resync
+                .with_label_values(&["added"])
+                .inc_by(c.added as u64);
+            self.sinks
+                .metrics
+                .resync
+                .with_label_values(&["removed"])
+                .inc_by(c.removed as u64);
+        }
+        // Once the walk's own buffers are gone too.
+        drop(walked);
+        release_freed_heap();
+    }
+
+    /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner
+    /// lookup hit the rescan rate limit. Runs with each sysctl poll.
+    fn resolve_owners(&mut self) {
+        let unowned = self
+            .inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unowned();
+        let found: Vec<_> = unowned
+            .into_iter()
+            .filter_map(|(sk, ino)| Some((sk, self.sinks.owners.lookup(ino)?)))
+            .collect();
+        let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+        for (sk, owner) in found {
+            inv.set_owner(sk, owner);
+        }
+    }
+}
