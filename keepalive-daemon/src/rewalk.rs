@@ -18,16 +18,18 @@ pub const INTERVAL: Duration = Duration::from_secs(30);
 /// A walk even without losses, every this many intervals (10 minutes).
 const SAFETY_EVERY: u32 = 20;
 
-/// Events lost where an open or close could have been among them.
+/// Events lost where an open or close could have been among them. Unseen probes count too: a
+/// batch of hook runs the kernel never delivered (see `unseen`) may have taken closes with it.
 fn lost(web: &Web) -> u64 {
     web.kernel_lost
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .refresh(&web.metrics);
-    ["kernel", "nested", "decode"]
+    let events: u64 = ["kernel", "nested", "decode"]
         .iter()
         .map(|s| web.metrics.lost.with_label_values(&[s]).get())
-        .sum()
+        .sum();
+    events + web.metrics.probes_unseen.get()
 }
 
 /// Runs until the programs are detached (`attached` emptied).
