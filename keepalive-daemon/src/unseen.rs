@@ -28,6 +28,17 @@ struct Namespace {
     reported: u64,
 }
 
+impl Namespace {
+    fn starting(kernel: u64, seen: u64) -> Self {
+        Namespace {
+            base_kernel: kernel,
+            base_seen: seen,
+            last_kernel: kernel,
+            reported: 0,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ProbeAudit {
     seen: HashMap<u32, u64>,
@@ -47,29 +58,21 @@ impl ProbeAudit {
         let mut found = Vec::new();
         for (&netns, &kernel) in counts {
             let seen = self.seen.get(&netns).copied().unwrap_or(0);
-            let fresh = Namespace {
-                base_kernel: kernel,
-                base_seen: seen,
-                last_kernel: kernel,
-                reported: 0,
-            };
-            let ns = self.namespaces.entry(netns).or_insert(fresh);
-            let sent = ns.last_kernel - ns.base_kernel;
-            let received = seen.saturating_sub(ns.base_seen);
-            let unseen = sent.saturating_sub(received);
+            let ns = self
+                .namespaces
+                .entry(netns)
+                .or_insert_with(|| Namespace::starting(kernel, seen));
+            let previous = ns.last_kernel;
+            let unseen =
+                (previous - ns.base_kernel).saturating_sub(seen.saturating_sub(ns.base_seen));
             if unseen > ns.reported {
                 found.push((netns, unseen - ns.reported));
                 ns.reported = unseen;
             }
             ns.last_kernel = kernel;
             // A smaller count is a new namespace with a recycled inode number.
-            if kernel < ns.base_kernel + sent {
-                *ns = Namespace {
-                    base_kernel: kernel,
-                    base_seen: seen,
-                    last_kernel: kernel,
-                    reported: 0,
-                };
+            if kernel < previous {
+                *ns = Namespace::starting(kernel, seen);
             }
         }
         let live: HashSet<u32> = counts.keys().copied().collect();

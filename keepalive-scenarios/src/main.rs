@@ -210,11 +210,9 @@ fn run_one(
     family: Family,
     seq: usize,
     env: &Env,
-    daemon: Option<&mut daemon::Daemon>,
+    mut daemon: Option<&mut daemon::Daemon>,
 ) -> Option<String> {
     let started = std::time::Instant::now();
-    let tail = |d: &Option<&mut daemon::Daemon>| d.as_ref().map(|d| d.stderr_tail(15));
-    let mut daemon = daemon;
     // A panic is a failed scenario, not the end of the suite; the topology's Drop has already
     // removed its namespaces while unwinding.
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -244,7 +242,7 @@ fn run_one(
         return None;
     }
     let mut block = line.render();
-    if let Some(t) = tail(&daemon) {
+    if let Some(t) = daemon.as_ref().map(|d| d.stderr_tail(15)) {
         eprintln!("  daemon stderr tail:\n{t}");
         block.push_str("\n  daemon stderr tail:\n");
         block.push_str(&t);
