@@ -1,38 +1,14 @@
 //! decode → per-socket state → sinks, per kernel event, on the daemon's own code.
 //!
-//! The daemon is a binary crate, so its modules cannot be imported; rather than copy them (the
-//! copy would drift) or only measure end to end (which mixes in the ring buffer, epoll wake-ups
-//! and the kernel), this benchmark compiles the daemon's source files themselves with `#[path]`.
-//! `crate::…` inside them resolves to the modules declared below. The price: a change of those
-//! modules' signatures breaks this file, which is the point — the benchmark follows the code.
-//! End to end throughput is in keepalive-bench's section 3.
-#![allow(dead_code, unused_imports, clippy::large_enum_variant)]
+//! It runs the daemon's own library code (decode, tracker, sinks), not a copy; end to end
+//! throughput is in keepalive-bench's section 3.
 
-#[path = "../../keepalive-daemon/src/decode.rs"]
-mod decode;
-#[path = "../../keepalive-daemon/src/event.rs"]
-mod event;
-#[path = "../../keepalive-daemon/src/inventory/mod.rs"]
-mod inventory;
-#[path = "../../keepalive-daemon/src/metrics.rs"]
-mod metrics;
-#[path = "../../keepalive-daemon/src/owners.rs"]
-mod owners;
-#[path = "../../keepalive-daemon/src/sinks.rs"]
-mod sinks;
-#[path = "../../keepalive-daemon/src/tracker.rs"]
-mod tracker;
-
-/// metrics.rs names `attach::HookStatus`; the real attach.rs embeds the eBPF object, which a
-/// userspace benchmark has no use for.
-mod attach {
-    pub struct HookStatus {
-        pub hook: &'static str,
-        pub mode: &'static str,
-        pub note: Option<String>,
-    }
-}
-
+use keepalive_daemon::{
+    ingest::decode,
+    kernel::clock,
+    sinks::{metrics, publish as sinks},
+    state::{inventory, owners, tracker},
+};
 use std::{hint::black_box, os::unix::fs::MetadataExt as _, sync::Arc};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -93,7 +69,7 @@ impl Pipeline {
     fn new(tx: tokio::sync::broadcast::Sender<Arc<str>>) -> Self {
         let metrics = Arc::new(metrics::Metrics::new());
         Pipeline {
-            tracker: tracker::Tracker::new(tracker::realtime_offset_ns()),
+            tracker: tracker::Tracker::new(clock::realtime_offset_ns()),
             sinks: sinks::Sinks::new(false, tx, metrics),
         }
     }
@@ -150,7 +126,7 @@ fn bench(c: &mut Criterion) {
     });
 
     g.bench_function("decode_tracker", |b| {
-        let mut t = tracker::Tracker::new(tracker::realtime_offset_ns());
+        let mut t = tracker::Tracker::new(clock::realtime_offset_ns());
         b.iter(|| {
             for r in &records {
                 if let Ok(ev) = decode::decode(r, HZ) {

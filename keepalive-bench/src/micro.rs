@@ -62,9 +62,9 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     }
     let r = &mut ctx.report;
     r.h2("3b. Event pipeline micro-benchmark (criterion)");
-    r.p("`benches/pipeline.rs` compiles the daemon's own `decode.rs`, `tracker.rs`, `event.rs`, `sinks.rs`, \
-         `metrics.rs`, `owners.rs` and `inventory.rs` with `#[path]` (the daemon is a binary crate; a copy would \
-         drift, and end to end the kernel and wake-ups dominate — section 3 has that). A synthetic storm of 1024 \
+    r.p("`benches/pipeline.rs` runs the daemon's own library code: `ingest::decode`, `state::tracker` and \
+         `state::event`, `sinks::publish` and `sinks::metrics`, `state::owners` (end to end the kernel and \
+         wake-ups dominate — section 3 has that). A synthetic storm of 1024 \
          sockets, each a `probe` then an `answered` event, is run through the steps of `LoopState::dispatch`; \
          criterion median of 20 samples, one CPU, nothing else of the bench running.");
     r.table(

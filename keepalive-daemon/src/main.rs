@@ -1,39 +1,11 @@
 //! keepalive-daemon: TCP keepalive seen from inside the kernel.
 use std::process::ExitCode;
 
-mod attach;
-mod btf;
-mod calibrate;
-mod caps;
-mod check;
-mod cli;
-mod config;
-mod decode;
-mod error;
-mod event;
-mod http;
-mod icmp;
-mod inventory;
-mod inventory_metrics;
-mod inventory_offsets;
-mod kernel;
-mod kernel_loss;
-mod logging;
-mod metrics;
-mod netns;
-mod notify;
-mod offsets;
-mod owners;
-mod pipeline;
-mod rewalk;
-mod sinks;
-mod socket_filter;
-mod sockets_cmd;
-mod sysctl;
-mod tracefs;
-mod tracker;
-mod unseen;
-mod webconfig;
+use keepalive_daemon::{
+    error, pipeline,
+    service::{cli, config, heap, logging, notify, webconfig},
+    sinks::sockets_cmd,
+};
 
 fn main() -> ExitCode {
     let parsed = cli::parse();
@@ -58,7 +30,7 @@ fn main() -> ExitCode {
     logging::init(opts.log_level, opts.log_format);
     log::debug!("effective configuration: {opts:?}");
     if opts.config_check {
-        return check::run(&opts);
+        return pipeline::check::run(&opts);
     }
     let web = match opts
         .web_config_file
@@ -74,14 +46,7 @@ fn main() -> ExitCode {
         }
     };
 
-    // glibc gives each thread that allocates its own arena and keeps what they freed; with the
-    // event loop, HTTP readers and blocking scans moving between threads, RSS then steps up by
-    // arenas rather than following the data. Two arenas are plenty for two workers.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: a plain setting, made before the runtime starts its threads.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
+    heap::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -4,16 +4,17 @@ use std::collections::HashMap;
 
 use log::{info, warn};
 
-use super::{LoopState, release_freed_heap};
+use super::event_loop::LoopState;
 use crate::{
-    inventory::{NsDefaults, resync},
-    tracker,
+    ingest::{rewalk::Walked, sysctl::NsDefaults},
+    kernel::clock::monotonic_ns,
+    service::heap,
 };
 
 impl LoopState {
     pub(super) fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
         self.resolve_owners();
-        let swept = self.tracker.sweep(tracker::monotonic_ns());
+        let swept = self.tracker.sweep(monotonic_ns());
         if swept > 0 {
             warn!("{swept} probe runs ended unseen (events lost); forgotten");
             self.sinks
@@ -21,7 +22,7 @@ impl LoopState {
                 .probing_sockets
                 .set(self.tracker.probing() as i64);
         }
-        let now = self.tracker.wall_clock(tracker::monotonic_ns());
+        let now = self.tracker.wall_clock(monotonic_ns());
         for (netns, d) in all {
             let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
             let changed = inv.set_defaults(netns, d);
@@ -51,7 +52,7 @@ impl LoopState {
         }
     }
 
-    pub(super) fn resync(&mut self, walked: resync::Walked) {
+    pub(super) fn resync(&mut self, walked: Walked) {
         let owners = &self.sinks.owners;
         let c = self
             .inventory
@@ -76,7 +77,7 @@ impl LoopState {
         }
         // Once the walk's own buffers are gone too.
         drop(walked);
-        release_freed_heap();
+        heap::release_freed();
     }
 
     /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner

@@ -1,0 +1,131 @@
+//! Loading and attaching one program of a rung, and undoing it when the rung fails.
+use aya::{
+    Btf, Ebpf,
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+};
+
+use super::ladder::Prog;
+
+pub(super) fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    progs: &[Prog],
+) -> std::result::Result<(), String> {
+    for (i, prog) in progs.iter().enumerate() {
+        if let Err(e) = attach(ebpf, btf, *prog) {
+            // Undo the half-attached rung so the next one starts clean.
+            for done in &progs[..i] {
+                unload(ebpf, *done);
+            }
+            unload(ebpf, *prog);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: Prog) -> std::result::Result<(), String> {
+    let name = prog_name(prog);
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the eBPF object"))?;
+    let r: std::result::Result<(), ProgramError> = (|| {
+        match prog {
+            Prog::FEntry(_, func) => {
+                let p: &mut FEntry = p.try_into()?;
+                p.load(func, btf)?;
+                p.attach()?;
+            }
+            Prog::FExit(_, func) => {
+                let p: &mut FExit = p.try_into()?;
+                p.load(func, btf)?;
+                p.attach()?;
+            }
+            Prog::KProbe(_, func) => {
+                let p: &mut KProbe = p.try_into()?;
+                p.load()?;
+                p.attach(func, 0)?;
+            }
+            Prog::RawTp(_, tp) => {
+                let p: &mut RawTracePoint = p.try_into()?;
+                p.load()?;
+                p.attach(tp)?;
+            }
+            Prog::BtfTp(_, tp) => {
+                let p: &mut BtfTracePoint = p.try_into()?;
+                p.load(tp, btf)?;
+                p.attach()?;
+            }
+            Prog::Tp(_, category, event) => {
+                let p: &mut TracePoint = p.try_into()?;
+                // The same program serves accept and accept4: load once, attach twice.
+                if p.fd().is_err() {
+                    p.load()?;
+                }
+                p.attach(category, event)?;
+            }
+        }
+        Ok(())
+    })();
+    r.map_err(|e| describe(&e))
+}
+
+pub(super) fn prog_name(prog: Prog) -> &'static str {
+    match prog {
+        Prog::FEntry(n, _)
+        | Prog::FExit(n, _)
+        | Prog::KProbe(n, _)
+        | Prog::RawTp(n, _)
+        | Prog::BtfTp(n, _) => n,
+        Prog::Tp(n, ..) => n,
+    }
+}
+
+fn unload(ebpf: &mut Ebpf, prog: Prog) {
+    let Some(p) = ebpf.program_mut(prog_name(prog)) else {
+        return;
+    };
+    let _ = match prog {
+        Prog::FEntry(..) => <&mut FEntry>::try_from(p).map(|p| p.unload()),
+        Prog::FExit(..) => <&mut FExit>::try_from(p).map(|p| p.unload()),
+        Prog::KProbe(..) => <&mut KProbe>::try_from(p).map(|p| p.unload()),
+        Prog::RawTp(..) => <&mut RawTracePoint>::try_from(p).map(|p| p.unload()),
+        Prog::BtfTp(..) => <&mut BtfTracePoint>::try_from(p).map(|p| p.unload()),
+        Prog::Tp(..) => <&mut TracePoint>::try_from(p).map(|p| p.unload()),
+    };
+}
+
+/// The kernel's reason, with the verifier log cut to its last line (the one that matters).
+pub(super) fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let last = verifier_log.to_string();
+            let last = last
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            format!(
+                "{io_error}{}",
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (verifier: {last})")
+                }
+            )
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Stage 1, the kernel: what the running kernel is (BTF, struct offsets, tracefs, HZ, clocks,
+//! network namespaces), the programs loaded and attached down the hook ladder, the measured
+//! timer callback address, and the kernel-side loss counters.
+pub mod attach;
+pub mod btf;
+pub mod calibrate;
+pub mod clock;
+pub mod inventory_offsets;
+pub mod loss;
+pub mod netns;
+pub mod offsets;
+pub mod sysinfo;
+pub mod tracefs;

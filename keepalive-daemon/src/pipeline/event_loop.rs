@@ -1,0 +1,158 @@
+//! The event loop: drains the ring buffer, hands each record through decode → tracker and
+//! inventory → sinks, and takes the other inputs (ICMP, namespace polls, re-walks).
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use aya::maps::{MapData, RingBuf};
+use log::{error, warn};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{Notify, mpsc},
+};
+
+use crate::{
+    ingest::{
+        Input,
+        decode::{self, KernelEvent, Kind},
+        unseen::ProbeAudit,
+    },
+    sinks::publish::Sinks,
+    state::{inventory::Inventory, owners::Owner, tracker::Tracker},
+};
+
+pub(super) struct LoopState {
+    pub(super) hz: u32,
+    pub(super) tracker: Tracker,
+    pub(super) inventory: Arc<Mutex<Inventory>>,
+    pub(super) sinks: Sinks,
+    pub(super) rescan: Arc<Notify>,
+    pub(super) namespaces: HashSet<u32>,
+    pub(super) audit: ProbeAudit,
+}
+
+pub(super) async fn event_loop(
+    ring: RingBuf<MapData>,
+    mut input: mpsc::Receiver<Input>,
+    mut st: LoopState,
+) {
+    // SAFETY: the AsyncFd owns the ring buffer map and with it its descriptor.
+    let mut ring =
+        match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => return error!("ring buffer: {e}"),
+        };
+    // The kernel wakes us at most about once a millisecond while events flow (`wake_flags` in
+    // keepalive-ebpf/src/state.rs): the records written in the millisecond after a wake-up wait
+    // for a drain on this tick instead. Such records only exist right after a wake-up, so the
+    // tick runs fast only after a wake-up or a drain that found records, and slowly otherwise
+    // (an idle daemon should not wake 250 times a second; the slow tick only bounds the odd
+    // record that a race left unannounced).
+    let tick = tokio::time::sleep(DRAIN_TICK);
+    tokio::pin!(tick);
+    let mut empty_ticks = 0u32;
+    loop {
+        tokio::select! {
+            () = &mut tick => {
+                empty_ticks = if st.drain(ring.get_mut()) > 0 { 0 } else { empty_ticks + 1 };
+                let next = if empty_ticks < 3 { DRAIN_TICK } else { DRAIN_SLOW };
+                tick.as_mut().reset(tokio::time::Instant::now() + next);
+            }
+            ready = ring.readable_mut() => {
+                let Ok(mut guard) = ready else { return };
+                st.drain(guard.get_inner_mut());
+                guard.clear_ready();
+                empty_ticks = 0;
+                // An earlier deadline stays: at high rates wake-ups come every millisecond and
+                // must not keep postponing the drain of the last burst's tail.
+                let soon = tokio::time::Instant::now() + DRAIN_TICK;
+                if tick.deadline() > soon {
+                    tick.as_mut().reset(soon);
+                }
+            }
+            Some(msg) = input.recv() => match msg {
+                Input::Icmp(hit) => st.tracker.icmp(hit),
+                Input::Defaults(read) => {
+                    st.defaults(read.defaults);
+                    st.audit_probes(&read.probes_sent);
+                }
+                Input::Resync(walked) => st.resync(walked),
+            },
+        }
+    }
+}
+
+/// How long an event written without a wake-up waits in the ring buffer at most.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(2);
+/// The drain tick when no event came for a few ticks.
+const DRAIN_SLOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl LoopState {
+    /// Dispatches every record in the ring; returns how many there were.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while let Some(item) = rb.next() {
+            n += 1;
+            match decode::decode(&item, self.hz) {
+                Ok(ev) => self.dispatch(&ev),
+                Err(e) => {
+                    warn!("malformed kernel record: {e:?}");
+                    self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
+                }
+            }
+        }
+        n
+    }
+
+    fn dispatch(&mut self, ev: &KernelEvent) {
+        if self.namespaces.insert(ev.flow.netns) {
+            self.rescan.notify_one();
+        }
+        match ev.kind {
+            Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked | Kind::Rearmed => {
+                if ev.kind == Kind::Gone {
+                    self.tracker.handle(ev);
+                }
+                // The caller itself when the event came from its syscall; otherwise never a
+                // /proc scan per connection: misses are resolved with the next poll.
+                let owner = match &ev.task {
+                    Some((pid, comm)) => Some(Owner {
+                        pid: *pid,
+                        comm: comm.clone(),
+                    }),
+                    None => self.sinks.owners.cached(ev.ino),
+                };
+                let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((before, after)) = inv.apply(ev, owner) {
+                    let entry = inv.get(ev.sk).map(|e| (e.clone(), inv.owner(e)));
+                    drop(inv);
+                    if let Some((e, owner)) = entry {
+                        self.sinks.settings(
+                            &e,
+                            owner,
+                            before,
+                            after,
+                            self.tracker.wall_clock(ev.ts_ns),
+                        );
+                    }
+                }
+            }
+            _ => {
+                if ev.kind == Kind::Probe {
+                    self.audit.saw_probe(ev.flow.netns);
+                }
+                self.inventory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apply(ev, None);
+                let out = self.tracker.handle(ev);
+                self.sinks
+                    .metrics
+                    .probing_sockets
+                    .set(self.tracker.probing() as i64);
+                self.sinks.publish(out, ev.ino);
+            }
+        }
+    }
+}

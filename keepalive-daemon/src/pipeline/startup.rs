@@ -1,0 +1,173 @@
+//! The start-up steps `pipeline::run` takes, in order. Each names what it establishes; any
+//! error before `attach` leaves nothing in the kernel, and an error after it drops the
+//! `Ebpf`, which detaches everything.
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use keepalive_common::{Offsets, Settings};
+use log::{info, warn};
+use tokio::net::TcpListener;
+
+use crate::{
+    error::{Error, Result},
+    ingest::decode,
+    kernel::{
+        attach::{self, Attached, LoadParams},
+        btf::KernelBtf,
+        calibrate, inventory_offsets,
+        loss::KernelLoss,
+        offsets, sysinfo, tracefs,
+    },
+    service::{caps, cli::HookMode, cli::RunArgs, heap},
+    state::{inventory::Inventory, owners::Owners},
+};
+
+/// What the running kernel is, learned before anything is attached.
+pub struct KernelFacts {
+    pub btf: KernelBtf,
+    pub offsets: Offsets,
+    pub settings: Settings,
+    /// The syscall tracepoints' offsets were found; without them settings changes are unseen.
+    pub settings_hooks: bool,
+    pub has_done_with_error: bool,
+    pub hz: u32,
+}
+
+/// Privileges, the BTF (read once), struct offsets, tracefs, the timer callback's address and
+/// HZ.
+pub fn read_kernel(opts: &RunArgs) -> Result<KernelFacts> {
+    sysinfo::check_privileges()?;
+    let btf = KernelBtf::read(&opts.btf_path)?;
+    let mut offsets = offsets::resolve(&btf.index)?;
+    inventory_offsets::fill(&btf.index, &mut offsets)?;
+    tracefs::ensure_mounted();
+    let settings_hooks = match tracefs::fill(&mut offsets) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("{e}: keepalive options set after a connection opens will not be seen");
+            false
+        }
+    };
+    let timer_fn = match (
+        opts.hook_mode,
+        calibrate::keepalive_timer_address(&btf.loader, &offsets),
+    ) {
+        (_, Ok(addr)) => addr,
+        // Only the tracepoint rung filters on the address; forced fentry/kprobe can do without.
+        (HookMode::Fentry | HookMode::Kprobe, Err(e)) => {
+            warn!("{e}");
+            0
+        }
+        (_, Err(e)) => return Err(e),
+    };
+    let settings = Settings {
+        keepalive_timer_fn: timer_fn,
+        mib_keepalive: offsets::mib_keepalive(&btf.index)?,
+        _pad: 0,
+    };
+    let hz = sysinfo::hz()?;
+    info!(
+        "kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}",
+        offsets.keepalive_timer
+    );
+    Ok(KernelFacts {
+        has_done_with_error: offsets::has_done_with_error(&btf.index),
+        btf,
+        offsets,
+        settings,
+        settings_hooks,
+        hz,
+    })
+}
+
+/// Binds the web listener. Before attaching: a busy port must not leave programs behind.
+pub async fn bind(opts: &RunArgs) -> Result<TcpListener> {
+    TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: opts.listen.to_string(),
+            source,
+        })
+}
+
+/// Loads the programs and climbs the hook ladder. The BTF is no longer needed afterwards.
+pub fn attach(opts: &RunArgs, kernel: KernelFacts) -> Result<Attached> {
+    attach::load(&LoadParams {
+        offsets: kernel.offsets,
+        settings: kernel.settings,
+        ring_bytes: opts.ring_bytes,
+        btf: &kernel.btf.loader,
+        btf_path: &opts.btf_path,
+        has_done_with_error: kernel.has_done_with_error,
+        mode: opts.hook_mode,
+        settings_hooks: kernel.settings_hooks,
+    })
+}
+
+/// The maps user space reads: the event ring, the set of sockets in a probe run, the loss
+/// counters.
+pub struct Maps {
+    pub ring: RingBuf<MapData>,
+    pub probing: BpfHashMap<MapData, u64, u8>,
+    pub loss: KernelLoss,
+}
+
+pub fn take_maps(attached: &mut Attached) -> Result<Maps> {
+    let loss = KernelLoss::new(&mut attached.ebpf).map_err(Error::Load)?;
+    let mut take = |name: &str| {
+        attached
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| Error::Load(format!("map {name} missing")))
+    };
+    let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| Error::Load(e.to_string()))?;
+    let probing = BpfHashMap::try_from(take("PROBING")?).map_err(|e| Error::Load(e.to_string()))?;
+    Ok(Maps {
+        ring,
+        probing,
+        loss,
+    })
+}
+
+/// Every TCP socket that exists now, walked after the hooks are attached (a socket born in
+/// between is reported by both, harmlessly). A socket in the middle of a probe run is marked
+/// in `probing`: a restart must not lose a run in progress, and the kernel side reports the
+/// answer (or the next probe) only for sockets it knows are being probed.
+pub fn first_inventory(
+    attached: &mut Attached,
+    probing: &mut BpfHashMap<MapData, u64, u8>,
+    owners: &mut Owners,
+    inventory: &Arc<Mutex<Inventory>>,
+    hz: u32,
+) {
+    let buf = match attach::inventory(&mut attached.ebpf) {
+        Ok((buf, _)) => buf,
+        Err(e) => return warn!("startup inventory failed: {e}"),
+    };
+    let mut inv = inventory.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut n, mut mid_probe) = (0, 0);
+    for rec in decode::records(&buf) {
+        if let Ok(ev) = decode::decode(rec, hz) {
+            if ev.info.keepalive_on
+                && ev.info.probes_out > 0
+                && probing.insert(ev.sk, ev.info.probes_out, 0).is_ok()
+            {
+                mid_probe += 1;
+            }
+            let owner = owners.lookup(ev.ino);
+            inv.apply(&ev, owner);
+            n += 1;
+        }
+    }
+    info!("inventory: {n} TCP sockets at startup, {mid_probe} in the middle of a probe run");
+}
+
+/// Attached and walked: from here on only what `caps::KEPT` lists is needed.
+pub fn drop_privileges() -> Result<()> {
+    let kept = caps::drop_after_attach()?;
+    // Loading parsed the kernel's BTF (several MB of it, for the BTF-typed programs) and the
+    // walk buffered every socket: without this the daemon idles at three times its working set.
+    heap::release_freed();
+    info!("capabilities kept: {}", caps::names(kept).join(" "));
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! The `--config.file` TOML file. Its keys are the run flags: `--web.listen-address` is
+//! `listen-address` in `[web]`, `--hook-mode` is `hook-mode` at the top. Every key is optional
+//! and defaults to the flag's default (`deploy/config.toml` lists them all); a flag given on the
+//! command line wins over the file. Relative paths in the file are relative to its directory.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use clap::ValueEnum as _;
+use serde::Deserialize;
+
+use crate::{
+    error::{Error, Result},
+    service::cli::{self, HookMode, LogFormat, Parsed, RunArgs},
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    json: Option<bool>,
+    hook_mode: Option<String>,
+    ring_buffer_bytes: Option<u32>,
+    idle_budget: Option<Duration>,
+    #[serde(default)]
+    web: Web,
+    #[serde(default)]
+    log: Log,
+    #[serde(default)]
+    btf: Btf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Web {
+    listen_address: Option<String>,
+    telemetry_path: Option<String>,
+    events_buffer: Option<u32>,
+    config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Log {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Btf {
+    path: Option<PathBuf>,
+}
+
+/// `"350s"`, `"5m"` or a bare number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Duration {
+    Text(String),
+    Seconds(u64),
+}
+
+/// Paths the HTTP server serves itself; the telemetry path must not take one of them.
+const RESERVED_PATHS: &[&str] = &["/", "/events", "/sockets", "/healthz"];
+
+/// The effective run settings: defaults, then the config file, then explicit flags.
+pub fn resolve(parsed: &Parsed) -> Result<RunArgs> {
+    let mut run = parsed.options.run.clone();
+    if let Some(path) = run.config_file.clone() {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;
+        apply(&mut run, &text, &path, |id| parsed.explicit(id))?;
+    }
+    validate(&run)?;
+    Ok(run)
+}
+
+/// Overlays the file's keys on `run`, except where `explicit(field)` says the command line set it.
+fn apply(
+    run: &mut RunArgs,
+    text: &str,
+    path: &Path,
+    explicit: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let file: File = toml::from_str(text).map_err(|e| Error::Config(toml_error(path, text, &e)))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let bad = |key: &str, why: String| {
+        Error::Config(format!("config file {}: {key}: {why}", path.display()))
+    };
+    let take = |id: &str| !explicit(id);
+
+    if let (true, Some(v)) = (take("json"), file.json) {
+        run.json = v;
+    }
+    if let (true, Some(v)) = (take("hook_mode"), &file.hook_mode) {
+        run.hook_mode = HookMode::from_str(v, true).map_err(|_| {
+            bad(
+                "hook-mode",
+                format!("{v:?} is not one of auto, fentry, kprobe, tracepoint"),
+            )
+        })?;
+    }
+    if let (true, Some(v)) = (take("ring_bytes"), file.ring_buffer_bytes) {
+        run.ring_bytes =
+            cli::parse_ring_size(&v.to_string()).map_err(|e| bad("ring-buffer-bytes", e))?;
+    }
+    if let (true, Some(v)) = (take("idle_budget"), &file.idle_budget) {
+        let text = match v {
+            Duration::Text(s) => s.clone(),
+            Duration::Seconds(n) => n.to_string(),
+        };
+        run.idle_budget = cli::parse_duration(&text).map_err(|e| bad("idle-budget", e))?;
+    }
+    if let (true, Some(v)) = (take("listen"), &file.web.listen_address) {
+        run.listen = v.parse::<SocketAddr>().map_err(|_| {
+            bad(
+                "web.listen-address",
+                format!("{v:?} is not an address like 127.0.0.1:19180 or [::1]:19180"),
+            )
+        })?;
+    }
+    if let (true, Some(v)) = (take("telemetry_path"), &file.web.telemetry_path) {
+        run.telemetry_path = v.clone();
+    }
+    if let (true, Some(v)) = (take("events_buffer"), file.web.events_buffer) {
+        run.events_buffer = v;
+    }
+    if let (true, Some(v)) = (take("web_config_file"), &file.web.config_file) {
+        run.web_config_file = (!v.as_os_str().is_empty()).then(|| dir.join(v));
+    }
+    if let (true, Some(v)) = (take("log_level"), &file.log.level) {
+        run.log_level = cli::parse_log_level(v).map_err(|e| bad("log.level", e))?;
+    }
+    if let (true, Some(v)) = (take("log_format"), &file.log.format) {
+        run.log_format = LogFormat::from_str(v, true)
+            .map_err(|_| bad("log.format", format!("{v:?} is not one of logfmt, json")))?;
+    }
+    if let (true, Some(v)) = (take("btf_path"), &file.btf.path) {
+        run.btf_path = dir.join(v);
+    }
+    Ok(())
+}
+
+/// Checks that span flags and file alike (clap checks single values; these are the cross-field
+/// and range rules).
+pub fn validate(run: &RunArgs) -> Result<()> {
+    let p = &run.telemetry_path;
+    if !p.starts_with('/') || p.len() < 2 || p.contains(['?', '#', ' ', '{', '}', '*']) {
+        return Err(Error::Config(format!(
+            "web.telemetry-path {p:?} must be a plain absolute path like /metrics"
+        )));
+    }
+    if RESERVED_PATHS.contains(&p.as_str()) {
+        return Err(Error::Config(format!(
+            "web.telemetry-path {p:?} is taken by another endpoint ({})",
+            RESERVED_PATHS.join(", ")
+        )));
+    }
+    if !(16..=1_048_576).contains(&run.events_buffer) {
+        return Err(Error::Config(format!(
+            "web.events-buffer {} is not in 16..=1048576",
+            run.events_buffer
+        )));
+    }
+    Ok(())
+}
+
+/// One line: file, line, column and what is wrong (toml's own rendering spans several lines).
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before
+                .rfind('\n')
+                .map_or(before.len(), |i| before.len() - i - 1)
+                + 1;
+            format!("config file {}:{line}:{col}: {msg}", path.display())
+        }
+        None => format!("config file {}: {msg}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../../deploy/config.toml");
+
+    fn defaults() -> RunArgs {
+        cli::try_parse(["keepalive-daemon"]).unwrap().options.run
+    }
+
+    fn with(text: &str) -> Result<RunArgs> {
+        let mut run = defaults();
+        apply(
+            &mut run,
+            text,
+            Path::new("/etc/keepalive-daemon/config.toml"),
+            |_| false,
+        )?;
+        validate(&run)?;
+        Ok(run)
+    }
+
+    /// The shipped file has every key, commented out, at its default: uncommenting all of
+    /// them changes nothing.
+    #[test]
+    fn shipped_file_documents_every_key_at_its_default() {
+        let uncommented: String = SHIPPED
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest.to_string(),
+                _ => l.to_string(),
+            })
+            .map(|l| l + "\n")
+            .collect();
+        // Every key is present (deny_unknown_fields catches misspellings; this catches omissions).
+        for key in [
+            "json = ",
+            "hook-mode = ",
+            "ring-buffer-bytes = ",
+            "idle-budget = ",
+            "[web]",
+            "listen-address = ",
+            "telemetry-path = ",
+            "events-buffer = ",
+            "config-file = ",
+            "[log]",
+            "level = ",
+            "format = ",
+            "[btf]",
+            "path = ",
+        ] {
+            assert!(
+                uncommented.lines().any(|l| l.starts_with(key)),
+                "deploy/config.toml lacks {key}"
+            );
+        }
+        let from_file = with(&uncommented).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(format!("{from_file:?}"), format!("{:?}", defaults()));
+        // And the shipped file as is (all commented) is valid too.
+        with(SHIPPED).unwrap();
+    }
+
+    #[test]
+    fn keys_map_to_settings() {
+        let r = with(
+            "json = true\nhook-mode = \"tracepoint\"\nring-buffer-bytes = 65536\nidle-budget = \"4m\"\n\
+             [web]\nlisten-address = \"[::1]:9999\"\ntelemetry-path = \"/m\"\nevents-buffer = 64\nconfig-file = \"web.yml\"\n\
+             [log]\nlevel = \"debug\"\nformat = \"json\"\n[btf]\npath = \"/tmp/vmlinux\"\n",
+        )
+        .unwrap();
+        assert!(r.json);
+        assert_eq!(r.hook_mode, HookMode::Tracepoint);
+        assert_eq!(r.ring_bytes, 65536);
+        assert_eq!(r.idle_budget, Duration::from_secs(240));
+        assert_eq!(r.listen.to_string(), "[::1]:9999");
+        assert_eq!(r.telemetry_path, "/m");
+        assert_eq!(r.events_buffer, 64);
+        assert_eq!(
+            r.web_config_file.as_deref(),
+            Some(Path::new("/etc/keepalive-daemon/web.yml"))
+        );
+        assert_eq!(r.log_level, log::LevelFilter::Debug);
+        assert_eq!(r.log_format, LogFormat::Json);
+        assert_eq!(r.btf_path, Path::new("/tmp/vmlinux"));
+        assert_eq!(
+            with("idle-budget = 90\n").unwrap().idle_budget,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let parsed = cli::try_parse([
+            "keepalive-daemon",
+            "--log.level",
+            "warn",
+            "--web.listen-address",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        let mut run = parsed.options.run.clone();
+        apply(&mut run, "[log]\nlevel = \"debug\"\nformat = \"json\"\n[web]\nlisten-address = \"127.0.0.1:2\"\n", Path::new("c.toml"), |id| parsed.explicit(id)).unwrap();
+        assert_eq!(run.log_level, log::LevelFilter::Warn);
+        assert_eq!(run.listen.port(), 1);
+        assert_eq!(
+            run.log_format,
+            LogFormat::Json,
+            "keys without a flag on the command line come from the file"
+        );
+    }
+
+    /// Each mistake is one line naming the file, the key and what would be right.
+    #[test]
+    fn mistakes_are_one_clear_line() {
+        for (text, want) in [
+            (
+                "[web]\nlisten-adress = \"x\"\n",
+                "c.toml:2:1: unknown field `listen-adress`",
+            ),
+            (
+                "hook-mode = \"sideways\"\n",
+                "hook-mode: \"sideways\" is not one of auto",
+            ),
+            (
+                "ring-buffer-bytes = 1000\n",
+                "ring-buffer-bytes: must be a power of two",
+            ),
+            ("idle-budget = \"5 parsecs\"\n", "idle-budget:"),
+            (
+                "[web]\nlisten-address = \"localhost\"\n",
+                "web.listen-address: \"localhost\" is not an address",
+            ),
+            (
+                "[web]\ntelemetry-path = \"/events\"\n",
+                "telemetry-path \"/events\" is taken",
+            ),
+            ("[web]\nevents-buffer = 2\n", "events-buffer 2 is not in"),
+            (
+                "[log]\nlevel = \"loud\"\n",
+                "log.level: \"loud\" is not one of",
+            ),
+            ("json = \"yes\"\n", "c.toml:1:8: invalid type"),
+            ("[web\n", "c.toml:1:"),
+        ] {
+            let mut run = defaults();
+            let err = apply(&mut run, text, Path::new("c.toml"), |_| false)
+                .and_then(|()| validate(&run))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{text:?}: not one line: {err}");
+            assert!(matches!(Error::Config(String::new()).exit_code(), 2));
+        }
+    }
+}

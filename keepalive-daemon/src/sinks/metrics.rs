@@ -1,0 +1,231 @@
+//! Prometheus metrics. Every label has a fixed, small set of values (listed per metric), so
+//! the series count does not grow with connections, peers or processes.
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::{
+    ingest::icmp::IcmpCounters,
+    kernel::{attach::HookStatus, loss::Lost},
+    state::event::Cause,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub probes: IntCounter,
+    /// Probes the namespace's TcpExtTCPKeepAlive counted that no event reported.
+    pub probes_unseen: IntCounter,
+    pub answered: IntCounter,
+    /// `cause`: timeout | reset | unreachable.
+    pub dead: IntCounterVec,
+    /// `stage`: kernel (ring buffer full) | decode (malformed record) | icmp (ICMP queue full).
+    pub lost: IntCounterVec,
+    pub readers_dropped: IntCounter,
+    pub readers: IntGauge,
+    pub probing_sockets: IntGauge,
+    pub icmp_unreachable: IntCounter,
+    pub icmp_namespaces: IntGauge,
+    pub icmp_namespaces_skipped: IntCounter,
+    /// `hook`: keepalive_timer | probe_sent | death | state_change | reset;
+    /// `mode`: fentry | kprobe | tracepoint.
+    pub hook_mode: IntGaugeVec,
+    /// Measured seconds from the peer's last sign of life to the `dead` event.
+    pub detect_seconds: Histogram,
+    pub settings_changes: IntCounter,
+    /// `change`: added (an open that was lost) | removed (a close that was lost).
+    pub resync: IntCounterVec,
+}
+
+/// Bucket bounds shared by the time histograms: the keepalive settings operators use, and the
+/// middlebox idle timeouts they must stay under (350 s AWS, 240 s Azure, 600 s GCE).
+pub const TIME_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0,
+    7875.0, 14400.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// Kernel-side losses read since the last scrape or re-walk check.
+    pub fn add_kernel_lost(&self, lost: Lost) {
+        self.lost.with_label_values(&["kernel"]).inc_by(lost.ring);
+        self.lost.with_label_values(&["nested"]).inc_by(lost.nested);
+    }
+
+    /// Events lost where an open or close could have been among them, plus probes the kernel
+    /// counted that no event reported: what tells the re-walk the inventory may be off.
+    pub fn lost_or_unseen(&self) -> u64 {
+        let events: u64 = ["kernel", "nested", "decode"]
+            .iter()
+            .map(|s| self.lost.with_label_values(&[s]).get())
+            .sum();
+        events + self.probes_unseen.get()
+    }
+
+    /// Handles for the ICMP input's counters.
+    pub fn icmp_counters(&self) -> IcmpCounters {
+        IcmpCounters {
+            unreachable: self.icmp_unreachable.clone(),
+            namespaces: self.icmp_namespaces.clone(),
+            namespaces_skipped: self.icmp_namespaces_skipped.clone(),
+            lost: self.lost.with_label_values(&["icmp"]),
+        }
+    }
+
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let dead = IntCounterVec::new(
+            Opts::new(
+                "keepalive_dead_connections_total",
+                "Connections keepalive declared dead, by cause.",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(dead.clone())).expect("unique metric");
+        for c in Cause::ALL {
+            dead.with_label_values(&[c.as_str()]);
+        }
+        let lost = IntCounterVec::new(
+            Opts::new(
+                "keepalive_events_lost_total",
+                "Events lost before reaching the sinks, by stage.",
+            ),
+            &["stage"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(lost.clone())).expect("unique metric");
+        for s in ["kernel", "nested", "decode", "icmp"] {
+            lost.with_label_values(&[s]);
+        }
+        let hook_mode = IntGaugeVec::new(
+            Opts::new(
+                "keepalive_hook_mode",
+                "Hook family in use for each logical hook (1 = in use).",
+            ),
+            &["hook", "mode"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(hook_mode.clone()))
+            .expect("unique metric");
+        let build = IntGaugeVec::new(
+            Opts::new("keepalive_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build.clone())).expect("unique metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        let detect_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "keepalive_dead_detection_seconds",
+                "Measured time from the peer's last sign of life to keepalive declaring it dead.",
+            )
+            .buckets(TIME_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        r.register(Box::new(detect_seconds.clone()))
+            .expect("unique metric");
+        let resync = IntCounterVec::new(
+            Opts::new(
+                "keepalive_inventory_resync_corrections_total",
+                "Sockets the periodic re-walk of the kernel's socket tables added to or removed from the inventory.",
+            ),
+            &["change"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(resync.clone())).expect("unique metric");
+        for c in ["added", "removed"] {
+            resync.with_label_values(&[c]);
+        }
+        Metrics {
+            resync,
+            detect_seconds,
+            settings_changes: counter(
+                &r,
+                "keepalive_settings_changes_total",
+                "Changes of a socket's effective keepalive configuration.",
+            ),
+            probes: counter(
+                &r,
+                "keepalive_probes_total",
+                "Keepalive probes sent that were not yet answered when sent.",
+            ),
+            probes_unseen: counter(
+                &r,
+                "keepalive_probes_unseen_total",
+                "Keepalive probes the kernel counted (TcpExtTCPKeepAlive of the namespace) that no probe event reported.",
+            ),
+            answered: counter(
+                &r,
+                "keepalive_probes_answered_total",
+                "Probe runs the peer answered.",
+            ),
+            dead,
+            lost,
+            readers_dropped: counter(
+                &r,
+                "keepalive_event_readers_dropped_total",
+                "/events readers disconnected for falling behind.",
+            ),
+            readers: gauge(
+                &r,
+                "keepalive_event_readers",
+                "/events readers connected now.",
+            ),
+            probing_sockets: gauge(
+                &r,
+                "keepalive_probing_sockets",
+                "Sockets with keepalive probes outstanding now.",
+            ),
+            icmp_unreachable: counter(
+                &r,
+                "keepalive_icmp_unreachable_total",
+                "ICMP destination-unreachable errors quoting a TCP segment.",
+            ),
+            icmp_namespaces: gauge(
+                &r,
+                "keepalive_icmp_watched_namespaces",
+                "Network namespaces whose ICMP errors are watched.",
+            ),
+            icmp_namespaces_skipped: counter(
+                &r,
+                "keepalive_icmp_namespaces_skipped_total",
+                "Namespaces not watched because the cap was reached.",
+            ),
+            hook_mode,
+            registry: r,
+        }
+    }
+
+    pub fn set_hooks(&self, hooks: &[HookStatus]) {
+        for h in hooks {
+            self.hook_mode.with_label_values(&[h.hook, h.mode]).set(1);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,99 @@
+//! Where published events go: metrics, stdout JSON lines, and the `/events` broadcast.
+use std::{io::Write as _, sync::Arc};
+
+use log::error;
+use tokio::sync::broadcast;
+
+use crate::{
+    sinks::metrics::Metrics,
+    state::event::{Event, EventKind},
+    state::inventory::{Effective, Entry},
+    state::owners::{Owner, Owners},
+    state::tracker::Outcome,
+};
+
+pub struct Sinks {
+    json: bool,
+    events: broadcast::Sender<Arc<str>>,
+    pub metrics: Arc<Metrics>,
+    pub owners: Owners,
+}
+
+impl Sinks {
+    pub fn new(json: bool, events: broadcast::Sender<Arc<str>>, metrics: Arc<Metrics>) -> Self {
+        Sinks {
+            json,
+            events,
+            metrics,
+            owners: Owners::default(),
+        }
+    }
+
+    pub fn publish(&mut self, out: Outcome, ino: u64) {
+        let Outcome::Publish(mut out) = out else {
+            return;
+        };
+        match out.event {
+            EventKind::Probe => self.metrics.probes.inc(),
+            EventKind::Answered => self.metrics.answered.inc(),
+            EventKind::Dead => {
+                if let Some(cause) = out.cause {
+                    self.metrics.dead.with_label_values(&[cause.as_str()]).inc();
+                }
+                if let Some(s) = out.detected_after_s {
+                    self.metrics.detect_seconds.observe(s);
+                }
+            }
+            EventKind::Settings => {}
+        }
+        if let Some(owner) = self.owners.lookup(ino) {
+            out.pid = Some(owner.pid);
+            out.comm = Some(owner.comm);
+        }
+        self.write(&out);
+    }
+
+    /// A `settings` event for a socket whose effective configuration changed.
+    pub fn settings(
+        &mut self,
+        e: &Entry,
+        owner: Option<Owner>,
+        before: Effective,
+        after: Effective,
+        ts: String,
+    ) {
+        let mut out = Event::new(
+            EventKind::Settings,
+            ts,
+            &e.flow,
+            e.probes_out,
+            e.own,
+            "tracepoint",
+        );
+        out.keepalive = after.into();
+        out.previous = Some(before.into());
+        if let Some(o) = owner {
+            out.pid = Some(o.pid);
+            out.comm = Some(o.comm);
+        }
+        self.metrics.settings_changes.inc();
+        self.write(&out);
+    }
+
+    fn write(&mut self, out: &Event) {
+        let line: Arc<str> = out.to_line().into();
+        if self.json {
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout
+                .write_all(line.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                // A closed stdout (reader gone) must not stop metrics or /events.
+                error!("stdout: {e}; JSON output disabled");
+                self.json = false;
+            }
+        }
+        // No receivers is normal: nobody is reading /events.
+        let _ = self.events.send(line);
+    }
+}

@@ -1,0 +1,134 @@
+//! `keepalive-daemon sockets`: the inventory of a running daemon, as a table like `ss` or JSON.
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+use crate::{
+    error::{Error, Result},
+    service::cli::SocketsArgs,
+    sinks::socket_filter::Filter,
+};
+
+pub fn run(args: &SocketsArgs) -> Result<()> {
+    let filter = Filter {
+        port: args.port,
+        comm: args.comm.clone(),
+        netns: args.netns,
+        keepalive: args.keepalive.as_deref().map(|k| k == "on"),
+        at_risk: args.at_risk.then_some(true),
+    };
+    let body = fetch(args, &format!("/sockets?{}", filter.to_query()))?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body)
+        .map_err(|e| Error::Config(format!("daemon answered something other than JSON: {e}")))?;
+    print!("{}", table(&list));
+    Ok(())
+}
+
+fn fetch(args: &SocketsArgs, path: &str) -> Result<String> {
+    let unreachable = |e: std::io::Error| {
+        Error::Config(format!(
+            "no daemon answering on {} ({e}); start it or pass --web.listen-address",
+            args.listen
+        ))
+    };
+    let mut s =
+        TcpStream::connect_timeout(&args.listen, Duration::from_secs(3)).map_err(unreachable)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(unreachable)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        args.listen
+    )
+    .map_err(unreachable)?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(unreachable)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(Error::Config(format!(
+            "daemon refused the query: {}",
+            body.trim()
+        )));
+    }
+    Ok(body.to_string())
+}
+
+fn table(list: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<11} {:<28} {:<28} {:<22} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
+        "State",
+        "Local",
+        "Peer",
+        "Process",
+        "KA",
+        "Idle",
+        "Intvl",
+        "Cnt",
+        "UserTO",
+        "TTD",
+        "Next",
+        "Risk"
+    );
+    for s in list {
+        let get = |k: &str| s.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let txt = |k: &str| match get(k) {
+            serde_json::Value::String(v) => v,
+            serde_json::Value::Null => "-".into(),
+            v => v.to_string(),
+        };
+        let addr = |a: &str, p: &str| {
+            let ip = txt(a);
+            if ip.contains(':') {
+                format!("[{ip}]:{}", txt(p))
+            } else {
+                format!("{ip}:{}", txt(p))
+            }
+        };
+        // Values set on the socket itself are plain; inherited namespace defaults are marked *.
+        let src = |v: &str, from: &str| {
+            if txt(from) == "sysctl" {
+                format!("{}*", txt(v))
+            } else {
+                txt(v)
+            }
+        };
+        let process = match (get("comm"), get("pid")) {
+            (serde_json::Value::String(c), serde_json::Value::Number(p)) => format!("{c}/{p}"),
+            _ => "-".into(),
+        };
+        let next = match get("next_probe_ms") {
+            serde_json::Value::Number(ms) => format!("{:.1}s", ms.as_f64().unwrap_or(0.0) / 1000.0),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<11} {:<28} {:<28} {:<22} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
+            txt("state"),
+            addr("saddr", "sport"),
+            addr("daddr", "dport"),
+            process,
+            if get("keepalive") == serde_json::Value::Bool(true) {
+                "on"
+            } else {
+                "off"
+            },
+            src("idle_s", "idle_from"),
+            src("intvl_s", "intvl_from"),
+            src("cnt", "cnt_from"),
+            txt("user_timeout_ms"),
+            txt("time_to_detect_s"),
+            next,
+            if get("at_risk") == serde_json::Value::Bool(true) {
+                "AT-RISK"
+            } else {
+                ""
+            },
+        ));
+    }
+    out
+}

@@ -1,0 +1,171 @@
+//! The events the daemon publishes (JSON lines on stdout and on `/events`).
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::ingest::decode::{Flow, Keepalive};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// The n-th unanswered probe of the current run went out.
+    Probe,
+    /// The peer answered after `probes` probes.
+    Answered,
+    /// Keepalive declared the connection dead.
+    Dead,
+    /// The socket's keepalive configuration changed (setsockopt, or its namespace's sysctl).
+    Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// No answer to `cnt` probes (or TCP_USER_TIMEOUT passed): peer crashed or path silent.
+    Timeout,
+    /// A RST answered a probe: peer rebooted, or a middlebox forgot the idle flow.
+    Reset,
+    /// Probes drew ICMP destination-unreachable errors; Linux still reports ETIMEDOUT.
+    Unreachable,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 3] = [Cause::Timeout, Cause::Reset, Cause::Unreachable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Timeout => "timeout",
+            Cause::Reset => "reset",
+            Cause::Unreachable => "unreachable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeepaliveJson {
+    /// SO_KEEPALIVE.
+    pub enabled: bool,
+    pub idle_s: u32,
+    pub intvl_s: u32,
+    pub cnt: u8,
+    pub user_timeout_ms: u32,
+}
+
+impl From<Keepalive> for KeepaliveJson {
+    fn from(k: Keepalive) -> Self {
+        KeepaliveJson {
+            enabled: true,
+            idle_s: k.idle_s,
+            intvl_s: k.intvl_s,
+            cnt: k.cnt,
+            user_timeout_ms: k.user_timeout_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// RFC 3339, UTC, nanoseconds.
+    pub ts: String,
+    pub event: EventKind,
+    pub family: &'static str,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Network namespace inode, as in `readlink /proc/<pid>/ns/net`.
+    pub netns: u32,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub probes: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    /// ICMP destination-unreachable errors seen for the flow during this run (dead only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_unreachable: Option<u32>,
+    pub keepalive: KeepaliveJson,
+    /// `settings` only: the configuration before the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<KeepaliveJson>,
+    /// `dead` only: seconds from the peer's last sign of life (idle before the first probe)
+    /// to the kernel giving up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_after_s: Option<f64>,
+    /// Hook family that saw the event.
+    pub hook: &'static str,
+}
+
+impl Event {
+    pub fn new(
+        kind: EventKind,
+        ts: String,
+        flow: &Flow,
+        probes: u8,
+        k: Keepalive,
+        hook: &'static str,
+    ) -> Self {
+        Event {
+            ts,
+            event: kind,
+            family: if flow.saddr.is_ipv4() { "ipv4" } else { "ipv6" },
+            saddr: flow.saddr,
+            sport: flow.sport,
+            daddr: flow.daddr,
+            dport: flow.dport,
+            netns: flow.netns,
+            pid: None,
+            comm: None,
+            probes,
+            cause: None,
+            errno: None,
+            icmp_unreachable: None,
+            keepalive: k.into(),
+            previous: None,
+            detected_after_s: None,
+            hook,
+        }
+    }
+
+    /// One JSON line, newline included.
+    pub fn to_line(&self) -> String {
+        let mut s =
+            serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        s.push('\n');
+        s
+    }
+}
+
+impl From<crate::state::inventory::Effective> for KeepaliveJson {
+    fn from(e: crate::state::inventory::Effective) -> Self {
+        KeepaliveJson {
+            enabled: e.on,
+            idle_s: e.idle_s,
+            intvl_s: e.intvl_s,
+            cnt: e.cnt,
+            user_timeout_ms: e.user_timeout_ms,
+        }
+    }
+}
+
+/// Symbolic name of the errnos a TCP connection can die with.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EPIPE => "EPIPE",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::EPROTO => "EPROTO",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::ENOPROTOOPT => "ENOPROTOOPT",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        _ => return format!("E{errno}"),
+    };
+    name.to_string()
+}
