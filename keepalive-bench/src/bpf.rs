@@ -97,7 +97,8 @@ pub fn programs_of(pid: u32, snap: &HashMap<u32, Prog>) -> Vec<(String, u32)> {
     v
 }
 
-pub static EMPTY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive-empty"));
+/// The empty comparison programs (keepalive-ebpf's `keepalive-empty`), built with the daemon.
+pub use keepalive_daemon::kernel::objects::EMPTY;
 
 /// The empty programs, attached to the daemon's tracepoint-rung hooks, plus the filter floor.
 pub struct Empty {

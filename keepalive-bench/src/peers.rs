@@ -88,7 +88,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         script(
             ctx.ka_fn,
             ctx.offsets.keepalive_timer,
-            ctx.offsets.probes_out,
+            ctx.offsets.icsk_probes_out,
         ),
     )?;
     let mut rows = Vec::new();
@@ -261,7 +261,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
              ({} of its CPU, userspace and BPF); ss would still see only one snapshot a second and none of the \
              probes, answers or their causes. bpftrace's script only counts (no event leaves the kernel), which is \
              why its BPF time per run is below the daemon's. *Proposed fix for the rest of the quiet background* \
-             (`keepalive-daemon/src/netns.rs`, `icmp.rs`): discover namespaces with a BPF iterator, or from the \
+             (`keepalive-daemon/src/kernel/netns.rs`, `ingest/icmp.rs`): discover namespaces with a BPF iterator, or from the \
              events' `netns` field and /run/netns (inotify), instead of scanning all of /proc every second.",
             num(quiet.ss_poll_ms),
             pct(quiet.daemon_cpu + quiet.daemon_bpf),

@@ -305,11 +305,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         r.p(&format!(
             "At the lightest step ({} sockets, {} events/s) the plain reader sees p50 {} ms and p99 {} ms; the \
              quick-ACK reader p99 {} ms. What sets these figures: the daemon sets TCP_NODELAY on its HTTP \
-             connections and hands hyper every `/events` line already queued as one chunk (`keepalive-daemon/src/http.rs`) \
+             connections and hands hyper every `/events` line already queued as one chunk (`keepalive-daemon/src/sinks/http.rs`) \
              — without NODELAY a line in flight unacknowledged held the next ones until the reader's delayed ACK, up \
              to 40 ms (p99 44.1 ms at this step before the change, 2.50 ms for a reader that ACKs at once). The kernel \
              wakes the daemon at most once a millisecond while events flow, and the daemon drains the ring within \
-             2 ms of a wake-up (`keepalive-ebpf/src/state.rs`, `pipeline.rs`), which adds up to that much to an \
+             2 ms of a wake-up (`keepalive-ebpf/src/state.rs`, `keepalive-daemon/src/pipeline/event_loop.rs`), which adds up to that much to an \
              event written just after a wake-up. At the heavier steps the storm's own softirq work, the bench's \
              reader and the daemon share 2 CPUs (machine idle column in section 3; the 1 ms sleep column is the \
              scheduling delay any thread suffered there), and the tail follows that, not the pipeline.",

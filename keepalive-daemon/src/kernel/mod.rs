@@ -8,6 +8,7 @@ pub mod clock;
 pub mod inventory_offsets;
 pub mod loss;
 pub mod netns;
+pub mod objects;
 pub mod offsets;
 pub mod sysinfo;
 pub mod tracefs;

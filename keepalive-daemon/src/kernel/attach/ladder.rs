@@ -3,24 +3,14 @@
 use aya::{Btf, Ebpf};
 use log::warn;
 
-use super::{HookStatus, program::attach_all};
+use super::{
+    HookStatus,
+    program::{Prog, attach_all},
+};
 use crate::{
     error::{Error, Result},
     service::cli::HookMode,
 };
-
-/// One rung of one hook: the programs to load, attached in order.
-#[derive(Clone, Copy)]
-pub(super) enum Prog {
-    FEntry(&'static str, &'static str),
-    FExit(&'static str, &'static str),
-    KProbe(&'static str, &'static str),
-    RawTp(&'static str, &'static str),
-    /// BTF tracepoint (tp_btf): program, tracepoint.
-    BtfTp(&'static str, &'static str),
-    /// Classic tracepoint: program, category, event.
-    Tp(&'static str, &'static str, &'static str),
-}
 
 pub(super) type Rung = (&'static str, &'static [Prog]);
 

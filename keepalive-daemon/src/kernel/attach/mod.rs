@@ -15,6 +15,7 @@ use log::{info, warn};
 
 use crate::{
     error::{Error, Result},
+    kernel::objects,
     service::cli::HookMode,
 };
 use ladder::{ALWAYS, DEATH, ITER, PROBE_SENT, SETTINGS, TIMER, climb};
@@ -25,10 +26,6 @@ mod program;
 mod walk;
 
 pub use walk::inventory;
-
-/// The object built by `build.rs` from `keepalive-ebpf`.
-pub(crate) static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
 
 /// Where one logical hook ended up.
 #[derive(Debug, Clone)]
@@ -73,7 +70,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             true,
         )
         .map_max_entries("EVENTS", p.ring_bytes)
-        .load(OBJECT)
+        .load(objects::DAEMON)
         .map_err(load_error)?;
 
     if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_logger) {

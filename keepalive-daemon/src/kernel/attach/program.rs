@@ -4,7 +4,18 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 
-use super::ladder::Prog;
+/// One program of a rung and where it attaches: a rung is a list of these, attached in order.
+#[derive(Clone, Copy)]
+pub(super) enum Prog {
+    FEntry(&'static str, &'static str),
+    FExit(&'static str, &'static str),
+    KProbe(&'static str, &'static str),
+    RawTp(&'static str, &'static str),
+    /// BTF tracepoint (tp_btf): program, tracepoint.
+    BtfTp(&'static str, &'static str),
+    /// Classic tracepoint: program, category, event.
+    Tp(&'static str, &'static str, &'static str),
+}
 
 pub(super) fn attach_all(
     ebpf: &mut Ebpf,

@@ -1,16 +1,15 @@
 use aya_obj::{Object, ProgramSection};
 
 use super::{
-    OBJECT,
-    ladder::{ALWAYS, DEATH, ITER, PROBE_SENT, Prog, SETTINGS, TIMER, TIMER_RAW_TP},
-    program::prog_name,
+    ladder::{ALWAYS, DEATH, ITER, PROBE_SENT, SETTINGS, TIMER, TIMER_RAW_TP},
+    program::{Prog, prog_name},
 };
 
 /// Every program a ladder names exists in the built object with the section type its rung
 /// needs: a renamed or mistyped program would otherwise only fail on a kernel with that rung.
 #[test]
 fn object_has_every_program_of_every_rung() {
-    let obj = Object::parse(OBJECT).expect("parse eBPF object");
+    let obj = Object::parse(crate::kernel::objects::DAEMON).expect("parse eBPF object");
     let all = [TIMER, PROBE_SENT, DEATH]
         .into_iter()
         .flatten()
