@@ -13,7 +13,6 @@ mod btf;
 mod daemon;
 mod holder;
 mod kcost;
-mod kcost_vm;
 mod loadgen;
 mod memory;
 mod micro;
@@ -40,7 +39,7 @@ enum Cli {
     Noise(noise::NoiseOpts),
     /// (guest) Section 1b inside the 6.1 VM: one hook mode, `kcost-vm …` lines on stdout.
     #[command(hide = true)]
-    KcostVm(kcost_vm::VmOpts),
+    KcostVm(kcost::vm::VmOpts),
 }
 
 #[derive(clap::Args)]
@@ -115,7 +114,7 @@ fn main() -> Result<()> {
         Cli::Hold(o) => holder::hold(o),
         Cli::Load(o) => loadgen::load(o),
         Cli::Noise(o) => noise::noise(o),
-        Cli::KcostVm(o) => kcost_vm::run(o),
+        Cli::KcostVm(o) => kcost::vm::run(o),
     }
 }
 
@@ -137,11 +136,6 @@ fn run(o: RunOpts) -> Result<()> {
     let t0 = std::time::Instant::now();
     let load_before = sys::loadavg();
     let tag = std::process::id();
-    let keepalive = [
-        ("net.ipv4.tcp_keepalive_time", "1"),
-        ("net.ipv4.tcp_keepalive_intvl", "1"),
-        ("net.ipv4.tcp_keepalive_probes", "9"),
-    ];
     let mut ctx = Ctx {
         daemon_bin: o.daemon.canonicalize()?,
         quick: o.quick,
@@ -149,7 +143,7 @@ fn run(o: RunOpts) -> Result<()> {
         report: report::Report::new(),
         offsets: btf::offsets().context("kernel BTF")?,
         ka_fn: sys::kallsyms("tcp_keepalive_timer")?,
-        storm_ns: sys::Netns::create(&format!("kab-storm-{tag}"), &keepalive)?,
+        storm_ns: sys::Netns::create(&format!("kab-storm-{tag}"), &sys::STORM_KEEPALIVE)?,
         quiet_ns: sys::Netns::create(&format!("kab-quiet-{tag}"), &[])?,
         vm_results: o.vm_results.clone(),
     };
@@ -160,8 +154,8 @@ fn run(o: RunOpts) -> Result<()> {
     let want = |s: &str| want(s) && (s != "kcost-vm" || o.vm_results.is_some());
     let sections: [(&str, Section); 7] = [
         ("micro", micro::run),
-        ("kcost", kcost::run),
-        ("kcost-vm", kcost_vm::section),
+        ("kcost", kcost::host::run),
+        ("kcost-vm", kcost::vm::section),
         ("packet", packet::run),
         ("pipeline", pipeline::run),
         ("memory", memory::run),

@@ -106,6 +106,14 @@ impl Drop for BpfStats {
     }
 }
 
+/// Keepalive sysctls of a storm namespace: idle = intvl = 1 s, so every socket with SO_KEEPALIVE
+/// probes each second (nine unanswered probes before the kernel gives up).
+pub const STORM_KEEPALIVE: [(&str, &str); 3] = [
+    ("net.ipv4.tcp_keepalive_time", "1"),
+    ("net.ipv4.tcp_keepalive_intvl", "1"),
+    ("net.ipv4.tcp_keepalive_probes", "9"),
+];
+
 /// A network namespace made with `ip netns add`, so that the daemon finds it under /run/netns
 /// (and reads its sysctls) like any operator's namespace; deleted on drop.
 pub struct Netns {
