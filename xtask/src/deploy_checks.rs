@@ -83,7 +83,7 @@ pub fn run_checks() -> Result<()> {
     check("promtool check config (scrape config)", &mut scrape_config);
     check("shipped config passes --config.check", &mut shipped_config);
     // promtool check metrics on a live scrape, and "the dashboard and rules name only exported
-    // metrics", are daemon tests (keepalive-daemon/tests/service.rs, web.rs) run by the
+    // metrics", are daemon tests (keepalive-daemon/tests/service.rs, dashboard.rs) run by the
     // unit-test stage of the same `cargo xtask test`.
     if failed.is_empty() {
         eprintln!("deploy checks: all passed");

@@ -11,7 +11,7 @@ pub(super) enum Kind {
 }
 
 /// (mode, hook as printed, kernel function, kind, the daemon's program, its empty twin in
-/// keepalive-empty). The daemon's side mirrors keepalive-daemon/src/attach.rs's ladders.
+/// keepalive-empty). The daemon's side mirrors keepalive-daemon/src/kernel/attach/ladder.rs's ladders.
 pub(super) type Pair = (
     &'static str,
     &'static str,
