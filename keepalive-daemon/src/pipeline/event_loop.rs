@@ -19,7 +19,7 @@ use crate::{
         unseen::ProbeAudit,
     },
     sinks::publish::Sinks,
-    state::{inventory::Inventory, owners::Owner, tracker::Tracker},
+    state::{inventory::Inventory, owners::OwnerCheck, tracker::Tracker},
 };
 
 pub(super) struct LoopState {
@@ -30,6 +30,7 @@ pub(super) struct LoopState {
     pub(super) rescan: Arc<Notify>,
     pub(super) namespaces: HashSet<u32>,
     pub(super) audit: ProbeAudit,
+    pub(super) owner_check: OwnerCheck,
 }
 
 pub(super) async fn event_loop(
@@ -117,10 +118,7 @@ impl LoopState {
                 // The caller itself when the event came from its syscall; otherwise never a
                 // /proc scan per connection: misses are resolved with the next poll.
                 let owner = match &ev.task {
-                    Some((pid, comm)) => Some(Owner {
-                        pid: *pid,
-                        comm: comm.clone(),
-                    }),
+                    Some((pid, thread)) => Some(self.sinks.owners.from_task(*pid, thread)),
                     None => self.sinks.owners.cached(ev.ino),
                 };
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,7 +2,7 @@
 //! namespace poll (defaults, probe audit, owners, sweep) and a finished re-walk.
 use std::collections::HashMap;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use super::event_loop::LoopState;
 use crate::{
@@ -14,6 +14,7 @@ use crate::{
 impl LoopState {
     pub(super) fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
         self.resolve_owners();
+        self.check_owners();
         let swept = self.tracker.sweep(monotonic_ns());
         if swept > 0 {
             warn!("{swept} probe runs ended unseen (events lost); forgotten");
@@ -78,6 +79,29 @@ impl LoopState {
         // Once the walk's own buffers are gone too.
         drop(walked);
         heap::release_freed();
+    }
+
+    /// Who holds each socket now (see `OwnerCheck`): a socket handed to a forked worker or over
+    /// a Unix socket, or whose owner exited, is attributed to its holder again.
+    fn check_owners(&mut self) {
+        let pids = self
+            .inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .owner_pids();
+        if !self.owner_check.due(&pids) {
+            return;
+        }
+        let took = self.sinks.owners.rescan_now();
+        self.owner_check.done(took);
+        let moved = self
+            .inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconcile_owners(&self.sinks.owners);
+        if moved > 0 {
+            debug!("owner check: {moved} sockets changed hands ({took:?} /proc scan)");
+        }
     }
 
     /// Owners of sockets that had no file when first seen (accepted sockets), or whose owner

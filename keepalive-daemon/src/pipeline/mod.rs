@@ -25,7 +25,7 @@ use crate::{
         metrics::Metrics,
         publish::Sinks,
     },
-    state::{inventory::Inventory, tracker::Tracker},
+    state::{inventory::Inventory, owners::OwnerCheck, tracker::Tracker},
 };
 
 pub mod check;
@@ -82,6 +82,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         rescan,
         namespaces: HashSet::new(),
         audit: ProbeAudit::default(),
+        owner_check: OwnerCheck::new(),
     };
     let events = tokio::spawn(event_loop::event_loop(maps.ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);

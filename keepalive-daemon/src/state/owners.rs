@@ -1,9 +1,13 @@
-//! Which process holds a socket: socket inode → (pid, comm), from /proc/<pid>/fd.
+//! Which process holds a socket: socket inode → (pid, process name), from /proc/<pid>/fd.
 //!
 //! Keepalive timers fire in softirq context, where "the current process" is whoever was
 //! interrupted, so the kernel side reports the socket's inode instead and this table names the
 //! owner. A miss triggers a rescan of /proc, at most every `MIN_RESCAN`; sockets shared by
 //! several processes are attributed to the lowest pid (usually the parent).
+//!
+//! The name is the process's (`/proc/<pid>/comm`, the thread-group leader's), never a thread's:
+//! a tokio, Go or Java server sets its sockets' options from worker threads named
+//! `tokio-rt-worker` and the like. The thread's own name is kept beside it where it differs.
 use std::{
     collections::HashMap,
     fs,
@@ -15,7 +19,21 @@ const MIN_RESCAN: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
+    /// The process's name.
     pub comm: String,
+    /// The name of the thread that made the call, where it differs from the process's (only
+    /// for owners taken from a syscall).
+    pub thread: Option<String>,
+}
+
+impl Owner {
+    pub fn new(pid: u32, comm: impl Into<String>) -> Owner {
+        Owner {
+            pid,
+            comm: comm.into(),
+            thread: None,
+        }
+    }
 }
 
 /// Every socket of every process is listed (not only TCP ones: /proc does not say), so the
@@ -32,13 +50,42 @@ impl Owners {
     /// events, whose misses are resolved in batches off the hot path.
     pub fn cached(&self, ino: u64) -> Option<Owner> {
         let pid = *self.by_inode.get(&ino)?;
-        Some(Owner {
+        Some(Owner::new(
             pid,
-            comm: self
-                .comms
+            self.comms
                 .get(&pid)
                 .map_or_else(String::new, |c| c.to_string()),
-        })
+        ))
+    }
+
+    /// The owner named by a syscall the process made: `pid` is its thread group, `thread` the
+    /// calling thread's name as the kernel gave it. The process's name is read from /proc
+    /// (once per process while it holds sockets); a process already gone keeps the thread's.
+    pub fn from_task(&mut self, pid: u32, thread: &str) -> Owner {
+        let comm = match self.comms.get(&pid) {
+            Some(c) => c.to_string(),
+            None => match fs::read_to_string(format!("/proc/{pid}/comm")) {
+                Ok(name) => {
+                    let name = name.trim_end().to_string();
+                    self.comms.insert(pid, name.as_str().into());
+                    name
+                }
+                Err(_) => thread.to_string(),
+            },
+        };
+        Owner {
+            pid,
+            thread: (comm != thread).then(|| thread.to_string()),
+            comm,
+        }
+    }
+
+    /// Rescans /proc now, whatever the rate limit says, and returns how long it took: the
+    /// periodic check of who holds each socket now (see `OwnerCheck`).
+    pub fn rescan_now(&mut self) -> Duration {
+        let started = Instant::now();
+        self.rescan();
+        started.elapsed()
     }
 
     pub fn lookup(&mut self, ino: u64) -> Option<Owner> {
@@ -105,6 +152,43 @@ impl Owners {
     }
 }
 
+/// When to check again who holds each socket. A socket changes hands without any event the
+/// daemon sees: a server accepts, forks a worker and closes its own copy (PostgreSQL's
+/// postmaster), or passes the descriptor over a Unix socket. The check is a full /proc scan,
+/// so its period follows its cost: at least `OwnerCheck::MIN`, and 50 times the last scan's
+/// duration (2 % of one CPU at most). A recorded owner that exits brings it forward.
+pub struct OwnerCheck {
+    next: Instant,
+}
+
+impl OwnerCheck {
+    pub const MIN: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Self {
+        OwnerCheck {
+            next: Instant::now() + Self::MIN,
+        }
+    }
+
+    /// Whether a check is due now, or earlier because one of `pids` (owners on record) exited.
+    pub fn due(&self, pids: &[u32]) -> bool {
+        Instant::now() >= self.next
+            || pids
+                .iter()
+                .any(|p| fs::metadata(format!("/proc/{p}")).is_err())
+    }
+
+    pub fn done(&mut self, took: Duration) {
+        self.next = Instant::now() + (took * 50).max(Self::MIN);
+    }
+}
+
+impl Default for OwnerCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?
         .strip_suffix(']')?
@@ -131,6 +215,18 @@ mod tests {
         assert_eq!(owner.pid, std::process::id());
         assert!(!owner.comm.is_empty());
         assert_eq!(Owners::default().lookup(0), None);
+    }
+
+    /// A thread with a name of its own sets an option: the owner is the process, by name.
+    #[test]
+    fn task_owner_is_the_process_with_its_thread() {
+        let own = fs::read_to_string("/proc/self/comm").unwrap();
+        let own = own.trim_end();
+        let o = Owners::default().from_task(std::process::id(), "worker-7");
+        assert_eq!(o.comm, own);
+        assert_eq!(o.thread.as_deref(), Some("worker-7"));
+        let o = Owners::default().from_task(std::process::id(), own);
+        assert_eq!(o.thread, None);
     }
 
     #[test]

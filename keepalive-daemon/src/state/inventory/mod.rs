@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     ingest::decode::{Flow, Keepalive, KernelEvent, Kind},
-    state::owners::Owner,
+    state::owners::{Owner, Owners},
 };
 
 pub mod resync;
@@ -340,13 +340,34 @@ impl Inventory {
         }
     }
 
+    /// Processes on record as owners: the owner check looks whether any has exited.
+    pub fn owner_pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    /// After a /proc rescan: every socket whose holder is now another process (or that had
+    /// none) takes the one `owners` names. Returns how many changed hands.
+    pub fn reconcile_owners(&mut self, owners: &Owners) -> usize {
+        let moved: Vec<(u64, Owner)> = self
+            .sockets
+            .iter()
+            .filter(|(_, e)| e.ino != 0)
+            .filter_map(|(sk, e)| {
+                let now = owners.cached(e.ino)?;
+                (now.pid != e.pid).then_some((*sk, now))
+            })
+            .collect();
+        let n = moved.len();
+        for (sk, owner) in moved {
+            self.set_owner(sk, owner);
+        }
+        n
+    }
+
     /// The process holding the socket, when known.
     pub fn owner(&self, e: &Entry) -> Option<Owner> {
         let p = self.procs.get(&e.pid)?;
-        Some(Owner {
-            pid: e.pid,
-            comm: p.comm.to_string(),
-        })
+        Some(Owner::new(e.pid, p.comm.to_string()))
     }
 
     pub fn get(&self, sk: u64) -> Option<&Entry> {

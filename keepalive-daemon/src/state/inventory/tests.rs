@@ -18,20 +18,14 @@ pub(super) fn ev(kind: Kind, sk: u64, netns: u32) -> KernelEvent {
 fn owners_are_named_once_per_process() {
     let mut inv = Inventory::new(Duration::from_secs(350));
     let redis = || {
-        Some(Owner {
-            pid: 42,
-            comm: "redis-server".into(),
-        })
+        Some(Owner::new(42, "redis-server".into()))
     };
     inv.apply(&ev(Kind::Open, 1, 7), redis());
     inv.apply(&ev(Kind::Open, 2, 7), redis());
     inv.apply(&ev(Kind::Walked, 3, 7), None);
     inv.set_owner(
         3,
-        Owner {
-            pid: 43,
-            comm: "curl".into(),
-        },
+        Owner::new(43, "curl".into()),
     );
     assert_eq!(inv.procs.len(), 2);
     assert_eq!(inv.procs[&42].sockets, 2);
@@ -48,10 +42,7 @@ fn owners_are_named_once_per_process() {
     // A pid reused by another program: its sockets show the new name.
     inv.apply(
         &ev(Kind::Open, 4, 7),
-        Some(Owner {
-            pid: 43,
-            comm: "python3".into(),
-        }),
+        Some(Owner::new(43, "python3".into())),
     );
     assert_eq!(
         inv.view(inv.get(3).unwrap()).comm.as_deref(),
@@ -65,10 +56,7 @@ fn owners_are_named_once_per_process() {
 #[test]
 fn options_set_before_connect_name_the_owner() {
     let mut inv = Inventory::new(Duration::from_secs(350));
-    let curl = Some(Owner {
-        pid: 7,
-        comm: "curl".into(),
-    });
+    let curl = Some(Owner::new(7, "curl".into()));
     let mut syn_sent = ev(Kind::Settings, 1, 7);
     syn_sent.info.state = 2;
     inv.apply(&syn_sent, curl.clone());
