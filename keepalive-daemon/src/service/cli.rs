@@ -149,6 +149,10 @@ pub struct RunArgs {
     /// NLB or NAT gateway, 4m for Azure, 10m for GCE). Units: s, m, h; bare numbers are seconds.
     #[arg(long = "idle-budget", default_value = "350s", value_parser = parse_duration)]
     pub idle_budget: Duration,
+
+    /// Peer groups from the config file's `[peers.<group>]` sections (no flag).
+    #[arg(skip)]
+    pub peers: Vec<crate::service::peer_config::PeerGroupSpec>,
 }
 
 /// What the command line said, and which run flags it said explicitly (those win over the

@@ -3,6 +3,7 @@
 //! and defaults to the flag's default (`deploy/config.toml` lists them all); a flag given on the
 //! command line wins over the file. Relative paths in the file are relative to its directory.
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -12,7 +13,10 @@ use serde::Deserialize;
 
 use crate::{
     error::{Error, Result},
-    service::cli::{self, HookMode, LogFormat, Parsed, RunArgs},
+    service::{
+        cli::{self, HookMode, LogFormat, Parsed, RunArgs},
+        peer_config,
+    },
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +32,9 @@ struct File {
     log: Log,
     #[serde(default)]
     btf: Btf,
+    /// `[peers.<group>]`: networks and their idle budgets (`peer_config`).
+    #[serde(default)]
+    peers: BTreeMap<String, peer_config::PeerFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +145,8 @@ fn apply(
     if let (true, Some(v)) = (take("btf_path"), &file.btf.path) {
         run.btf_path = dir.join(v);
     }
+    run.peers = peer_config::parse(&file.peers)
+        .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;
     Ok(())
 }
 
@@ -327,6 +336,15 @@ mod tests {
             ),
             ("json = \"yes\"\n", "c.toml:1:8: invalid type"),
             ("[web\n", "c.toml:1:"),
+            (
+                "[peers.nat]\ncidrs = [\"10.0.0.1/8\"]\n",
+                "c.toml: peers.nat.cidrs: \"10.0.0.1/8\" has host bits set",
+            ),
+            (
+                "[peers.nat]\ncidrs = [\"10.0.0.0/8\"]\nidle-budget = \"aws-elb\"\n",
+                "peers.nat.idle-budget: ",
+            ),
+            ("[peers.nat]\ncdirs = []\n", "unknown field `cdirs`"),
         ] {
             let mut run = defaults();
             let err = apply(&mut run, text, Path::new("c.toml"), |_| false)

@@ -7,4 +7,5 @@ pub mod config;
 pub mod heap;
 pub mod logging;
 pub mod notify;
+pub mod peer_config;
 pub mod webconfig;

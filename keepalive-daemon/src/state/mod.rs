@@ -4,4 +4,5 @@
 pub mod event;
 pub mod inventory;
 pub mod owners;
+pub mod peers;
 pub mod tracker;
