@@ -121,14 +121,24 @@ impl LoopState {
                     Some((pid, thread)) => Some(self.sinks.owners.from_task(*pid, thread)),
                     None => self.sinks.owners.cached(ev.ino),
                 };
+                // The thread that made the call, when it is the socket's owner.
+                let thread = owner.as_ref().and_then(|o| Some((o.pid, o.thread.clone()?)));
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((before, after)) = inv.apply(ev, owner) {
-                    let entry = inv.get(ev.sk).map(|e| (e.clone(), inv.owner(e)));
+                    let entry = inv
+                        .get(ev.sk)
+                        .map(|e| (e.clone(), inv.owner(e), inv.labels(e)));
                     drop(inv);
-                    if let Some((e, owner)) = entry {
+                    if let Some((e, mut owner, labels)) = entry {
+                        if let (Some(o), Some((pid, t))) = (&mut owner, thread)
+                            && o.pid == pid
+                        {
+                            o.thread = Some(t);
+                        }
                         self.sinks.settings(
                             &e,
                             owner,
+                            labels,
                             before,
                             after,
                             self.tracker.wall_clock(ev.ts_ns),
@@ -140,16 +150,17 @@ impl LoopState {
                 if ev.kind == Kind::Probe {
                     self.audit.saw_probe(ev.flow.netns);
                 }
-                self.inventory
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .apply(ev, None);
+                let labels = {
+                    let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+                    inv.apply(ev, None);
+                    inv.labels_of(ev.sk)
+                };
                 let out = self.tracker.handle(ev);
                 self.sinks
                     .metrics
                     .probing_sockets
                     .set(self.tracker.probing() as i64);
-                self.sinks.publish(out, ev.ino);
+                self.sinks.publish(out, ev.ino, labels);
             }
         }
     }

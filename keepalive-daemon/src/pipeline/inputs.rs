@@ -31,12 +31,13 @@ impl LoopState {
                 .iter()
                 .filter_map(|(sk, b, a)| {
                     let e = inv.get(*sk)?;
-                    Some((e.clone(), inv.owner(e), *b, *a))
+                    Some((e.clone(), inv.owner(e), inv.labels(e), *b, *a))
                 })
                 .collect();
             drop(inv);
-            for (e, owner, before, after) in entries {
-                self.sinks.settings(&e, owner, before, after, now.clone());
+            for (e, owner, labels, before, after) in entries {
+                self.sinks
+                    .settings(&e, owner, labels, before, after, now.clone());
             }
         }
     }

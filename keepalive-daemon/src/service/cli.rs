@@ -150,6 +150,21 @@ pub struct RunArgs {
     #[arg(long = "idle-budget", default_value = "350s", value_parser = parse_duration)]
     pub idle_budget: Duration,
 
+    /// Workload labels on the workload metric families (probes, answers, deaths, detection
+    /// time, sockets by keepalive state): a comma-separated list of unit, container, pod,
+    /// k8s_namespace, role, port, peer_group, process; empty for none.
+    #[arg(long = "metrics.labels", default_value = crate::service::metric_labels::DEFAULT_LABELS, value_parser = crate::service::metric_labels::parse_list)]
+    pub metric_labels: crate::service::metric_labels::MetricLabels,
+
+    /// Label sets per workload family beyond which new ones fold into one `other` series
+    /// (counted in keepalive_series_overflow_total).
+    #[arg(long = "metrics.series-cap", default_value_t = crate::service::metric_labels::DEFAULT_SERIES_CAP, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub series_cap: u32,
+
+    /// A workload's series are removed once it has had no socket and no event for this long.
+    #[arg(long = "metrics.series-ttl", default_value = "10m", value_parser = parse_duration)]
+    pub series_ttl: Duration,
+
     /// Peer groups from the config file's `[peers.<group>]` sections (no flag).
     #[arg(skip)]
     pub peers: Vec<crate::service::peer_config::PeerGroupSpec>,

@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     service::{
         cli::{self, HookMode, LogFormat, Parsed, RunArgs},
-        peer_config,
+        metric_labels, peer_config,
     },
 };
 
@@ -32,6 +32,8 @@ struct File {
     log: Log,
     #[serde(default)]
     btf: Btf,
+    #[serde(default)]
+    metrics: MetricsSection,
     /// `[peers.<group>]`: networks and their idle budgets (`peer_config`).
     #[serde(default)]
     peers: BTreeMap<String, peer_config::PeerFile>,
@@ -51,6 +53,15 @@ struct Web {
 struct Log {
     level: Option<String>,
     format: Option<String>,
+}
+
+/// `[metrics]`: the workload labels and their bounds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MetricsSection {
+    labels: Option<Vec<String>>,
+    series_cap: Option<u32>,
+    series_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +155,23 @@ fn apply(
     }
     if let (true, Some(v)) = (take("btf_path"), &file.btf.path) {
         run.btf_path = dir.join(v);
+    }
+    if let (true, Some(v)) = (take("metric_labels"), &file.metrics.labels) {
+        run.metric_labels =
+            metric_labels::parse_list(&v.join(",")).map_err(|e| bad("metrics.labels", e))?;
+    }
+    if let (true, Some(v)) = (take("series_cap"), file.metrics.series_cap) {
+        if !(1..=100_000).contains(&v) {
+            return Err(bad("metrics.series-cap", format!("{v} is not in 1..=100000")));
+        }
+        run.series_cap = v;
+    }
+    if let (true, Some(v)) = (take("series_ttl"), &file.metrics.series_ttl) {
+        let text = match v {
+            Duration::Text(s) => s.clone(),
+            Duration::Seconds(n) => n.to_string(),
+        };
+        run.series_ttl = cli::parse_duration(&text).map_err(|e| bad("metrics.series-ttl", e))?;
     }
     run.peers = peer_config::parse(&file.peers)
         .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;

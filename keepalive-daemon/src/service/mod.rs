@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod heap;
 pub mod logging;
+pub mod metric_labels;
 pub mod notify;
 pub mod peer_config;
 pub mod webconfig;

@@ -85,6 +85,7 @@ async fn metrics(State(web): State<Arc<Web>>) -> Response {
             let mut text = web.metrics.render();
             text.push_str(&inventory_metrics::render(
                 &web.inventory.lock().unwrap_or_else(|e| e.into_inner()),
+                &web.metrics.workload,
             ));
             text
         },

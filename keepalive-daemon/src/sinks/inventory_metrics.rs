@@ -1,48 +1,109 @@
 //! Metrics drawn from the inventory at scrape time: they describe the sockets that exist now,
 //! so they are computed from the table rather than accumulated.
-use std::fmt::Write as _;
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt::Write as _,
+};
 
 use crate::{
-    sinks::metrics::TIME_BUCKETS,
+    sinks::{
+        metrics::TIME_BUCKETS,
+        series::{self, Key},
+        workload_metrics::WorkloadMetrics,
+    },
     state::inventory::{self, Inventory},
 };
+
+/// Sockets of one workload label set: keepalive on, off, at risk.
+#[derive(Default)]
+struct Counts {
+    on: u64,
+    off: u64,
+    at_risk: u64,
+}
+
+/// `{a="x",b="y"}` from names and values, with `first` (name, value) in front when given.
+fn label_text(names: &[&str], key: &Key, first: Option<(&str, &str)>) -> String {
+    let mut parts: Vec<String> = first
+        .map(|(n, v)| format!("{n}=\"{v}\""))
+        .into_iter()
+        .collect();
+    for (n, v) in names.iter().zip(key) {
+        parts.push(format!("{n}=\"{}\"", escape(v)));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
 
 /// Namespaces exported with their own series; more would make `netns` an unbounded label.
 pub const MAX_NS_SERIES: usize = 256;
 
-pub fn render(inv: &Inventory) -> String {
-    let mut on = 0u64;
-    let mut off = 0u64;
-    let mut at_risk = 0u64;
+/// The inventory's families, grouped by the chosen workload labels (each label set admitted
+/// through the `keepalive_sockets` series book, so bounded like the counters). Also tells the
+/// workload families which label sets have sockets now, so theirs are kept.
+pub fn render(inv: &Inventory, w: &WorkloadMetrics) -> String {
+    let names: Vec<&str> = w.labels().iter().map(|l| l.name()).collect();
+    let mut groups: BTreeMap<Key, Counts> = BTreeMap::new();
+    let mut live: HashSet<Key> = HashSet::new();
     let mut idle = Vec::new();
     let mut ttd = Vec::new();
     for e in inv.entries() {
         let eff = inv.effective(e);
+        let key = series::key(w.labels(), &inv.labels(e));
+        if !live.contains(&key) {
+            live.insert(key.clone());
+        }
+        let c = groups.entry(key).or_default();
         if eff.on {
-            on += 1;
+            c.on += 1;
             idle.push(f64::from(eff.idle_s));
             if let Some(t) = inventory::time_to_detect(&eff) {
                 ttd.push(t as f64);
             }
         } else {
-            off += 1;
+            c.off += 1;
         }
-        at_risk += u64::from(inv.at_risk(&eff));
+        c.at_risk += u64::from(inv.at_risk(&eff));
+    }
+    w.expire(&live);
+    let mut folded: BTreeMap<Key, Counts> = BTreeMap::new();
+    for (key, c) in groups {
+        let f = folded.entry(w.admit_sockets(key)).or_default();
+        f.on += c.on;
+        f.off += c.off;
+        f.at_risk += c.at_risk;
+    }
+    if folded.is_empty() {
+        folded.insert(vec![String::new(); names.len()], Counts::default());
     }
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# HELP keepalive_sockets TCP sockets (established or listening) by SO_KEEPALIVE."
+        "# HELP keepalive_sockets TCP sockets (established or listening) by SO_KEEPALIVE and workload."
     );
     let _ = writeln!(s, "# TYPE keepalive_sockets gauge");
-    let _ = writeln!(s, "keepalive_sockets{{keepalive=\"on\"}} {on}");
-    let _ = writeln!(s, "keepalive_sockets{{keepalive=\"off\"}} {off}");
+    for (key, c) in &folded {
+        let on = label_text(&names, key, Some(("keepalive", "on")));
+        let off = label_text(&names, key, Some(("keepalive", "off")));
+        let _ = writeln!(s, "keepalive_sockets{on} {}", c.on);
+        let _ = writeln!(s, "keepalive_sockets{off} {}", c.off);
+    }
     let _ = writeln!(
         s,
-        "# HELP keepalive_sockets_at_risk Sockets with keepalive off or idle above --idle-budget."
+        "# HELP keepalive_sockets_at_risk Sockets with keepalive off or idle above --idle-budget, by workload."
     );
     let _ = writeln!(s, "# TYPE keepalive_sockets_at_risk gauge");
-    let _ = writeln!(s, "keepalive_sockets_at_risk {at_risk}");
+    for (key, c) in &folded {
+        let l = label_text(&names, key, None);
+        let _ = writeln!(s, "keepalive_sockets_at_risk{l} {}", c.at_risk);
+    }
     let _ = writeln!(
         s,
         "# HELP keepalive_idle_budget_seconds The --idle-budget sockets are held against."

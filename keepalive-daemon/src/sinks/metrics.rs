@@ -1,24 +1,24 @@
 //! Prometheus metrics. Every label has a fixed, small set of values (listed per metric), so
 //! the series count does not grow with connections, peers or processes.
+use std::time::Duration;
+
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{
     ingest::icmp::IcmpCounters,
     kernel::{attach::HookStatus, loss::Lost},
-    state::event::Cause,
+    service::metric_labels::{self, MetricLabel},
+    sinks::workload_metrics::WorkloadMetrics,
 };
 
 pub struct Metrics {
     registry: Registry,
-    pub probes: IntCounter,
+    /// Probes, answers, deaths by cause and detection time, by workload.
+    pub workload: WorkloadMetrics,
     /// Probes the namespace's TcpExtTCPKeepAlive counted that no event reported.
     pub probes_unseen: IntCounter,
-    pub answered: IntCounter,
-    /// `cause`: timeout | reset | unreachable.
-    pub dead: IntCounterVec,
     /// `stage`: kernel (ring buffer full) | decode (malformed record) | icmp (ICMP queue full).
     pub lost: IntCounterVec,
     pub readers_dropped: IntCounter,
@@ -30,8 +30,6 @@ pub struct Metrics {
     /// `hook`: keepalive_timer | probe_sent | death | state_change | reset;
     /// `mode`: fentry | kprobe | tracepoint.
     pub hook_mode: IntGaugeVec,
-    /// Measured seconds from the peer's last sign of life to the `dead` event.
-    pub detect_seconds: Histogram,
     pub settings_changes: IntCounter,
     /// `change`: added (an open that was lost) | removed (a close that was lost).
     pub resync: IntCounterVec,
@@ -83,20 +81,19 @@ impl Metrics {
         }
     }
 
+    /// With the default workload labels and bounds.
     pub fn new() -> Self {
-        let r = Registry::new();
-        let dead = IntCounterVec::new(
-            Opts::new(
-                "keepalive_dead_connections_total",
-                "Connections keepalive declared dead, by cause.",
-            ),
-            &["cause"],
+        let labels = metric_labels::parse_list(metric_labels::DEFAULT_LABELS).unwrap_or_default();
+        Self::with_labels(
+            &labels.0,
+            metric_labels::DEFAULT_SERIES_CAP,
+            metric_labels::DEFAULT_SERIES_TTL,
         )
-        .expect("valid metric");
-        r.register(Box::new(dead.clone())).expect("unique metric");
-        for c in Cause::ALL {
-            dead.with_label_values(&[c.as_str()]);
-        }
+    }
+
+    pub fn with_labels(labels: &[MetricLabel], cap: u32, ttl: Duration) -> Self {
+        let r = Registry::new();
+        let workload = WorkloadMetrics::new(&r, labels, cap, ttl);
         let lost = IntCounterVec::new(
             Opts::new(
                 "keepalive_events_lost_total",
@@ -127,16 +124,6 @@ impl Metrics {
         r.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-        let detect_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "keepalive_dead_detection_seconds",
-                "Measured time from the peer's last sign of life to keepalive declaring it dead.",
-            )
-            .buckets(TIME_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        r.register(Box::new(detect_seconds.clone()))
-            .expect("unique metric");
         let resync = IntCounterVec::new(
             Opts::new(
                 "keepalive_inventory_resync_corrections_total",
@@ -151,28 +138,17 @@ impl Metrics {
         }
         Metrics {
             resync,
-            detect_seconds,
+            workload,
             settings_changes: counter(
                 &r,
                 "keepalive_settings_changes_total",
                 "Changes of a socket's effective keepalive configuration.",
-            ),
-            probes: counter(
-                &r,
-                "keepalive_probes_total",
-                "Keepalive probes sent that were not yet answered when sent.",
             ),
             probes_unseen: counter(
                 &r,
                 "keepalive_probes_unseen_total",
                 "Keepalive probes the kernel counted (TcpExtTCPKeepAlive of the namespace) that no probe event reported.",
             ),
-            answered: counter(
-                &r,
-                "keepalive_probes_answered_total",
-                "Probe runs the peer answered.",
-            ),
-            dead,
             lost,
             readers_dropped: counter(
                 &r,

@@ -6,5 +6,7 @@ pub mod http;
 pub mod inventory_metrics;
 pub mod metrics;
 pub mod publish;
+pub mod series;
 pub mod socket_filter;
 pub mod sockets_cmd;
+pub mod workload_metrics;

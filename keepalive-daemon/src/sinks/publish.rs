@@ -8,6 +8,7 @@ use crate::{
     sinks::metrics::Metrics,
     state::event::{Event, EventKind},
     state::inventory::{Effective, Entry},
+    state::labels::SocketLabels,
     state::owners::{Owner, Owners},
     state::tracker::Outcome,
 };
@@ -29,26 +30,30 @@ impl Sinks {
         }
     }
 
-    pub fn publish(&mut self, out: Outcome, ino: u64) {
+    /// A tracker event for the socket with file inode `ino`, whose attribution the inventory
+    /// gave (`labels`, empty for a socket it never saw). The owner comes from the socket →
+    /// owner table, never from the task the hook ran in (softirq and timers run in whatever
+    /// task they interrupted).
+    pub fn publish(&mut self, out: Outcome, ino: u64, labels: Option<SocketLabels>) {
         let Outcome::Publish(mut out) = out else {
             return;
         };
+        out.labels = labels.unwrap_or_default();
+        if let Some(owner) = self.owners.lookup(ino) {
+            out.labels.process = Some(owner.comm.as_str().into());
+            out.pid = Some(owner.pid);
+            out.comm = Some(owner.comm);
+        }
+        let w = &self.metrics.workload;
         match out.event {
-            EventKind::Probe => self.metrics.probes.inc(),
-            EventKind::Answered => self.metrics.answered.inc(),
+            EventKind::Probe => w.probe(&out.labels),
+            EventKind::Answered => w.answered(&out.labels),
             EventKind::Dead => {
                 if let Some(cause) = out.cause {
-                    self.metrics.dead.with_label_values(&[cause.as_str()]).inc();
-                }
-                if let Some(s) = out.detected_after_s {
-                    self.metrics.detect_seconds.observe(s);
+                    w.dead(cause, out.detected_after_s, &out.labels);
                 }
             }
             EventKind::Settings => {}
-        }
-        if let Some(owner) = self.owners.lookup(ino) {
-            out.pid = Some(owner.pid);
-            out.comm = Some(owner.comm);
         }
         self.write(&out);
     }
@@ -58,6 +63,7 @@ impl Sinks {
         &mut self,
         e: &Entry,
         owner: Option<Owner>,
+        labels: SocketLabels,
         before: Effective,
         after: Effective,
         ts: String,
@@ -72,9 +78,11 @@ impl Sinks {
         );
         out.keepalive = after.into();
         out.previous = Some(before.into());
+        out.labels = labels;
         if let Some(o) = owner {
             out.pid = Some(o.pid);
             out.comm = Some(o.comm);
+            out.thread = o.thread;
         }
         self.metrics.settings_changes.inc();
         self.write(&out);

@@ -3,7 +3,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::ingest::decode::{Flow, Keepalive};
+use crate::{
+    ingest::decode::{Flow, Keepalive},
+    state::labels::SocketLabels,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,7 +79,16 @@ pub struct Event {
     /// Network namespace inode, as in `readlink /proc/<pid>/ns/net`.
     pub netns: u32,
     pub pid: Option<u32>,
+    /// The owning process's name (as `process`).
     pub comm: Option<String>,
+    /// The name of the thread that made the call, where it differs from the process's
+    /// (`settings` events raised in a syscall).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    /// Who the socket belongs to (`state::labels`), flattened: `process`, `unit`, `slice`,
+    /// `container`, `pod`, `k8s_namespace`, `role`, `port`, `peer_group`; null where unknown.
+    #[serde(flatten)]
+    pub labels: SocketLabels,
     pub probes: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
@@ -117,6 +129,8 @@ impl Event {
             netns: flow.netns,
             pid: None,
             comm: None,
+            thread: None,
+            labels: SocketLabels::default(),
             probes,
             cause: None,
             errno: None,

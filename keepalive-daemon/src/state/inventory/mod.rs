@@ -8,9 +8,14 @@ use std::{
 
 use crate::{
     ingest::decode::{Flow, Keepalive, KernelEvent, Kind},
-    state::owners::{Owner, Owners},
+    state::{
+        labels::{Attribution, Role, SocketLabels},
+        owners::{Owner, Owners},
+        peers::Peers,
+    },
 };
 
+mod recent;
 pub mod resync;
 mod view;
 
@@ -53,6 +58,9 @@ pub struct Entry {
 
 const NOT_ARMED: u32 = u32::MAX;
 
+/// TCP_LISTEN.
+const LISTEN: u8 = 10;
+
 /// Sockets configured but not yet connected, at most: a connect that never completes is
 /// removed by its close, so this only bounds a flood of them.
 const MAX_PENDING: usize = 65_536;
@@ -69,7 +77,7 @@ pub struct Effective {
 
 /// A process that owns sockets: its name once, however many sockets it holds.
 struct Proc {
-    comm: Box<str>,
+    comm: std::sync::Arc<str>,
     sockets: u32,
 }
 
@@ -89,6 +97,12 @@ pub struct Inventory {
     /// A re-walk of the kernel's tables in progress (see `resync`).
     walk: Option<resync::Walk>,
     pub idle_budget: Duration,
+    /// Listening sockets per (namespace, port): a socket with a listener's local port was
+    /// accepted from it.
+    listeners: HashMap<(u32, u16), u32>,
+    pub attribution: Attribution,
+    /// Labels of sockets just closed, for the events that arrive after the close.
+    recent: recent::Recent,
 }
 
 impl Inventory {
@@ -103,7 +117,19 @@ impl Inventory {
             epoch: Instant::now(),
             walk: None,
             idle_budget,
+            listeners: HashMap::new(),
+            attribution: Attribution::new(
+                None,
+                Peers::new(idle_budget.as_secs().min(u64::from(u32::MAX)) as u32, &[]),
+            ),
+            recent: recent::Recent::default(),
         }
+    }
+
+    /// Resolves workloads and peer groups with these (the default knows no cgroups and only
+    /// the built-in peer groups). Set before the first socket is applied.
+    pub fn set_attribution(&mut self, attribution: Attribution) {
+        self.attribution = attribution;
     }
 
     fn now_ms(&self) -> u64 {
@@ -222,11 +248,18 @@ impl Inventory {
                     keepalive_on: ev.info.keepalive_on,
                     owner_tries: 0,
                 };
+                let mut new = new;
+                if new.cgroup == 0 && new.pid != 0 {
+                    new.cgroup = self.attribution.cgroup_of(new.pid);
+                }
                 let after = self.effective(&new);
                 if new.pid == 0 && new.ino != 0 {
                     self.ownerless.insert(ev.sk);
                 }
-                self.sockets.insert(ev.sk, new);
+                self.index(&new);
+                if let Some(old) = self.sockets.insert(ev.sk, new) {
+                    self.unindex(&old);
+                }
                 match before {
                     Some(b) if b != after && ev.kind == Kind::Settings => Some((b, after)),
                     _ => None,
@@ -238,8 +271,55 @@ impl Inventory {
 
     fn remove(&mut self, sk: u64) {
         if let Some(gone) = self.sockets.remove(&sk) {
+            let labels = self.labels(&gone);
+            self.recent.keep(sk, labels);
+            self.unindex(&gone);
             self.disown(gone.pid);
             self.leave(gone.flow.netns);
+        }
+    }
+
+    fn index(&mut self, e: &Entry) {
+        if e.state == LISTEN {
+            *self
+                .listeners
+                .entry((e.flow.netns, e.flow.sport))
+                .or_default() += 1;
+        }
+        self.attribution.hold(e.cgroup);
+    }
+
+    fn unindex(&mut self, e: &Entry) {
+        if e.state == LISTEN
+            && let Some(n) = self.listeners.get_mut(&(e.flow.netns, e.flow.sport))
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.listeners.remove(&(e.flow.netns, e.flow.sport));
+            }
+        }
+        self.attribution.release(e.cgroup);
+    }
+
+    /// Who the socket belongs to (see `state::labels`).
+    pub fn labels(&self, e: &Entry) -> SocketLabels {
+        let (role, port) = match e.state {
+            LISTEN => (None, None),
+            _ if self.listeners.contains_key(&(e.flow.netns, e.flow.sport)) => {
+                (Some(Role::Server), Some(e.flow.sport))
+            }
+            _ => (Some(Role::Client), None),
+        };
+        let process = self.procs.get(&e.pid).map(|p| p.comm.clone());
+        self.attribution
+            .labels(e.cgroup, process, role, port, e.flow.daddr)
+    }
+
+    /// The labels of a socket in the inventory, or closed in the last seconds.
+    pub fn labels_of(&self, sk: u64) -> Option<SocketLabels> {
+        match self.sockets.get(&sk) {
+            Some(e) => Some(self.labels(e)),
+            None => self.recent.get(sk),
         }
     }
 
@@ -330,13 +410,23 @@ impl Inventory {
     }
 
     pub fn set_owner(&mut self, sk: u64, owner: Owner) {
-        let Some(old) = self.sockets.get(&sk).map(|e| e.pid) else {
+        let Some((old, cgroup)) = self.sockets.get(&sk).map(|e| (e.pid, e.cgroup)) else {
             return;
         };
         self.disown(old);
         let pid = self.adopt(&owner);
+        // Without the socket's own cgroup (kernels before 5.15), the owner's stands in.
+        let cgroup = match cgroup {
+            0 => {
+                let c = self.attribution.cgroup_of(pid);
+                self.attribution.hold(c);
+                c
+            }
+            c => c,
+        };
         if let Some(e) = self.sockets.get_mut(&sk) {
             e.pid = pid;
+            e.cgroup = cgroup;
         }
     }
 

@@ -2,6 +2,7 @@
 use serde::Serialize;
 
 use super::{Effective, Entry, Inventory, NOT_ARMED};
+use crate::state::labels::SocketLabels;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SocketView {
@@ -13,8 +14,13 @@ pub struct SocketView {
     pub dport: u16,
     pub netns: u32,
     pub pid: Option<u32>,
+    /// The owning process's name (as `process`; kept for readers of earlier versions).
     pub comm: Option<String>,
     pub cgroup: Option<u64>,
+    /// Who the socket belongs to (`state::labels`), flattened: `process`, `unit`, `slice`,
+    /// `container`, `pod`, `k8s_namespace`, `role`, `port`, `peer_group`.
+    #[serde(flatten)]
+    pub labels: SocketLabels,
     pub keepalive: bool,
     pub idle_s: u32,
     pub idle_from: &'static str,
@@ -51,6 +57,7 @@ impl Inventory {
             pid: (e.pid != 0).then_some(e.pid),
             comm: self.procs.get(&e.pid).map(|p| p.comm.to_string()),
             cgroup: (e.cgroup != 0).then_some(e.cgroup),
+            labels: self.labels(e),
             keepalive: eff.on,
             idle_s: eff.idle_s,
             idle_from: from(e.own.idle_s != 0),
