@@ -8,3 +8,4 @@ pub mod labels;
 pub mod owners;
 pub mod peers;
 pub mod tracker;
+pub mod workload;
