@@ -7,7 +7,7 @@ use keepalive_daemon::{
     ingest::decode,
     kernel::clock,
     sinks::{metrics, publish as sinks},
-    state::{inventory, owners, tracker},
+    state::{inventory, labels, owners, tracker},
 };
 use std::{hint::black_box, os::unix::fs::MetadataExt as _, sync::Arc};
 
@@ -63,14 +63,24 @@ fn storm(ino: u64) -> Vec<Vec<u8>> {
 struct Pipeline {
     tracker: tracker::Tracker,
     sinks: sinks::Sinks,
+    /// What the inventory says of the socket (the daemon looks it up per event).
+    labels: labels::SocketLabels,
 }
 
 impl Pipeline {
-    fn new(tx: tokio::sync::broadcast::Sender<Arc<str>>) -> Self {
+    fn new(tx: tokio::sync::broadcast::Sender<Arc<sinks::Published>>) -> Self {
         let metrics = Arc::new(metrics::Metrics::new());
         Pipeline {
             tracker: tracker::Tracker::new(clock::realtime_offset_ns()),
             sinks: sinks::Sinks::new(false, tx, metrics),
+            labels: labels::SocketLabels {
+                process: Some("bench".into()),
+                unit: Some("bench.service".into()),
+                slice: Some("system.slice".into()),
+                role: Some(labels::Role::Client),
+                peer_group: Some("loopback".into()),
+                ..labels::SocketLabels::default()
+            },
         }
     }
 
@@ -80,7 +90,7 @@ impl Pipeline {
             .metrics
             .probing_sockets
             .set(self.tracker.probing() as i64);
-        self.sinks.publish(out, ev.ino);
+        self.sinks.publish(out, ev.ino, Some(self.labels.clone()));
     }
 }
 

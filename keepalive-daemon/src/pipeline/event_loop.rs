@@ -122,7 +122,9 @@ impl LoopState {
                     None => self.sinks.owners.cached(ev.ino),
                 };
                 // The thread that made the call, when it is the socket's owner.
-                let thread = owner.as_ref().and_then(|o| Some((o.pid, o.thread.clone()?)));
+                let thread = owner
+                    .as_ref()
+                    .and_then(|o| Some((o.pid, o.thread.clone()?)));
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((before, after)) = inv.apply(ev, owner) {
                     let entry = inv

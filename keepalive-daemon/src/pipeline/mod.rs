@@ -43,9 +43,14 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     let mut attached = startup::attach(&opts, kernel)?;
     let mut maps = startup::take_maps(&mut attached)?;
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_labels(
+        &opts.metric_labels.0,
+        opts.series_cap,
+        opts.series_ttl,
+    ));
     metrics.set_hooks(&attached.hooks);
     let inventory = Arc::new(Mutex::new(Inventory::new(opts.idle_budget)));
+    lock(&inventory).set_attribution(startup::attribution(&opts));
     let (events_tx, _) = broadcast::channel(opts.events_buffer as usize);
     let mut sinks = Sinks::new(opts.json, events_tx.clone(), metrics.clone());
     startup::first_inventory(

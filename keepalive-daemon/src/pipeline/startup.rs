@@ -19,7 +19,13 @@ use crate::{
         offsets, sysinfo, tracefs,
     },
     service::{caps, cli::HookMode, cli::RunArgs, heap},
-    state::{inventory::Inventory, owners::Owners},
+    state::{
+        inventory::Inventory,
+        labels::Attribution,
+        owners::Owners,
+        peers::Peers,
+        workload::{WorkloadConfig, Workloads},
+    },
 };
 
 /// What the running kernel is, learned before anything is attached.
@@ -160,6 +166,17 @@ pub fn first_inventory(
         }
     }
     info!("inventory: {n} TCP sockets at startup, {mid_probe} in the middle of a probe run");
+}
+
+/// Who sockets belong to: the cgroup2 hierarchy walked once (workloads), the peer groups of
+/// the configuration.
+pub fn attribution(opts: &RunArgs) -> Attribution {
+    let workloads = Workloads::new(WorkloadConfig::default());
+    let budget = opts.idle_budget.as_secs().min(u64::from(u32::MAX)) as u32;
+    Attribution::new(
+        workloads.enabled().then_some(workloads),
+        Peers::new(budget, &opts.peers),
+    )
 }
 
 /// Attached and walked: from here on only what `caps::KEPT` lists is needed.

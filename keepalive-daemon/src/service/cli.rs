@@ -84,6 +84,27 @@ pub struct SocketsArgs {
     /// Only sockets at risk (keepalive off, or idle above the daemon's --idle-budget).
     #[arg(long = "at-risk")]
     pub at_risk: bool,
+    /// Only sockets of this process (name).
+    #[arg(long)]
+    pub process: Option<String>,
+    /// Only sockets of this systemd unit (e.g. redis-server.service).
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Only sockets of this container (short id).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Only sockets of this Kubernetes pod (name, or uid when the name is unknown).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only sockets of pods in this Kubernetes namespace.
+    #[arg(long = "k8s-namespace")]
+    pub k8s_namespace: Option<String>,
+    /// Only the server (accepted) or client ends.
+    #[arg(long, value_parser = ["client", "server"])]
+    pub role: Option<String>,
+    /// Only sockets whose peer is in this group (loopback, private, public, or a configured one).
+    #[arg(long = "peer-group")]
+    pub peer_group: Option<String>,
     /// The daemon to ask.
     #[arg(long = "web.listen-address", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     pub listen: SocketAddr,

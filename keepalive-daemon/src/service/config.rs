@@ -162,7 +162,10 @@ fn apply(
     }
     if let (true, Some(v)) = (take("series_cap"), file.metrics.series_cap) {
         if !(1..=100_000).contains(&v) {
-            return Err(bad("metrics.series-cap", format!("{v} is not in 1..=100000")));
+            return Err(bad(
+                "metrics.series-cap",
+                format!("{v} is not in 1..=100000"),
+            ));
         }
         run.series_cap = v;
     }

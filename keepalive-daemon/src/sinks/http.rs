@@ -30,8 +30,14 @@ use tokio::{
 };
 
 use crate::{
-    service::webconfig::Watched, sinks::inventory_metrics, sinks::metrics::Metrics,
-    sinks::socket_filter::Filter, state::inventory::Inventory,
+    service::webconfig::Watched,
+    sinks::{
+        inventory_metrics,
+        metrics::Metrics,
+        publish::Published,
+        socket_filter::{EventFilter, Filter},
+    },
+    state::inventory::Inventory,
 };
 
 /// A client that has not sent its request headers (or finished the TLS handshake) by then is
@@ -41,7 +47,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Web {
     pub metrics: Arc<Metrics>,
-    pub events: broadcast::Sender<Arc<str>>,
+    pub events: broadcast::Sender<Arc<Published>>,
     /// Folded into `keepalive_events_lost_total` at each scrape.
     pub kernel_lost: Mutex<crate::kernel::loss::KernelLoss>,
     pub telemetry_path: String,
@@ -65,8 +71,8 @@ async fn landing(State(web): State<Arc<Web>>) -> Html<String> {
         "<!doctype html><html><head><title>keepalive observer</title></head><body>\
          <h1>keepalive observer</h1><p>TCP keepalive seen from inside the kernel.</p><ul>\
          <li><a href=\"{0}\">{0}</a> Prometheus metrics</li>\
-         <li><a href=\"/events\">/events</a> live events, one JSON object per line</li>\
-         <li><a href=\"/sockets\">/sockets</a> every TCP socket's keepalive settings (filters: port, comm, netns, keepalive, at_risk)</li>\
+         <li><a href=\"/events\">/events</a> live events, one JSON object per line (filters: event, cause, process, unit, container, pod, k8s_namespace, role, peer_group)</li>\
+         <li><a href=\"/sockets\">/sockets</a> every TCP socket's keepalive settings (filters: port, comm, netns, keepalive, at_risk, process, unit, container, pod, k8s_namespace, role, peer_group)</li>\
          <li><a href=\"/healthz\">/healthz</a> liveness</li></ul></body></html>",
         web.telemetry_path
     ))
@@ -115,7 +121,7 @@ async fn sockets(
 
 /// Decrements the reader gauge however the stream ends (client gone, or dropped as slow).
 struct Reader {
-    rx: broadcast::Receiver<Arc<str>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     metrics: Arc<Metrics>,
 }
 
@@ -133,7 +139,12 @@ impl Drop for Reader {
 async fn events(
     State(web): State<Arc<Web>>,
     kill: Option<axum::Extension<ConnectionKill>>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> Response {
+    let filter = match EventFilter::parse(q.as_deref().unwrap_or("")) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
     web.metrics.readers.inc();
     let mut reader = Reader {
         rx: web.events.subscribe(),
@@ -144,7 +155,8 @@ async fn events(
         let behind = loop {
             tokio::select! {
                 got = reader.rx.recv() => match got {
-                    Ok(line) => match tx.try_send(Bytes::copy_from_slice(line.as_bytes())) {
+                    Ok(ev) if !filter.matches(ev.kind, ev.cause, &ev.labels) => {}
+                    Ok(ev) => match tx.try_send(Bytes::copy_from_slice(ev.line.as_bytes())) {
                         Ok(()) => {}
                         Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break true,
                         Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break false,

@@ -39,7 +39,9 @@ fn label_text(names: &[&str], key: &Key, first: Option<(&str, &str)>) -> String 
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Namespaces exported with their own series; more would make `netns` an unbounded label.

@@ -6,22 +6,36 @@ use tokio::sync::broadcast;
 
 use crate::{
     sinks::metrics::Metrics,
-    state::event::{Event, EventKind},
+    state::event::{Cause, Event, EventKind},
     state::inventory::{Effective, Entry},
     state::labels::SocketLabels,
     state::owners::{Owner, Owners},
     state::tracker::Outcome,
 };
 
+/// One published event as `/events` readers receive it: its JSON line, and what their
+/// filters (`socket_filter::EventFilter`) look at, so that no reader parses JSON.
+#[derive(Debug)]
+pub struct Published {
+    pub line: String,
+    pub kind: EventKind,
+    pub cause: Option<Cause>,
+    pub labels: SocketLabels,
+}
+
 pub struct Sinks {
     json: bool,
-    events: broadcast::Sender<Arc<str>>,
+    events: broadcast::Sender<Arc<Published>>,
     pub metrics: Arc<Metrics>,
     pub owners: Owners,
 }
 
 impl Sinks {
-    pub fn new(json: bool, events: broadcast::Sender<Arc<str>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        json: bool,
+        events: broadcast::Sender<Arc<Published>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Sinks {
             json,
             events,
@@ -89,7 +103,7 @@ impl Sinks {
     }
 
     fn write(&mut self, out: &Event) {
-        let line: Arc<str> = out.to_line().into();
+        let line = out.to_line();
         if self.json {
             let mut stdout = std::io::stdout().lock();
             if let Err(e) = stdout
@@ -101,7 +115,14 @@ impl Sinks {
                 self.json = false;
             }
         }
-        // No receivers is normal: nobody is reading /events.
-        let _ = self.events.send(line);
+        // No receivers is normal: nobody is reading /events; then nothing more is made.
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Arc::new(Published {
+                line,
+                kind: out.event,
+                cause: out.cause,
+                labels: out.labels.clone(),
+            }));
+        }
     }
 }

@@ -8,10 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    service::metric_labels::MetricLabel,
-    state::labels::SocketLabels,
-};
+use crate::{service::metric_labels::MetricLabel, state::labels::SocketLabels};
 
 /// The value every workload label of the fold series takes.
 pub const OTHER: &str = "other";
@@ -154,7 +151,10 @@ mod tests {
         let live: HashSet<Key> = [k("b")].into();
         let later = t0 + Duration::from_secs(60);
         assert!(b.expire(later, Duration::from_secs(120), &live).is_empty());
-        assert_eq!(b.expire(later, Duration::from_secs(30), &live), vec![k("a")]);
+        assert_eq!(
+            b.expire(later, Duration::from_secs(30), &live),
+            vec![k("a")]
+        );
         // Room again: "d" gets its own series.
         assert_eq!(b.admit(k("d"), later), (k("d"), false));
         assert_eq!(b.len(), 2);

@@ -1,6 +1,79 @@
-//! The filters of `/sockets` and `keepalive-daemon sockets`, as URL query parameters.
-use crate::state::inventory::SocketView;
+//! The filters of `/sockets`, `keepalive-daemon sockets` and `/events`, as URL query
+//! parameters. Both share the workload filters (`process`, `unit`, `container`, `pod`,
+//! `k8s_namespace`, `role`, `peer_group`); `/sockets` adds the socket's own (`port`, `comm`,
+//! `netns`, `keepalive`, `at_risk`), `/events` the event's (`event`, `cause`).
+use crate::state::{
+    event::{Cause, EventKind},
+    inventory::SocketView,
+    labels::SocketLabels,
+};
 
+/// Matches a socket's attribution.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkloadFilter {
+    pub process: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    pub k8s_namespace: Option<String>,
+    pub role: Option<String>,
+    pub peer_group: Option<String>,
+}
+
+pub const WORKLOAD_KEYS: &str = "process, unit, container, pod, k8s_namespace, role, peer_group";
+
+impl WorkloadFilter {
+    /// Takes `k=v` if `k` is a workload key; false when it is not one.
+    fn take(&mut self, k: &str, v: &str) -> bool {
+        let slot = match k {
+            "process" => &mut self.process,
+            "unit" => &mut self.unit,
+            "container" => &mut self.container,
+            "pod" => &mut self.pod,
+            "k8s_namespace" => &mut self.k8s_namespace,
+            "role" => &mut self.role,
+            "peer_group" => &mut self.peer_group,
+            _ => return false,
+        };
+        *slot = Some(v.to_string());
+        true
+    }
+
+    fn to_query(&self, q: &mut Vec<String>) {
+        let pairs = [
+            ("process", &self.process),
+            ("unit", &self.unit),
+            ("container", &self.container),
+            ("pod", &self.pod),
+            ("k8s_namespace", &self.k8s_namespace),
+            ("role", &self.role),
+            ("peer_group", &self.peer_group),
+        ];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                q.push(format!("{k}={v}"));
+            }
+        }
+    }
+
+    pub fn matches(&self, l: &SocketLabels) -> bool {
+        let eq = |want: &Option<String>, have: &Option<std::sync::Arc<str>>| {
+            want.as_deref().is_none_or(|w| have.as_deref() == Some(w))
+        };
+        eq(&self.process, &l.process)
+            && eq(&self.unit, &l.unit)
+            && eq(&self.container, &l.container)
+            && eq(&self.pod, &l.pod)
+            && eq(&self.k8s_namespace, &l.k8s_namespace)
+            && eq(&self.peer_group, &l.peer_group)
+            && self
+                .role
+                .as_deref()
+                .is_none_or(|r| l.role.map(|x| x.as_str()) == Some(r))
+    }
+}
+
+/// `/sockets?…`
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// Local or remote port.
@@ -9,10 +82,11 @@ pub struct Filter {
     pub netns: Option<u32>,
     pub keepalive: Option<bool>,
     pub at_risk: Option<bool>,
+    pub workload: WorkloadFilter,
 }
 
 impl Filter {
-    /// Parses `port=80&comm=nginx&netns=4026531840&keepalive=on&at_risk=true`.
+    /// Parses `port=80&comm=nginx&netns=4026531840&keepalive=on&at_risk=true&unit=…`.
     pub fn parse(query: &str) -> Result<Filter, String> {
         let mut f = Filter::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -24,9 +98,10 @@ impl Filter {
                 "netns" => f.netns = Some(v.parse().map_err(|_| bad())?),
                 "keepalive" => f.keepalive = Some(flag(v).ok_or_else(bad)?),
                 "at_risk" => f.at_risk = Some(flag(v).ok_or_else(bad)?),
+                _ if f.workload.take(k, v) => {}
                 _ => {
                     return Err(format!(
-                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk)"
+                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, {WORKLOAD_KEYS})"
                     ));
                 }
             }
@@ -51,6 +126,7 @@ impl Filter {
         if let Some(r) = self.at_risk {
             q.push(format!("at_risk={r}"));
         }
+        self.workload.to_query(&mut q);
         q.join("&")
     }
 
@@ -63,6 +139,67 @@ impl Filter {
             && self.netns.is_none_or(|n| s.netns == n)
             && self.keepalive.is_none_or(|k| s.keepalive == k)
             && self.at_risk.is_none_or(|r| s.at_risk == r)
+            && self.workload.matches(&s.labels)
+    }
+}
+
+/// `/events?…`: which events a reader gets.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    pub event: Option<EventKind>,
+    pub cause: Option<Cause>,
+    pub workload: WorkloadFilter,
+}
+
+impl EventFilter {
+    /// Parses `event=dead&cause=timeout&unit=redis-server.service`.
+    pub fn parse(query: &str) -> Result<EventFilter, String> {
+        let mut f = EventFilter::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "event" => {
+                    f.event = Some(match v {
+                        "probe" => EventKind::Probe,
+                        "answered" => EventKind::Answered,
+                        "dead" => EventKind::Dead,
+                        "settings" => EventKind::Settings,
+                        _ => {
+                            return Err(format!(
+                                "bad value {v:?} for event (probe, answered, dead, settings)"
+                            ));
+                        }
+                    })
+                }
+                "cause" => {
+                    f.cause = Some(
+                        Cause::ALL
+                            .into_iter()
+                            .find(|c| c.as_str() == v)
+                            .ok_or_else(|| {
+                                format!("bad value {v:?} for cause (timeout, reset, unreachable)")
+                            })?,
+                    )
+                }
+                _ if f.workload.take(k, v) => {}
+                _ => {
+                    return Err(format!(
+                        "unknown filter {k:?} (event, cause, {WORKLOAD_KEYS})"
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == EventFilter::default()
+    }
+
+    pub fn matches(&self, kind: EventKind, cause: Option<Cause>, l: &SocketLabels) -> bool {
+        self.event.is_none_or(|e| e == kind)
+            && self.cause.is_none_or(|c| Some(c) == cause)
+            && self.workload.matches(l)
     }
 }
 
@@ -76,14 +213,39 @@ fn flag(v: &str) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::state::labels::Role;
 
     #[test]
     fn round_trips_and_rejects_unknown() {
-        let f = Filter::parse("port=6379&comm=redis-server&keepalive=on&at_risk=false").unwrap();
+        let f = Filter::parse(
+            "port=6379&comm=redis-server&keepalive=on&at_risk=false&unit=redis-server.service",
+        )
+        .unwrap();
         assert_eq!(f.port, Some(6379));
+        assert_eq!(f.workload.unit.as_deref(), Some("redis-server.service"));
         assert_eq!(Filter::parse(&f.to_query()).unwrap(), f);
         assert!(Filter::parse("colour=red").is_err());
         assert!(Filter::parse("port=http").is_err());
+    }
+
+    #[test]
+    fn event_filter_matches_kind_cause_and_workload() {
+        let f = EventFilter::parse("event=dead&unit=redis-server.service&role=server").unwrap();
+        let mut l = SocketLabels {
+            unit: Some(Arc::from("redis-server.service")),
+            role: Some(Role::Server),
+            ..SocketLabels::default()
+        };
+        assert!(f.matches(EventKind::Dead, Some(Cause::Timeout), &l));
+        assert!(!f.matches(EventKind::Probe, None, &l));
+        l.role = Some(Role::Client);
+        assert!(!f.matches(EventKind::Dead, Some(Cause::Timeout), &l));
+        assert!(EventFilter::parse("event=gone").is_err());
+        assert!(EventFilter::parse("cause=fire").is_err());
+        assert!(EventFilter::parse("colour=red").is_err());
+        assert!(EventFilter::parse("").unwrap().is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::{
 use crate::{
     error::{Error, Result},
     service::cli::SocketsArgs,
-    sinks::socket_filter::Filter,
+    sinks::socket_filter::{Filter, WorkloadFilter},
 };
 
 pub fn run(args: &SocketsArgs) -> Result<()> {
@@ -18,6 +18,15 @@ pub fn run(args: &SocketsArgs) -> Result<()> {
         netns: args.netns,
         keepalive: args.keepalive.as_deref().map(|k| k == "on"),
         at_risk: args.at_risk.then_some(true),
+        workload: WorkloadFilter {
+            process: args.process.clone(),
+            unit: args.unit.clone(),
+            container: args.container.clone(),
+            pod: args.pod.clone(),
+            k8s_namespace: args.k8s_namespace.clone(),
+            role: args.role.clone(),
+            peer_group: args.peer_group.clone(),
+        },
     };
     let body = fetch(args, &format!("/sockets?{}", filter.to_query()))?;
     if args.json {
@@ -59,13 +68,31 @@ fn fetch(args: &SocketsArgs, path: &str) -> Result<String> {
     Ok(body.to_string())
 }
 
+/// The most specific workload a socket names: its pod, else its container, else its unit.
+fn workload(s: &serde_json::Value) -> String {
+    let get = |k: &str| s.get(k).and_then(|v| v.as_str());
+    match (
+        get("pod"),
+        get("k8s_namespace"),
+        get("container"),
+        get("unit"),
+    ) {
+        (Some(pod), Some(ns), ..) => format!("pod:{ns}/{pod}"),
+        (Some(pod), None, ..) => format!("pod:{pod}"),
+        (None, _, Some(c), _) => format!("container:{c}"),
+        (None, _, None, Some(u)) => u.to_string(),
+        _ => "-".into(),
+    }
+}
+
 fn table(list: &[serde_json::Value]) -> String {
     let mut out = format!(
-        "{:<11} {:<28} {:<28} {:<22} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
+        "{:<11} {:<28} {:<28} {:<22} {:<28} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
         "State",
         "Local",
         "Peer",
         "Process",
+        "Workload",
         "KA",
         "Idle",
         "Intvl",
@@ -107,11 +134,12 @@ fn table(list: &[serde_json::Value]) -> String {
             _ => "-".into(),
         };
         out.push_str(&format!(
-            "{:<11} {:<28} {:<28} {:<22} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
+            "{:<11} {:<28} {:<28} {:<22} {:<28} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
             txt("state"),
             addr("saddr", "sport"),
             addr("daddr", "dport"),
             process,
+            workload(s),
             if get("keepalive") == serde_json::Value::Bool(true) {
                 "on"
             } else {

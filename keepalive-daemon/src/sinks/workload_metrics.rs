@@ -47,7 +47,9 @@ pub struct WorkloadMetrics {
 impl WorkloadMetrics {
     pub fn new(r: &Registry, labels: &[MetricLabel], cap: u32, ttl: Duration) -> Self {
         let names: Vec<&str> = labels.iter().map(|l| l.name()).collect();
-        let with_cause: Vec<&str> = std::iter::once("cause").chain(names.iter().copied()).collect();
+        let with_cause: Vec<&str> = std::iter::once("cause")
+            .chain(names.iter().copied())
+            .collect();
         let counter = |name: &str, help: &str, names: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), names).expect("valid metric");
             r.register(Box::new(c.clone())).expect("unique metric");
@@ -117,9 +119,7 @@ impl WorkloadMetrics {
         let mut books = self.books.lock().unwrap_or_else(|e| e.into_inner());
         let (key, folded) = books[family].admit(key, Instant::now());
         if folded {
-            self.overflow
-                .with_label_values(&[FAMILIES[family]])
-                .inc();
+            self.overflow.with_label_values(&[FAMILIES[family]]).inc();
         }
         key
     }
@@ -150,9 +150,7 @@ impl WorkloadMetrics {
         let mut books = self.books.lock().unwrap_or_else(|e| e.into_inner());
         let (key, folded) = books[SOCKETS].admit(key, Instant::now());
         if folded {
-            self.overflow
-                .with_label_values(&[FAMILIES[SOCKETS]])
-                .inc();
+            self.overflow.with_label_values(&[FAMILIES[SOCKETS]]).inc();
         }
         key
     }

@@ -311,8 +311,14 @@ impl Inventory {
             _ => (Some(Role::Client), None),
         };
         let process = self.procs.get(&e.pid).map(|p| p.comm.clone());
-        self.attribution
-            .labels(e.cgroup, process, role, port, e.flow.daddr)
+        let mut l = self
+            .attribution
+            .labels(e.cgroup, process, role, port, e.flow.daddr);
+        // A listener has no peer.
+        if e.state == LISTEN {
+            l.peer_group = None;
+        }
+        l
     }
 
     /// The labels of a socket in the inventory, or closed in the last seconds.

@@ -17,16 +17,11 @@ pub(super) fn ev(kind: Kind, sk: u64, netns: u32) -> KernelEvent {
 #[test]
 fn owners_are_named_once_per_process() {
     let mut inv = Inventory::new(Duration::from_secs(350));
-    let redis = || {
-        Some(Owner::new(42, "redis-server".into()))
-    };
+    let redis = || Some(Owner::new(42, "redis-server"));
     inv.apply(&ev(Kind::Open, 1, 7), redis());
     inv.apply(&ev(Kind::Open, 2, 7), redis());
     inv.apply(&ev(Kind::Walked, 3, 7), None);
-    inv.set_owner(
-        3,
-        Owner::new(43, "curl".into()),
-    );
+    inv.set_owner(3, Owner::new(43, "curl"));
     assert_eq!(inv.procs.len(), 2);
     assert_eq!(inv.procs[&42].sockets, 2);
     // A settings event without a caller keeps the owner.
@@ -40,10 +35,7 @@ fn owners_are_named_once_per_process() {
     inv.apply(&ev(Kind::Gone, 2, 7), None);
     assert!(!inv.procs.contains_key(&42));
     // A pid reused by another program: its sockets show the new name.
-    inv.apply(
-        &ev(Kind::Open, 4, 7),
-        Some(Owner::new(43, "python3".into())),
-    );
+    inv.apply(&ev(Kind::Open, 4, 7), Some(Owner::new(43, "python3")));
     assert_eq!(
         inv.view(inv.get(3).unwrap()).comm.as_deref(),
         Some("python3")
@@ -56,7 +48,7 @@ fn owners_are_named_once_per_process() {
 #[test]
 fn options_set_before_connect_name_the_owner() {
     let mut inv = Inventory::new(Duration::from_secs(350));
-    let curl = Some(Owner::new(7, "curl".into()));
+    let curl = Some(Owner::new(7, "curl"));
     let mut syn_sent = ev(Kind::Settings, 1, 7);
     syn_sent.info.state = 2;
     inv.apply(&syn_sent, curl.clone());
