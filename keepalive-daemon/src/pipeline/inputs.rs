@@ -15,6 +15,10 @@ impl LoopState {
     pub(super) fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
         self.resolve_owners();
         self.check_owners();
+        self.inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refresh_attribution();
         let swept = self.tracker.sweep(monotonic_ns());
         if swept > 0 {
             warn!("{swept} probe runs ended unseen (events lost); forgotten");

@@ -171,7 +171,13 @@ pub fn first_inventory(
 /// Who sockets belong to: the cgroup2 hierarchy walked once (workloads), the peer groups of
 /// the configuration.
 pub fn attribution(opts: &RunArgs) -> Attribution {
-    let workloads = Workloads::new(WorkloadConfig::default());
+    // A cgroup made just before its first socket is only found by a walk: walking at most
+    // five times a second names it within 200 ms, and a walk costs a few ms even with
+    // thousands of cgroups (a Kubernetes node's).
+    let workloads = Workloads::new(WorkloadConfig {
+        min_rewalk: std::time::Duration::from_millis(200),
+        ..WorkloadConfig::default()
+    });
     let budget = opts.idle_budget.as_secs().min(u64::from(u32::MAX)) as u32;
     Attribution::new(
         workloads.enabled().then_some(workloads),

@@ -60,6 +60,9 @@ struct Held {
     pod: Option<Arc<str>>,
     k8s_namespace: Option<Arc<str>>,
     sockets: u32,
+    /// Not final yet: the cgroup was unknown (created after the last walk, within the walk's
+    /// rate limit), or it is a pod whose name the kubelet's directory did not give yet.
+    pending: bool,
 }
 
 impl Held {
@@ -74,8 +77,12 @@ impl Held {
                 pod: s(&w.pod).or_else(|| s(&w.pod_uid)),
                 k8s_namespace: s(&w.k8s_namespace),
                 sockets: 0,
+                pending: w.pod_uid.is_some() && w.pod.is_none(),
             },
-            None => Held::default(),
+            None => Held {
+                pending: true,
+                ..Held::default()
+            },
         }
     }
 }
@@ -166,6 +173,33 @@ impl Attribution {
             role,
             port,
             peer_group: Some(self.peer_group(peer)),
+        }
+    }
+
+    /// Resolves again the cgroups that were not final (see `Held::pending`), a bounded number
+    /// per call; the event loop calls it with each namespace poll. The resolver's own rate
+    /// limit and negative cache keep this from walking the hierarchy more than once a second.
+    pub fn refresh(&mut self) {
+        const PER_CALL: usize = 64;
+        let Some(resolver) = self.workloads.as_mut() else {
+            return;
+        };
+        let pending: Vec<u64> = self
+            .by_cgroup
+            .iter()
+            .filter(|(_, h)| h.pending)
+            .map(|(id, _)| *id)
+            .take(PER_CALL)
+            .collect();
+        for id in pending {
+            let Some(w) = resolver.resolve(id) else {
+                continue;
+            };
+            if let Some(h) = self.by_cgroup.get_mut(&id) {
+                let sockets = h.sockets;
+                *h = Held::from(Some(&w));
+                h.sockets = sockets;
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! `sockets` subcommand, its `settings` events and its inventory metrics must report exactly
 //! what they set.
 
+mod attribution;
 mod clients;
 mod lifecycle;
 mod obs;
@@ -35,9 +36,10 @@ pub enum Kind {
     Preexisting,
     Sysctl,
     Risk,
+    Attribution,
 }
 
-pub const ALL: [Kind; 7] = [
+pub const ALL: [Kind; 8] = [
     Kind::SettingsPython,
     Kind::SettingsSocat,
     Kind::SettingsCurl,
@@ -45,6 +47,7 @@ pub const ALL: [Kind; 7] = [
     Kind::Preexisting,
     Kind::Sysctl,
     Kind::Risk,
+    Kind::Attribution,
 ];
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Preexisting => "inventory-preexisting",
             Kind::Sysctl => "inventory-sysctl",
             Kind::Risk => "inventory-risk",
+            Kind::Attribution => "attribution",
         }
     }
 
@@ -80,6 +84,9 @@ impl Kind {
             Kind::Sysctl => {
                 "tcp_keepalive_time=600 in a namespace reaches sockets using the default within 1 s"
             }
+            Kind::Attribution => {
+                "redis-server in a systemd unit, socat in a docker scope, a python pod: unit, container, pod, role, process in /sockets, events, deaths and /metrics"
+            }
             Kind::Risk => {
                 "second daemon with --idle-budget 300s: at_risk flags, filters, `sockets --at-risk`, metrics"
             }
@@ -91,7 +98,7 @@ impl Kind {
         match self {
             Kind::SettingsPython => "python3",
             Kind::SettingsCurl => "curl",
-            Kind::SettingsRedis => "redis-server",
+            Kind::SettingsRedis | Kind::Attribution => "redis-server",
             Kind::SettingsSocat | Kind::Preexisting | Kind::Sysctl | Kind::Risk => "socat",
         }
     }
@@ -294,6 +301,7 @@ fn run_inner(
         Kind::Preexisting => lifecycle::preexisting(&mut ctx),
         Kind::Sysctl => lifecycle::sysctl(&mut ctx),
         Kind::Risk => risk::run(&mut ctx),
+        Kind::Attribution => attribution::run(&mut ctx),
     };
     if let Some(status) = ctx.main.exited() {
         ctx.failures.push(format!(

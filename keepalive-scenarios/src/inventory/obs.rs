@@ -142,22 +142,24 @@ impl Obs {
         }
     }
 
-    /// A sample of /metrics with exactly these labels; None when the series is absent.
+    /// The sum of the /metrics samples of `name` that carry these labels (whatever workload
+    /// labels they carry besides); None when there is no such series.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<Option<f64>> {
         let (code, body) = http::get(self.addr, "/metrics")?;
         if code != 200 {
             bail!("/metrics answered HTTP {code}");
         }
-        let mut want: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        let matching: Vec<f64> = http::parse_prometheus(&body)
+            .into_iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(gk, gv)| gk == k && gv == v))
+            })
+            .map(|s| s.value)
             .collect();
-        want.sort();
-        Ok(http::parse_prometheus(&body).into_iter().find_map(|s| {
-            let mut got = s.labels.clone();
-            got.sort();
-            (s.name == name && got == want).then_some(s.value)
-        }))
+        Ok((!matching.is_empty()).then(|| matching.iter().sum()))
     }
 
     /// Waits until a series reads `want`, within 1 s of `t0` (right at the first look counts

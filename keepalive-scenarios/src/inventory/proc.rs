@@ -75,9 +75,30 @@ impl Proc {
     /// or shell in between), which is what the daemon must report. stdin stays open (a pipe)
     /// until `close_stdin`, for programs that run until their input ends.
     pub fn spawn(ns: &str, program: &Path, args: &[String]) -> Result<Proc> {
+        Self::spawn_in(ns, None, program, args)
+    }
+
+    /// As `spawn`, and the child also joins cgroup `cgroup` (a directory of the cgroup2
+    /// hierarchy) before exec, so the sockets it creates carry that cgroup.
+    pub fn spawn_in(
+        ns: &str,
+        cgroup: Option<&Path>,
+        program: &Path,
+        args: &[String],
+    ) -> Result<Proc> {
         let path = format!("/run/netns/{ns}");
         let nsfd = File::open(&path).with_context(|| format!("open {path}"))?;
         let fd = nsfd.as_raw_fd();
+        let procs = cgroup
+            .map(|c| {
+                let p = c.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .with_context(|| format!("open {}", p.display()))
+            })
+            .transpose()?;
+        let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
         let line = format!("{} {}", program.display(), args.join(" "));
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -94,6 +115,12 @@ impl Proc {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // "0" moves the writing process itself (cgroup v2's cgroup.procs).
+                if let Some(cg) = procs_fd
+                    && libc::write(cg, b"0".as_ptr().cast(), 1) != 1
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
@@ -101,6 +128,7 @@ impl Proc {
             .spawn()
             .with_context(|| format!("cannot start `{line}`"))?;
         drop(nsfd);
+        drop(procs);
         if let Ok(pid) = i32::try_from(child.id()) {
             cleanup::register_pid(pid);
         }

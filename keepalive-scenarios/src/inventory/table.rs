@@ -3,15 +3,22 @@
 use super::view::{SYSCTL, Want, detect_after};
 use std::net::SocketAddr;
 
-/// The row of a `keepalive-daemon sockets` table for `local` → `peer`, as its columns.
+/// Where the table's Workload column is (one token: `pod:…`, `container:…`, a unit or `-`);
+/// the attribution scenario checks workloads through /sockets, so rows come back without it.
+const WORKLOAD_COLUMN: usize = 4;
+
+/// The row of a `keepalive-daemon sockets` table for `local` → `peer`, as its columns, the
+/// Workload column left out.
 pub fn table_row(table: &str, local: SocketAddr, peer: SocketAddr) -> Option<Vec<String>> {
-    table
+    let mut row = table
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
         .find(|cols| {
-            cols.len() >= 11 && cols[1] == local.to_string() && cols[2] == peer.to_string()
-        })
+            cols.len() >= 12 && cols[1] == local.to_string() && cols[2] == peer.to_string()
+        })?;
+    row.remove(WORKLOAD_COLUMN);
+    Some(row)
 }
 
 /// The columns the table must show for a socket matching `want` (State … TTD; Next varies).
@@ -54,8 +61,8 @@ mod tests {
 
     #[test]
     fn table_rows_are_found_by_endpoints() {
-        let t = "State Local Peer Process KA Idle Intvl Cnt UserTO TTD Next Risk\n\
-                 ESTABLISHED 192.0.2.2:4000 198.51.100.2:80 socat/7 on 11 4 5 0 31 10.9s\n";
+        let t = "State Local Peer Process Workload KA Idle Intvl Cnt UserTO TTD Next Risk\n\
+                 ESTABLISHED 192.0.2.2:4000 198.51.100.2:80 socat/7 - on 11 4 5 0 31 10.9s\n";
         let (l, p) = (
             "192.0.2.2:4000".parse().unwrap(),
             "198.51.100.2:80".parse().unwrap(),

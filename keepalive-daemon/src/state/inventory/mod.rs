@@ -436,6 +436,11 @@ impl Inventory {
         }
     }
 
+    /// Resolves again workloads that were not known yet (see `Attribution::refresh`).
+    pub fn refresh_attribution(&mut self) {
+        self.attribution.refresh();
+    }
+
     /// Processes on record as owners: the owner check looks whether any has exited.
     pub fn owner_pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
