@@ -47,7 +47,7 @@ pub struct Book {
     cap: usize,
     admitted: HashMap<Key, Instant>,
     /// Folded label sets already counted, so each is counted once while it lasts; bounded
-    /// like the admitted ones (beyond that a fold is counted every time it recurs).
+    /// (20 × cap, at least 10 000: beyond that a fold is counted every time it recurs).
     folded: HashMap<Key, Instant>,
 }
 
@@ -81,7 +81,7 @@ impl Book {
                 false
             }
             None => {
-                if self.folded.len() < 10 * self.cap {
+                if self.folded.len() < (20 * self.cap).max(10_000) {
                     self.folded.insert(key, now);
                 }
                 true

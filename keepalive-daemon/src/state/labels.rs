@@ -180,7 +180,7 @@ impl Attribution {
     /// per call; the event loop calls it with each namespace poll. The resolver's own rate
     /// limit and negative cache keep this from walking the hierarchy more than once a second.
     pub fn refresh(&mut self) {
-        const PER_CALL: usize = 64;
+        const PER_CALL: usize = 4096;
         let Some(resolver) = self.workloads.as_mut() else {
             return;
         };
