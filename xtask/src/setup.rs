@@ -25,6 +25,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     // Debian's own interpreter, not whatever python3 comes first on PATH (e.g. a pyenv shim).
     ("/usr/bin/python3", "python3"),
+    // A forking server for the owner scenario (owner-postgres): server and psql.
+    ("/usr/lib/postgresql", "postgresql"),
+    ("psql", "postgresql-client"),
     ("dpkg-deb", "dpkg"),
     // The service tests and deploy checks: unit analysis, TLS clients, syscall tracing,
     // capability juggling, package metadata.

@@ -7,6 +7,7 @@ mod attribution;
 mod clients;
 mod lifecycle;
 mod obs;
+mod owner_fork;
 mod proc;
 mod redis;
 mod reuse;
@@ -37,9 +38,10 @@ pub enum Kind {
     Sysctl,
     Risk,
     Attribution,
+    OwnerFork,
 }
 
-pub const ALL: [Kind; 8] = [
+pub const ALL: [Kind; 9] = [
     Kind::SettingsPython,
     Kind::SettingsSocat,
     Kind::SettingsCurl,
@@ -48,6 +50,7 @@ pub const ALL: [Kind; 8] = [
     Kind::Sysctl,
     Kind::Risk,
     Kind::Attribution,
+    Kind::OwnerFork,
 ];
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Sysctl => "inventory-sysctl",
             Kind::Risk => "inventory-risk",
             Kind::Attribution => "attribution",
+            Kind::OwnerFork => "owner-postgres",
         }
     }
 
@@ -84,6 +88,9 @@ impl Kind {
             Kind::Sysctl => {
                 "tcp_keepalive_time=600 in a namespace reaches sockets using the default within 1 s"
             }
+            Kind::OwnerFork => {
+                "PostgreSQL's postmaster accepts, forks a backend, closes its copy: /sockets names the backend"
+            }
             Kind::Attribution => {
                 "redis-server in a systemd unit, socat in a docker scope, a python pod: unit, container, pod, role, process in /sockets, events, deaths and /metrics"
             }
@@ -99,6 +106,7 @@ impl Kind {
             Kind::SettingsPython => "python3",
             Kind::SettingsCurl => "curl",
             Kind::SettingsRedis | Kind::Attribution => "redis-server",
+            Kind::OwnerFork => "psql",
             Kind::SettingsSocat | Kind::Preexisting | Kind::Sysctl | Kind::Risk => "socat",
         }
     }
@@ -302,6 +310,7 @@ fn run_inner(
         Kind::Sysctl => lifecycle::sysctl(&mut ctx),
         Kind::Risk => risk::run(&mut ctx),
         Kind::Attribution => attribution::run(&mut ctx),
+        Kind::OwnerFork => owner_fork::run(&mut ctx),
     };
     if let Some(status) = ctx.main.exited() {
         ctx.failures.push(format!(

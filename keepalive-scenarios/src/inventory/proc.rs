@@ -180,6 +180,14 @@ impl Proc {
         Ok(())
     }
 
+    pub fn write_stdin(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().context("stdin already closed")?;
+        stdin.write_all(bytes)?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     pub fn close_stdin(&mut self) {
         self.stdin.take();
     }
