@@ -26,7 +26,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // Debian's own interpreter, not whatever python3 comes first on PATH (e.g. a pyenv shim).
     ("/usr/bin/python3", "python3"),
     // A forking server for the owner scenario (owner-postgres): server and psql.
-    ("/usr/lib/postgresql", "postgresql"),
+    ("pg_ctlcluster", "postgresql"),
     ("psql", "postgresql-client"),
     ("dpkg-deb", "dpkg"),
     // The service tests and deploy checks: unit analysis, TLS clients, syscall tracing,
