@@ -62,7 +62,7 @@ fn auto_mode_attaches_serves_and_detaches_on_sigterm() {
     for name in [
         "keepalive_probes_total",
         "keepalive_probes_answered_total",
-        "keepalive_dead_connections_total{cause=\"timeout\"}",
+        "keepalive_dead_connections_total{cause=\"timeout\",",
         "keepalive_events_lost_total{stage=\"kernel\"}",
         "keepalive_build_info",
     ] {

@@ -98,7 +98,10 @@ impl Book {
     /// Forgets label sets not seen for `ttl` that have no live socket; returns the forgotten
     /// admitted ones (their series are to be removed).
     pub fn expire(&mut self, now: Instant, ttl: Duration, live: &HashSet<Key>) -> Vec<Key> {
-        let stale = |k: &Key, t: &Instant| now.duration_since(*t) >= ttl && !live.contains(k);
+        // The empty workload (nothing known) is never forgotten: its series is made at start.
+        let stale = |k: &Key, t: &Instant| {
+            now.duration_since(*t) >= ttl && !live.contains(k) && k.iter().any(|v| !v.is_empty())
+        };
         let gone: Vec<Key> = self
             .admitted
             .iter()

@@ -88,15 +88,25 @@ impl WorkloadMetrics {
         for f in FAMILIES {
             overflow.with_label_values(&[f]);
         }
-        // Every cause has a series from the start (alerts on rate() need one), under the
-        // empty workload: nothing is known about a connection nobody has reported yet.
+        // Every family (and every cause) has a series from the start, under the empty
+        // workload: rate() and alerts need one, and a family with no series at all is not
+        // exported. Nothing is known about a connection nobody has reported yet.
         let empty: Vec<&str> = vec![""; names.len()];
         for c in Cause::ALL {
             let mut v = vec![c.as_str()];
             v.extend(&empty);
             dead.with_label_values(&v);
         }
+        probes.with_label_values(&empty);
+        answered.with_label_values(&empty);
+        detect.with_label_values(&empty);
+        // The empty workload's pre-made series takes one of the cap's places in every family.
         let cap = cap as usize;
+        let books = std::array::from_fn(|_| {
+            let mut b = Book::new(cap);
+            b.admit(vec![String::new(); names.len()], Instant::now());
+            b
+        });
         WorkloadMetrics {
             labels: labels.to_vec(),
             ttl,
@@ -105,7 +115,7 @@ impl WorkloadMetrics {
             dead,
             detect,
             overflow,
-            books: Mutex::new(std::array::from_fn(|_| Book::new(cap))),
+            books: Mutex::new(books),
         }
     }
 
@@ -163,17 +173,26 @@ impl WorkloadMetrics {
         for book in books.iter_mut() {
             book.touch(live, now);
         }
-        for k in books[PROBES].expire(now, self.ttl, live) {
-            let _ = self.probes.remove_label_values(&refs(&k));
-        }
-        for k in books[ANSWERED].expire(now, self.ttl, live) {
-            let _ = self.answered.remove_label_values(&refs(&k));
-        }
         // The empty workload keeps its pre-made series (see `new`).
+        let named = |k: &Key| k.iter().any(|v| !v.is_empty());
+        for k in books[PROBES]
+            .expire(now, self.ttl, live)
+            .iter()
+            .filter(|k| named(k))
+        {
+            let _ = self.probes.remove_label_values(&refs(k));
+        }
+        for k in books[ANSWERED]
+            .expire(now, self.ttl, live)
+            .iter()
+            .filter(|k| named(k))
+        {
+            let _ = self.answered.remove_label_values(&refs(k));
+        }
         for k in books[DEAD]
             .expire(now, self.ttl, live)
             .into_iter()
-            .filter(|k| k.iter().any(|v| !v.is_empty()))
+            .filter(|k| named(k))
         {
             for c in Cause::ALL {
                 let mut v = vec![c.as_str()];
@@ -181,8 +200,12 @@ impl WorkloadMetrics {
                 let _ = self.dead.remove_label_values(&v);
             }
         }
-        for k in books[DETECT].expire(now, self.ttl, live) {
-            let _ = self.detect.remove_label_values(&refs(&k));
+        for k in books[DETECT]
+            .expire(now, self.ttl, live)
+            .iter()
+            .filter(|k| named(k))
+        {
+            let _ = self.detect.remove_label_values(&refs(k));
         }
         books[SOCKETS].expire(now, self.ttl, live);
     }
