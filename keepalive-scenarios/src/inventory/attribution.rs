@@ -306,7 +306,8 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 .failures
                 .push(format!("no dead event naming {label}={value}")),
         }
-        let series = dead_series(ctx.main.addr, label, value)?;
+        let (series, lines) = dead_series(ctx.main.addr, label, value)?;
+        ctx.notes.extend(lines);
         ctx.check(series >= 1.0, || {
             format!("keepalive_dead_connections_total{{cause=\"timeout\",{label}=\"{value}\"}} is {series}")
         });
@@ -397,16 +398,25 @@ fn wait_event(ctx: &Ctx, from: usize, want: impl Fn(&Value) -> bool) -> Option<V
     }
 }
 
-/// The sum of `keepalive_dead_connections_total{cause="timeout"}` series carrying `label=value`.
-fn dead_series(daemon: SocketAddr, label: &str, value: &str) -> Result<f64> {
+/// The sum of `keepalive_dead_connections_total{cause="timeout"}` series carrying `label=value`,
+/// and those series' lines as exported.
+fn dead_series(daemon: SocketAddr, label: &str, value: &str) -> Result<(f64, Vec<String>)> {
     let (_, body) = http::get(daemon, "/metrics")?;
-    Ok(http::parse_prometheus(&body)
+    let needle = format!("{label}=\"{value}\"");
+    let lines = body
+        .lines()
+        .filter(|l| l.starts_with("keepalive_dead_connections_total{cause=\"timeout\""))
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect();
+    let sum = http::parse_prometheus(&body)
         .into_iter()
         .filter(|s| s.name == "keepalive_dead_connections_total")
         .filter(|s| s.labels.iter().any(|(k, v)| k == "cause" && v == "timeout"))
         .filter(|s| s.labels.iter().any(|(k, v)| k == label && v == value))
         .map(|s| s.value)
-        .sum())
+        .sum();
+    Ok((sum, lines))
 }
 
 fn wait_listening(ctx: &Ctx, redis: &mut Proc, addr: SocketAddr) -> Result<()> {
