@@ -77,6 +77,7 @@ pub fn run(opts: Options) -> Result<()> {
         let release = build::Options {
             release: true,
             musl: false,
+            arm64: false,
         };
         if stage("build (release)", &mut || build::build(&release)) {
             stage(

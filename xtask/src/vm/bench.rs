@@ -27,6 +27,7 @@ pub fn run() -> Result<PathBuf> {
     let musl = build::Options {
         release: true,
         musl: true,
+        arm64: false,
     };
     build::build_packages(
         &musl,
@@ -68,6 +69,7 @@ pub fn run() -> Result<PathBuf> {
     let log = work.join("logs").join(format!("bench-{}.log", kernel.name));
     let console = qemu::boot(&qemu::Boot {
         label: "bench",
+        arch: kernel.arch,
         vmlinuz: &image.vmlinuz,
         initrd: &initrd,
         append: format!("console=ttyS0 panic=-1 quiet kat.modes={MODES} kat.bench=1"),

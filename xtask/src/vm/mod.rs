@@ -9,6 +9,7 @@ mod matrix;
 mod modules;
 mod qemu;
 pub mod report;
+mod sysroot;
 mod tools;
 
 use std::{fs, path::PathBuf, time::Duration};
@@ -16,7 +17,7 @@ use std::{fs, path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 
 use crate::{build, setup};
-use kernels::{KERNELS, Kernel};
+use kernels::{Arch, KERNELS, Kernel};
 use report::Outcome;
 
 #[derive(clap::Parser)]
@@ -100,10 +101,6 @@ pub fn run_kernels(
     modes: &[String],
     opts: &Options,
 ) -> Result<(Vec<Outcome>, bool)> {
-    let musl = build::Options {
-        release: true,
-        musl: true,
-    };
     // Build only what the guest will run, so a smoke or --no-daemon run works while the
     // daemon does not build.
     let packages: &[&str] = if opts.smoke {
@@ -117,12 +114,20 @@ pub fn run_kernels(
             "keepalive-daemon",
         ]
     };
-    build::build_packages(&musl, packages)?;
+    // Once per guest architecture among the kernels.
+    let mut built: Vec<Arch> = Vec::new();
+    for kernel in kernels {
+        if !built.contains(&kernel.arch) {
+            build::build_packages(&static_build(kernel.arch), packages)?;
+            built.push(kernel.arch);
+        }
+    }
     let work = PathBuf::from("target/vm");
     fs::create_dir_all(work.join("logs"))?;
 
     let mut outcomes = Vec::new();
     for kernel in kernels {
+        let musl = static_build(kernel.arch);
         let outcome = boot_kernel(kernel, modes, opts, &musl, &work).unwrap_or_else(|e| Outcome {
             kernel: kernel.name.to_owned(),
             error: Some(format!("{e:#}")),
@@ -160,7 +165,11 @@ fn boot_kernel(
         selection.absent.join(" "),
     );
 
-    let shipped = tools::collect()?;
+    let shipped = match kernel.arch {
+        Arch::X86_64 => tools::collect()?,
+        // The host's tools cannot run there: Debian's builds for the guest's architecture.
+        foreign => sysroot::collect(foreign)?,
+    };
     if !shipped.missing.is_empty() {
         eprintln!(
             "vm: not on this host, so not in the guest (their scenarios will be skipped): {}",
@@ -187,7 +196,11 @@ fn boot_kernel(
 
     // Kernel parameters with a dot are not passed to init as arguments or environment; vminit
     // reads them from /proc/cmdline.
-    let mut append = format!("console=ttyS0 panic=-1 quiet kat.modes={}", modes.join(","));
+    let mut append = format!(
+        "console={} panic=-1 quiet kat.modes={}",
+        qemu::console(kernel.arch),
+        modes.join(",")
+    );
     if !opts.scenarios.is_empty() {
         append.push_str(&format!(" kat.scenarios={}", opts.scenarios.join(",")));
     }
@@ -213,6 +226,7 @@ fn boot_kernel(
     let log = work.join("logs").join(format!("{}.log", kernel.name));
     let console = qemu::boot(&qemu::Boot {
         label: kernel.name,
+        arch: kernel.arch,
         vmlinuz: &image.vmlinuz,
         initrd: &initrd,
         append,
@@ -239,6 +253,15 @@ fn boot_kernel(
         ));
     }
     Ok(outcome)
+}
+
+/// The static (musl) release build whose binaries go into a guest of `arch`.
+fn static_build(arch: Arch) -> build::Options {
+    build::Options {
+        release: true,
+        musl: true,
+        arm64: arch == Arch::Arm64,
+    }
 }
 
 fn flavour(opts: &Options) -> &'static str {
