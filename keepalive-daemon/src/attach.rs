@@ -32,6 +32,9 @@ pub struct HookStatus {
     pub mode: &'static str,
     /// Why the rung above was not used, or what the chosen rung cannot do.
     pub note: Option<String>,
+    /// Rungs above the chosen one that the kernel refused, with its reason: exported as
+    /// `keepalive_hook_rung_refused`, so a fallback is visible without the log.
+    pub refused: Vec<(&'static str, String)>,
 }
 
 pub struct Attached {
@@ -114,6 +117,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             hook,
             mode: "tracepoint",
             note: None,
+            refused: Vec::new(),
         });
     }
     if p.settings_hooks {
@@ -126,6 +130,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             hook: "settings",
             mode: "tracepoint",
             note: None,
+            refused: Vec::new(),
         });
     }
     let iter_ok = match <&mut Iter>::try_from(
@@ -140,6 +145,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             hook: "inventory",
             mode: "iterator",
             note: None,
+            refused: Vec::new(),
         }),
         Err(e) => warn!(
             "TCP socket iterator unavailable ({e}): sockets opened before the daemon are not inventoried"
@@ -263,6 +269,7 @@ fn climb(
     unavailable: Option<String>,
 ) -> Result<HookStatus> {
     let mut why_not: Vec<String> = Vec::new();
+    let mut refused: Vec<(&'static str, String)> = Vec::new();
     for (rung, progs) in rungs {
         let forced = mode != HookMode::Auto;
         if forced && mode.as_str() != *rung {
@@ -276,6 +283,7 @@ fn climb(
                     hook,
                     mode: "tracepoint",
                     note: Some(reason.clone()),
+                    refused,
                 });
             }
             why_not.push(format!("{rung}: {reason}"));
@@ -296,6 +304,7 @@ fn climb(
                     hook,
                     mode: rung,
                     note,
+                    refused,
                 });
             }
             Err(e) if forced => {
@@ -305,7 +314,11 @@ fn climb(
                     reason: e,
                 });
             }
-            Err(e) => why_not.push(format!("{rung}: {e}")),
+            Err(e) => {
+                warn!("hook {hook}: {rung} rung refused: {e}; trying the next rung");
+                why_not.push(format!("{rung}: {e}"));
+                refused.push((*rung, e));
+            }
         }
     }
     Err(Error::HookRefused {
@@ -400,27 +413,20 @@ fn unload(ebpf: &mut Ebpf, prog: Prog) {
     };
 }
 
-/// The kernel's reason, with the verifier log cut to its last line (the one that matters).
+/// The kernel's reason: the verifier's own error line (the last line before its statistics),
+/// with the statistics after it. The whole log goes to the debug log.
 fn describe(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
         } => {
-            let last = verifier_log.to_string();
-            let last = last
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            format!(
-                "{io_error}{}",
-                if last.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (verifier: {last})")
-                }
-            )
+            let log = verifier_log.to_string();
+            log::debug!("verifier log:\n{log}");
+            match verifier_reason(&log) {
+                Some(reason) => format!("{io_error} (verifier: {reason})"),
+                None => io_error.to_string(),
+            }
         }
         other => {
             let mut s = other.to_string();
@@ -432,6 +438,42 @@ fn describe(e: &ProgramError) -> String {
             }
             s
         }
+    }
+}
+
+/// The verifier ends every log with statistics ("processed N insns …", "stack depth …",
+/// "verification time …", and from 7.x one "subprog …" line per function), success or not; the
+/// line naming the refusal comes just before them. 7.x also explains a refusal at length after
+/// its classic one-line message: there the classic line and the "Verification failed:" summary
+/// are the reason.
+fn verifier_reason(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let is_stats = |l: &&str| {
+        l.starts_with("processed ")
+            || l.starts_with("stack depth")
+            || l.starts_with("verification time")
+            || l.starts_with("subprog ")
+    };
+    let processed = lines.iter().find(|l| l.starts_with("processed ")).copied();
+    let reason = match lines
+        .iter()
+        .position(|l| l.starts_with("Verification failed:"))
+    {
+        Some(0) => Some(lines[0].to_owned()),
+        Some(i) => Some(format!("{} — {}", lines[i - 1], lines[i])),
+        None => lines
+            .iter()
+            .rposition(|l| !is_stats(l))
+            .map(|i| lines[i].to_owned()),
+    };
+    match (reason, processed) {
+        (Some(r), Some(p)) => Some(format!("{r}; {p}")),
+        (Some(r), None) => Some(r),
+        (None, p) => p.map(str::to_owned),
     }
 }
 

@@ -4,7 +4,7 @@ use std::{fmt::Write as _, fs, process::Command};
 
 use anyhow::Result;
 
-use super::report::{Outcome, cell_text};
+use super::report::{Outcome, cell_text, rung_text};
 use crate::exec::output;
 
 pub fn write(
@@ -22,8 +22,10 @@ pub fn write(
         )
     };
     let tools = format!(
-        "QEMU with TCG from {}; guest tools copied from the host: {}, {}",
+        "QEMU with TCG from {} and {}; guest tools copied from the host: {}, {} (arm64 guests: \
+         the same Debian versions for arm64)",
         version("qemu-system-x86"),
+        version("qemu-system-arm"),
         version("iproute2"),
         version("nftables")
     );
@@ -113,6 +115,11 @@ fn markdown(
             })
             .collect();
         let _ = writeln!(s, "| *suite time, s* | {} |", secs.join(" | "));
+        let rungs: Vec<String> = modes
+            .iter()
+            .map(|m| rung_text(o.modes.get(m)).replace('|', "\\|"))
+            .collect();
+        let _ = writeln!(s, "| *hook rungs* | {} |", rungs.join(" | "));
     }
     s
 }

@@ -24,6 +24,10 @@ pub struct ModeRun {
     pub last_note: Option<String>,
     pub exit: Option<i32>,
     pub secs: Option<f64>,
+    /// The rung each logical hook ran on (`hooks: hook=rung …`, from the daemon's metrics).
+    pub rungs: Vec<(String, String)>,
+    /// Rungs the kernel refused before the one used: (hook, rung, the kernel's reason).
+    pub refused: Vec<(String, String, String)>,
 }
 
 impl ModeRun {
@@ -118,6 +122,22 @@ pub fn parse(outcome: &mut Outcome, lines: &[String]) {
         // Everything after the `mode=M ` prefix is the suite's own line.
         let payload = body.split_once(' ').map_or("", |(_, p)| p).trim();
         let run = outcome.modes.entry(mode.to_owned()).or_default();
+        if let Some(hooks) = payload.strip_prefix("hooks: ") {
+            run.rungs = hooks
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            continue;
+        }
+        if let Some(refusal) = payload.strip_prefix("refused: ") {
+            run.refused.push((
+                field(refusal, "hook").unwrap_or("?").to_owned(),
+                field(refusal, "rung").unwrap_or("?").to_owned(),
+                quoted(refusal, "reason").unwrap_or_default(),
+            ));
+            continue;
+        }
         match (field(payload, "scenario"), field(payload, "result")) {
             (Some(scenario), Some(result)) => {
                 let family = field(payload, "family").unwrap_or("?");
@@ -193,6 +213,27 @@ pub fn cell_text(run: Option<&ModeRun>, scenario: &str) -> String {
             None => "no result".to_owned(),
         },
     }
+}
+
+/// The hooks whose rung depends on the kernel; the others are tracepoints on every rung.
+pub const LADDER_HOOKS: &[&str] = &["keepalive_timer", "probe_sent", "death"];
+
+/// The matrix's rung cell for a mode: where each laddered hook ran, and what was refused.
+pub fn rung_text(run: Option<&ModeRun>) -> String {
+    let Some(run) = run.filter(|r| !r.rungs.is_empty()) else {
+        return "-".to_owned();
+    };
+    let mut parts: Vec<String> = LADDER_HOOKS
+        .iter()
+        .filter_map(|h| {
+            let (_, rung) = run.rungs.iter().find(|(k, _)| k == h)?;
+            Some(format!("{h}: {rung}"))
+        })
+        .collect();
+    for (hook, rung, reason) in &run.refused {
+        parts.push(format!("{hook}: {rung} refused ({reason})"));
+    }
+    parts.join("; ")
 }
 
 /// One line per failed cell (or per mode/kernel that gave no results), for the end of a log.
@@ -328,6 +369,25 @@ mod tests {
 
     fn report_has_no_pass(o: &Outcome) -> bool {
         !o.passed(&["fentry".into()])
+    }
+
+    #[test]
+    fn rungs_and_refusals_are_read_from_the_suite() {
+        let mut o = Outcome::default();
+        let text = "kat: kernel=r mode=auto hooks: keepalive_timer=fentry probe_sent=fentry death=kprobe reset=tracepoint\n\
+                    kat: kernel=r mode=auto refused: hook=death rung=fentry reason=\"Permission denied (os error 13)\"\n\
+                    kat: kernel=r mode=auto scenario=alive family=ipv4 mode=auto result=success\n\
+                    kat: done kernel=r mode=auto exit=0 secs=1.0";
+        parse(&mut o, &lines(text));
+        let run = &o.modes["auto"];
+        assert!(run.passed());
+        assert_eq!(run.last_note, None);
+        assert_eq!(
+            rung_text(Some(run)),
+            "keepalive_timer: fentry; probe_sent: fentry; death: kprobe; \
+             death: fentry refused (Permission denied (os error 13))"
+        );
+        assert_eq!(rung_text(None), "-");
     }
 
     #[test]
