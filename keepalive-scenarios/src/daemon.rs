@@ -146,7 +146,7 @@ impl Daemon {
                 .find(|(n, _)| n == k)
                 .map_or(String::new(), |(_, v)| v.clone())
         };
-        let on = |name: &str| {
+        let on = |name: &'static str| {
             samples
                 .iter()
                 .filter(move |s| s.name == name && s.value == 1.0)
