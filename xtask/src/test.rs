@@ -21,7 +21,7 @@ const FAILED_HEADER: &str = "failed scenarios:";
 
 #[derive(clap::Parser)]
 pub struct Options {
-    /// Run the VM stage on every known kernel instead of 6.1 only.
+    /// Run the VM stage on every known kernel instead of the default one (6.12) only.
     #[arg(long)]
     pub all_kernels: bool,
     /// Skip the VM stage.

@@ -33,7 +33,7 @@ pub fn run() -> Result<PathBuf> {
         &musl,
         &["keepalive-vminit", "keepalive-daemon", "keepalive-bench"],
     )?;
-    let kernel = kernels::by_name(kernels::DEFAULT_KERNEL)?;
+    let kernel = kernels::by_name(kernels::BENCH_KERNEL)?;
     // Cached package when there is one: a bench run should not depend on the mirror.
     let image = apt::fetch(kernel, false)?;
     let selection = modules::select(&image.modules)?;

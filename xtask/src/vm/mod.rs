@@ -22,7 +22,7 @@ use report::Outcome;
 
 #[derive(clap::Parser)]
 pub struct Options {
-    /// Kernel to boot (repeatable); see xtask/src/vm/kernels.rs. Default: 6.1.
+    /// Kernel to boot (repeatable); see xtask/src/vm/kernels.rs. Default: 6.12.
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
     /// Every known kernel, and regenerate docs/kernel-matrix.md from the results.
