@@ -58,7 +58,10 @@ fn markdown(
     );
     let _ = writeln!(
         s,
-        "Each Debian cloud kernel boots in QEMU and runs the scenario suite once per hook mode. {about}\n"
+        "Each Debian cloud kernel boots in QEMU (arm64 ones in qemu-system-aarch64, also TCG) and \
+         runs the scenario suite once per hook mode. The *hook rungs* row says where each hook \
+         whose rung depends on the kernel ran in that mode, and names any rung the kernel refused \
+         with its reason. {about}\n"
     );
     let _ = writeln!(
         s,
