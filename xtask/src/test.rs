@@ -122,7 +122,7 @@ pub fn run(opts: Options) -> Result<()> {
             };
             for name in names {
                 stage(
-                    &format!("VM {name} (fentry, kprobe, tracepoint)"),
+                    &format!("VM {name} ({})", kernels::HOOK_MODES.join(", ")),
                     &mut || {
                         let kernel = kernels::by_name(name)?;
                         let modes: Vec<String> =

@@ -92,8 +92,10 @@ pub const DEFAULT_KERNEL: &str = "6.12";
 /// comparable with its earlier runs.
 pub const BENCH_KERNEL: &str = "6.1";
 
-/// Every Debian kernel above supports all three; the daemon reports a refused mode itself.
-pub const HOOK_MODES: &[&str] = &["fentry", "kprobe", "tracepoint"];
+/// The three forced modes, then `auto`, the default users run: its column shows which rung
+/// each hook ended up on, and any rung the kernel refused, with the reason. Every Debian kernel
+/// above supports the three; the daemon reports a refused mode itself.
+pub const HOOK_MODES: &[&str] = &["fentry", "kprobe", "tracepoint", "auto"];
 
 pub fn by_name(name: &str) -> anyhow::Result<&'static Kernel> {
     KERNELS.iter().find(|k| k.name == name).ok_or_else(|| {

@@ -8,7 +8,7 @@ use super::report::{Outcome, cell_text, rung_text};
 use crate::exec::output;
 
 pub fn write(
-    outcomes: &[Outcome],
+    outcomes: &[&Outcome],
     modes: &[String],
     command: &str,
     caveat: Option<&str>,
@@ -44,7 +44,7 @@ pub fn write(
 
 /// docs/kernel-matrix.md. `date` and `about` are passed in so the rendering itself is pure.
 fn markdown(
-    outcomes: &[Outcome],
+    outcomes: &[&Outcome],
     modes: &[String],
     date: &str,
     about: &str,
@@ -151,7 +151,7 @@ mod tests {
             ),
         );
         let md = markdown(
-            &[o],
+            &[&o],
             &["kprobe".into(), "fentry".into()],
             "today",
             "tools",

@@ -28,7 +28,7 @@ pub struct Options {
     /// Every known kernel, and regenerate docs/kernel-matrix.md from the results.
     #[arg(long)]
     pub all: bool,
-    /// Hook mode to run (repeatable). Default: fentry, kprobe, tracepoint.
+    /// Hook mode to run (repeatable). Default: fentry, kprobe, tracepoint, auto.
     #[arg(long = "mode", value_name = "MODE")]
     pub modes: Vec<String>,
     /// Only this scenario (repeatable). Default: the whole suite.
@@ -77,17 +77,7 @@ pub fn run(opts: Options) -> Result<()> {
     } else {
         opts.modes.clone()
     };
-    let (outcomes, ok) = run_kernels(&kernels, &modes, &opts)?;
-    if opts.all {
-        // The exact command, so the document says how its results were obtained.
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let command = format!("cargo xtask {}", args.join(" "));
-        let caveat = (opts.smoke || opts.no_daemon).then_some(
-            "Run without the daemon: these are the suite's kernel-side checks only, and the \
-             mode columns do not exercise any hook mode.",
-        );
-        matrix::write(&outcomes, &modes, &command, caveat)?;
-    }
+    let (_, ok) = run_kernels(&kernels, &modes, &opts)?;
     if !ok {
         bail!("the VM suite failed (summary above)");
     }
@@ -134,6 +124,11 @@ pub fn run_kernels(
             ..Outcome::default()
         });
         outcomes.push(outcome);
+        if opts.all {
+            // After every kernel, not only at the end: a long run that is stopped still leaves
+            // the kernels it finished documented (the others are listed as not run yet).
+            write_matrix(&outcomes, kernels, modes, opts)?;
+        }
     }
     println!(
         "\nVM suite ({}):\n{}",
@@ -253,6 +248,32 @@ fn boot_kernel(
         ));
     }
     Ok(outcome)
+}
+
+/// docs/kernel-matrix.md from the outcomes so far; kernels still to boot get a row saying so.
+fn write_matrix(
+    outcomes: &[Outcome],
+    kernels: &[&'static Kernel],
+    modes: &[String],
+    opts: &Options,
+) -> Result<()> {
+    // The exact command, so the document says how its results were obtained.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!("cargo xtask {}", args.join(" "));
+    let caveat = (opts.smoke || opts.no_daemon).then_some(
+        "Run without the daemon: these are the suite's kernel-side checks only, and the \
+         mode columns do not exercise any hook mode.",
+    );
+    let pending: Vec<Outcome> = kernels[outcomes.len()..]
+        .iter()
+        .map(|k| Outcome {
+            kernel: k.name.to_owned(),
+            error: Some("not run yet: the run was stopped before this kernel".to_owned()),
+            ..Outcome::default()
+        })
+        .collect();
+    let all: Vec<&Outcome> = outcomes.iter().chain(&pending).collect();
+    matrix::write(&all, modes, &command, caveat)
 }
 
 /// The static (musl) release build whose binaries go into a guest of `arch`.
