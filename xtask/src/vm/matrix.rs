@@ -7,6 +7,9 @@ use anyhow::Result;
 use super::report::{Outcome, cell_text, rung_text};
 use crate::exec::output;
 
+/// How vm::write_matrix marks a kernel that a stopped run never reached.
+pub const NOT_RUN_YET: &str = "not run yet";
+
 pub fn write(
     outcomes: &[&Outcome],
     modes: &[String],
@@ -74,6 +77,8 @@ fn markdown(
             .map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64()));
         let result = if o.passed(modes) {
             "pass"
+        } else if o.error.as_deref().is_some_and(|e| e.starts_with(NOT_RUN_YET)) {
+            "not run yet"
         } else if o.timed_out {
             "**TIMEOUT**"
         } else {

@@ -268,7 +268,10 @@ fn write_matrix(
         .iter()
         .map(|k| Outcome {
             kernel: k.name.to_owned(),
-            error: Some("not run yet: the run was stopped before this kernel".to_owned()),
+            error: Some(format!(
+                "{}: the run was stopped before this kernel",
+                matrix::NOT_RUN_YET
+            )),
             ..Outcome::default()
         })
         .collect();
