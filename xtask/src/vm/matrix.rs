@@ -77,7 +77,11 @@ fn markdown(
             .map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64()));
         let result = if o.passed(modes) {
             "pass"
-        } else if o.error.as_deref().is_some_and(|e| e.starts_with(NOT_RUN_YET)) {
+        } else if o
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(NOT_RUN_YET))
+        {
             "not run yet"
         } else if o.timed_out {
             "**TIMEOUT**"

@@ -6,6 +6,7 @@ pub mod bench;
 mod initramfs;
 pub mod kernels;
 mod matrix;
+mod mirrors;
 mod modules;
 mod qemu;
 pub mod report;
