@@ -139,6 +139,7 @@ pub fn run(opts: Options) -> Result<()> {
                             timeout: None,
                             refresh: false,
                             verbose: false,
+                            from_logs: false,
                         };
                         let (outcomes, ok) = vm::run_kernels(&[kernel], &modes, &vm_opts)?;
                         if !ok {
