@@ -10,6 +10,9 @@ pub enum Cell {
     /// The suite could not run it here (e.g. a client program missing): not a failure, but
     /// shown with its reason so the matrix has no silent gap.
     Skipped(String),
+    /// Failed, then passed when the suite ran it again at its end (`--retries 1`, as on the
+    /// host): counted as a pass, and shown with its first failure so it is never hidden.
+    Flaky(String),
     Fail(String),
 }
 
@@ -28,6 +31,10 @@ pub struct ModeRun {
     pub rungs: Vec<(String, String)>,
     /// Rungs the kernel refused before the one used: (hook, rung, the kernel's reason).
     pub refused: Vec<(String, String, String)>,
+    /// Scenario → address family → its result, the latest attempt's; `results` folds these.
+    families: BTreeMap<String, BTreeMap<String, Cell>>,
+    /// The suite has started its closing blocks, which repeat result lines already seen.
+    closing: bool,
 }
 
 impl ModeRun {
@@ -145,19 +152,32 @@ pub fn parse(outcome: &mut Outcome, lines: &[String]) {
                     outcome.scenarios.push(scenario.to_owned());
                 }
                 let run = outcome.modes.entry(mode.to_owned()).or_default();
-                let cell = run.results.entry(scenario.to_owned()).or_insert(Cell::Pass);
+                if run.closing {
+                    continue;
+                }
                 let detail = format!("{family}: {}", strip_keys(payload));
                 // Families usually skip for one shared reason: say it once.
                 let reason = quoted(payload, "detail").unwrap_or(detail.clone());
-                // A failure in any family outweighs a skip, a skip outweighs a pass.
-                *cell = match (cell.clone(), result) {
-                    (c, "success") => c,
-                    (Cell::Fail(prev), _) => Cell::Fail(format!("{prev}; {detail}")),
-                    (Cell::Skipped(prev), "skipped") if prev == reason => Cell::Skipped(prev),
-                    (Cell::Skipped(prev), "skipped") => Cell::Skipped(format!("{prev}; {reason}")),
-                    (Cell::Pass, "skipped") => Cell::Skipped(reason),
-                    (_, _) => Cell::Fail(detail),
+                let attempt = match result {
+                    "success" => Cell::Pass,
+                    "skipped" => Cell::Skipped(reason),
+                    _ => Cell::Fail(detail),
                 };
+                let families = run.families.entry(scenario.to_owned()).or_default();
+                let previous = families.remove(family);
+                let cell = match (previous, attempt) {
+                    (Some(Cell::Fail(first)), Cell::Pass) => Cell::Flaky(first),
+                    (Some(Cell::Fail(first)), Cell::Fail(_)) => {
+                        Cell::Fail(format!("{first} (and again when rerun)"))
+                    }
+                    (_, attempt) => attempt,
+                };
+                families.insert(family.to_owned(), cell);
+                let folded = fold(families.values());
+                run.results.insert(scenario.to_owned(), folded);
+            }
+            _ if payload.starts_with(FLAKY_HEADER) || payload == FAILED_HEADER => {
+                run.closing = true;
             }
             _ if !payload.is_empty() && payload != "success" && payload != "failure" => {
                 let note = payload.trim_start_matches("log: ").trim().to_owned();
@@ -168,6 +188,33 @@ pub fn parse(outcome: &mut Outcome, lines: &[String]) {
             }
             _ => {}
         }
+    }
+}
+
+/// The suite's closing blocks (keepalive-scenarios/src/main.rs), which repeat lines above.
+const FLAKY_HEADER: &str = "flaky scenarios";
+const FAILED_HEADER: &str = "failed scenarios:";
+
+/// A scenario's cell from its families': a failure in any family outweighs a flaky pass, which
+/// outweighs a skip, which outweighs a pass. Skip reasons are usually shared: said once.
+fn fold<'a>(families: impl Iterator<Item = &'a Cell>) -> Cell {
+    let (mut fails, mut flaky, mut skips) = (Vec::new(), Vec::new(), Vec::<&str>::new());
+    for cell in families {
+        match cell {
+            Cell::Fail(d) => fails.push(d.as_str()),
+            Cell::Flaky(d) => flaky.push(d.as_str()),
+            Cell::Skipped(d) if !skips.contains(&d.as_str()) => skips.push(d),
+            Cell::Skipped(_) | Cell::Pass => {}
+        }
+    }
+    if !fails.is_empty() {
+        Cell::Fail(fails.join("; "))
+    } else if !flaky.is_empty() {
+        Cell::Flaky(flaky.join("; "))
+    } else if !skips.is_empty() {
+        Cell::Skipped(skips.join("; "))
+    } else {
+        Cell::Pass
     }
 }
 
@@ -208,6 +255,7 @@ pub fn cell_text(run: Option<&ModeRun>, scenario: &str) -> String {
         Some(Cell::Pass) => "pass".to_owned(),
         Some(Cell::Skipped(d)) => format!("skipped: {d}"),
         Some(Cell::Fail(d)) => format!("**FAIL** {d}"),
+        Some(Cell::Flaky(d)) => format!("pass (flaky: failed once, passed when rerun; {d})"),
         None => match run.why() {
             Some(why) => format!("n/a: {why}"),
             None => "no result".to_owned(),
@@ -297,7 +345,7 @@ pub fn summary(outcomes: &[Outcome], modes: &[String]) -> String {
                 "{:<6} {:<11} {:>7} {:>7} {:>7} {:>8} {:>8}  {result}",
                 o.kernel,
                 mode,
-                count(|c| *c == Cell::Pass),
+                count(|c| matches!(c, Cell::Pass | Cell::Flaky(_))),
                 count(|c| matches!(c, Cell::Skipped(_))),
                 count(|c| matches!(c, Cell::Fail(_))),
                 boot,
@@ -312,6 +360,9 @@ pub fn summary(outcomes: &[Outcome], modes: &[String]) -> String {
                     }
                     Cell::Skipped(d) => {
                         let _ = writeln!(s, "  {} {mode} {scenario} skipped: {d}", o.kernel);
+                    }
+                    Cell::Flaky(d) => {
+                        let _ = writeln!(s, "  {} {mode} {scenario} flaky: {d}", o.kernel);
                     }
                     Cell::Pass => {}
                 }

@@ -78,3 +78,41 @@ fn a_skip_is_shown_and_does_not_fail_the_mode() {
         "skipped: curl not installed"
     );
 }
+
+#[test]
+fn a_rerun_that_passes_is_flaky_and_closing_blocks_are_not_counted_again() {
+    let mut o = Outcome::default();
+    let fail = "scenario=control-rto family=ipv4 mode=kprobe result=failure probes=0 detail=\"app error after 3.49s\"";
+    let text = format!(
+        "kat: kernel=r mode=kprobe {fail}\n\
+         kat: kernel=r mode=kprobe scenario=control-rto family=ipv6 mode=kprobe result=success\n\
+         kat: kernel=r mode=kprobe scenario=control-rto family=ipv4 mode=kprobe result=success\n\
+         kat: kernel=r mode=kprobe flaky scenarios (failed once, passed when run again):\n\
+         kat: kernel=r mode=kprobe {fail}\n\
+         kat: done kernel=r mode=kprobe exit=0 secs=1.0"
+    );
+    parse(&mut o, &lines(&text));
+    let run = &o.modes["kprobe"];
+    assert!(run.passed());
+    assert_eq!(
+        cell_text(Some(run), "control-rto"),
+        "pass (flaky: failed once, passed when rerun; ipv4: probes=0 detail=\"app error after 3.49s\")"
+    );
+}
+
+#[test]
+fn a_failure_repeated_in_the_closing_block_is_listed_once() {
+    let mut o = Outcome::default();
+    let fail = "scenario=alive family=ipv4 mode=fentry result=failure probes=2";
+    let text = format!(
+        "kat: kernel=r mode=fentry {fail}\n\
+         kat: kernel=r mode=fentry failed scenarios:\n\
+         kat: kernel=r mode=fentry {fail}\n\
+         kat: done kernel=r mode=fentry exit=1 secs=1.0"
+    );
+    parse(&mut o, &lines(&text));
+    assert_eq!(
+        o.modes["fentry"].results["alive"],
+        Cell::Fail("ipv4: probes=2".into())
+    );
+}
