@@ -131,6 +131,42 @@ impl Daemon {
         Metrics::from_samples(&http::parse_prometheus(&body)).map_err(|e| anyhow!("/metrics: {e}"))
     }
 
+    /// The rung each logical hook runs on (`keepalive_hook_mode`) as `hooks: hook=rung …`, then
+    /// one `refused: hook=H rung=R reason="…"` line per rung the kernel refused
+    /// (`keepalive_hook_rung_refused`): the VM harness puts both in the matrix.
+    pub fn rung_lines(&self) -> Result<Vec<String>> {
+        let (code, body) = http::get(self.addr, "/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered HTTP {code}");
+        }
+        let samples = http::parse_prometheus(&body);
+        let label = |s: &http::Sample, k: &str| {
+            s.labels
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(String::new(), |(_, v)| v.clone())
+        };
+        let on = |name: &'static str| {
+            samples
+                .iter()
+                .filter(move |s| s.name == name && s.value == 1.0)
+        };
+        let hooks: Vec<String> = on("keepalive_hook_mode")
+            .map(|s| format!("{}={}", label(s, "hook"), label(s, "mode")))
+            .collect();
+        let mut lines = vec![format!("hooks: {}", hooks.join(" "))];
+        for s in on("keepalive_hook_rung_refused") {
+            // Quotes would end the reason early for the harness's parser.
+            let reason = label(s, "reason").replace('"', "'");
+            lines.push(format!(
+                "refused: hook={} rung={} reason=\"{reason}\"",
+                label(s, "hook"),
+                label(s, "rung")
+            ));
+        }
+        Ok(lines)
+    }
+
     /// Metrics and JSON line count taken at a moment when neither is changing. Reading them
     /// one after the other while an event is being published could count it on one side only;
     /// requiring two identical reads 150 ms apart rules that out. Returns `settled = false` if

@@ -159,6 +159,10 @@ fn run(cli: &Cli) -> Result<bool> {
             err.display(),
             out.display()
         );
+        match d.rung_lines() {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => eprintln!("cannot read the daemon's hook rungs: {e:#}"),
+        }
     }
 
     // Repeated at the very end: CI shows only a log's tail, and the VM stage follows this one.

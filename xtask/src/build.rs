@@ -13,6 +13,21 @@ pub struct Options {
     /// initramfs is made of.
     #[arg(long)]
     pub musl: bool,
+    /// With --musl: static binaries for aarch64-unknown-linux-musl instead, cross-built with
+    /// Debian's aarch64 gcc as the linker (arm64 servers, the arm64 VM and .deb).
+    #[arg(long, requires = "musl")]
+    pub arm64: bool,
+}
+
+impl Options {
+    /// The --target of a static build.
+    pub fn musl_target(&self) -> &'static str {
+        if self.arm64 {
+            setup::ARM64_TARGET
+        } else {
+            setup::MUSL_TARGET
+        }
+    }
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -40,7 +55,18 @@ pub fn build_packages(opts: &Options, packages: &[&str]) -> Result<()> {
         cmd.arg("--release");
     }
     if opts.musl {
-        cmd.args(["--target", setup::MUSL_TARGET]);
+        cmd.args(["--target", opts.musl_target()]);
+    }
+    if opts.musl && opts.arm64 {
+        // Rust links musl's own crt and libc.a (self-contained); only the linker driver and
+        // the C compiler for crates with C parts (ring) come from the cross toolchain. The
+        // eBPF object needs nothing: aya-build compiles it for this target's pt_regs layout.
+        cmd.env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER",
+            setup::ARM64_CC,
+        )
+        .env("CC_aarch64_unknown_linux_musl", setup::ARM64_CC)
+        .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar");
     }
     exec(&mut cmd)
 }
@@ -49,7 +75,7 @@ pub fn build_packages(opts: &Options, packages: &[&str]) -> Result<()> {
 pub fn binary(opts: &Options, name: &str) -> PathBuf {
     let mut dir = PathBuf::from("target");
     if opts.musl {
-        dir.push(setup::MUSL_TARGET);
+        dir.push(opts.musl_target());
     }
     dir.push(if opts.release { "release" } else { "debug" });
     dir.join(name)

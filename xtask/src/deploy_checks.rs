@@ -61,6 +61,7 @@ pub fn run_checks() -> Result<()> {
         let d = package::build_deb(&package::Options {
             binary,
             out_dir: "target/debian".into(),
+            arch: None,
         })?;
         package::verify(&d)?;
         deb = Some(d);

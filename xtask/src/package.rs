@@ -27,6 +27,10 @@ pub struct Options {
     /// Directory for the .deb.
     #[arg(long, default_value = "target/debian")]
     pub out_dir: PathBuf,
+    /// Debian architecture of the package: the host's by default, or `arm64`, whose daemon is
+    /// a static aarch64-unknown-linux-musl build (cross-built; no shared-library Depends).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
 }
 
 /// Every file the package installs: (path in the package, source in the repository, mode).
@@ -90,12 +94,21 @@ pub fn run(opts: Options) -> Result<()> {
 
 /// Builds the .deb and returns its path.
 pub fn build_deb(opts: &Options) -> Result<PathBuf> {
+    let host = output(Command::new("dpkg").arg("--print-architecture"))?
+        .trim()
+        .to_string();
+    let arch = opts.arch.clone().unwrap_or_else(|| host.clone());
+    let cross = arch != host;
+    if cross && arch != "arm64" {
+        bail!("--arch {arch}: only the host's architecture ({host}) and arm64 can be packaged");
+    }
     let binary = match &opts.binary {
         Some(b) => b.clone(),
         None => {
             let release = build::Options {
                 release: true,
-                musl: false,
+                musl: cross,
+                arm64: cross,
             };
             build::build_packages(&release, &[PACKAGE])?;
             build::binary(&release, PACKAGE)
@@ -103,9 +116,6 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
     };
     ensure!(binary.is_file(), "no daemon binary at {}", binary.display());
     let version = version()?;
-    let arch = output(Command::new("dpkg").arg("--print-architecture"))?
-        .trim()
-        .to_string();
     let name = format!("{PACKAGE}_{version}_{arch}");
     let stage = opts.out_dir.join(&name);
     let _ = fs::remove_dir_all(&stage);
@@ -124,9 +134,13 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
     )?;
     // Debug info stays in the build tree; the package gets the stripped binary.
     exec(
-        Command::new("strip")
-            .arg("--strip-unneeded")
-            .arg(stage.join(BINARY)),
+        Command::new(if cross {
+            "aarch64-linux-gnu-strip"
+        } else {
+            "strip"
+        })
+        .arg("--strip-unneeded")
+        .arg(stage.join(BINARY)),
     )?;
     for (dest, src, mode) in FILES {
         put(
@@ -146,10 +160,16 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
         0o644,
     )?;
 
-    let depends = depends(&stage.join(BINARY)).unwrap_or_else(|e| {
-        eprintln!("package: dpkg-shlibdeps failed ({e:#}); depending on libc6 alone");
-        "libc6".to_string()
-    });
+    // The cross-built daemon is static: it needs no library from the system.
+    let depends = if cross {
+        None
+    } else {
+        Some(depends(&stage.join(BINARY)).unwrap_or_else(|e| {
+            eprintln!("package: dpkg-shlibdeps failed ({e:#}); depending on libc6 alone");
+            "libc6".to_string()
+        }))
+    };
+    let depends = depends.map_or(String::new(), |d| format!("Depends: {d}\n"));
     let installed_kib = du_kib(&stage)?;
     let control = format!(
         "Package: {PACKAGE}\n\
@@ -157,7 +177,7 @@ pub fn build_deb(opts: &Options) -> Result<PathBuf> {
          Architecture: {arch}\n\
          Maintainer: keepalive observer developers <keepalive-observer@example.invalid>\n\
          Installed-Size: {installed_kib}\n\
-         Depends: {depends}\n\
+         {depends}\
          Section: net\n\
          Priority: optional\n\
          Homepage: https://example.invalid/keepalive-observer\n\
@@ -214,8 +234,10 @@ pub fn verify(deb: &Path) -> Result<()> {
         deb.display(),
         field("Version")
     );
+    // Only the arm64 package is static (see build_deb).
+    let static_build = field("Architecture").as_deref() == Some("arm64");
     ensure!(
-        field("Depends").is_some_and(|d| d.contains("libc6")),
+        static_build || field("Depends").is_some_and(|d| d.contains("libc6")),
         "{}: Depends lacks libc6: {:?}",
         deb.display(),
         field("Depends")

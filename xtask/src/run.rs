@@ -20,6 +20,7 @@ pub fn run(opts: Options) -> Result<()> {
     let build_opts = build::Options {
         release: true,
         musl: false,
+        arm64: false,
     };
     build::build(&build_opts)?;
     let args = if opts.args.is_empty() {

@@ -8,6 +8,10 @@ use anyhow::{Context as _, Result, bail};
 use crate::exec::{exec, find_binary, output, privileged, succeeds};
 
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// arm64 servers and the arm64 VM: cross-built, static.
+pub const ARM64_TARGET: &str = "aarch64-unknown-linux-musl";
+/// The cross linker and C compiler for ARM64_TARGET (Debian's gcc-aarch64-linux-gnu).
+pub const ARM64_CC: &str = "aarch64-linux-gnu-gcc";
 
 /// Debian packages by the binary (a name looked up on PATH, or an absolute path) that proves
 /// each present. Installed only when the binary is
@@ -18,6 +22,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nstat", "iproute2"),
     ("bpftool", "bpftool"),
     ("qemu-system-x86_64", "qemu-system-x86"),
+    // The arm64 guest (TCG) and the cross toolchain for its static binaries.
+    ("qemu-system-aarch64", "qemu-system-arm"),
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
     ("promtool", "prometheus"),
     // Third-party clients whose keepalive settings the suite checks (host and VM alike).
     ("socat", "socat"),
@@ -92,11 +99,13 @@ pub fn toolchain() -> Result<()> {
         ]))?;
     }
     let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !targets.lines().any(|l| l.trim() == MUSL_TARGET) {
-        eprintln!(
-            "setup: installing the {MUSL_TARGET} target (static binaries for the VM initramfs)"
-        );
-        exec(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    for target in [MUSL_TARGET, ARM64_TARGET] {
+        if !targets.lines().any(|l| l.trim() == target) {
+            eprintln!(
+                "setup: installing the {target} target (static binaries for the VM initramfs)"
+            );
+            exec(Command::new("rustup").args(["target", "add", target]))?;
+        }
     }
     bpf_linker()
 }

@@ -21,7 +21,7 @@ const FAILED_HEADER: &str = "failed scenarios:";
 
 #[derive(clap::Parser)]
 pub struct Options {
-    /// Run the VM stage on every known kernel instead of 6.1 only.
+    /// Run the VM stage on every known kernel instead of the default one (6.12) only.
     #[arg(long)]
     pub all_kernels: bool,
     /// Skip the VM stage.
@@ -77,6 +77,7 @@ pub fn run(opts: Options) -> Result<()> {
         let release = build::Options {
             release: true,
             musl: false,
+            arm64: false,
         };
         if stage("build (release)", &mut || build::build(&release)) {
             stage(
@@ -121,7 +122,7 @@ pub fn run(opts: Options) -> Result<()> {
             };
             for name in names {
                 stage(
-                    &format!("VM {name} (fentry, kprobe, tracepoint)"),
+                    &format!("VM {name} ({})", kernels::HOOK_MODES.join(", ")),
                     &mut || {
                         let kernel = kernels::by_name(name)?;
                         let modes: Vec<String> =
@@ -138,6 +139,7 @@ pub fn run(opts: Options) -> Result<()> {
                             timeout: None,
                             refresh: false,
                             verbose: false,
+                            from_logs: false,
                         };
                         let (outcomes, ok) = vm::run_kernels(&[kernel], &modes, &vm_opts)?;
                         if !ok {

@@ -189,6 +189,23 @@ impl Metrics {
         for h in hooks {
             self.hook_mode.with_label_values(&[h.hook, h.mode]).set(1);
         }
+        // Registered here, once, so the metric set stays as it was where nothing is refused.
+        let refused = IntGaugeVec::new(
+            Opts::new(
+                "keepalive_hook_rung_refused",
+                "A rung of the hook ladder the kernel refused in auto mode (1), with its reason.",
+            ),
+            &["hook", "rung", "reason"],
+        )
+        .expect("valid metric");
+        if self.registry.register(Box::new(refused.clone())).is_err() {
+            return;
+        }
+        for h in hooks {
+            for (rung, reason) in &h.refused {
+                refused.with_label_values(&[h.hook, rung, reason]).set(1);
+            }
+        }
     }
 
     pub fn render(&self) -> String {

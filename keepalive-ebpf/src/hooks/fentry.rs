@@ -1,7 +1,10 @@
 //! fentry/fexit family (BTF trampolines, 5.5+): the cheapest hooks and the only ones that see
 //! `tcp_write_wakeup`'s mib argument and return value together.
-//! Tested on: Debian 5.10, 6.1, 6.12 (QEMU). Refused (EPERM) by the lockdown host kernel.
+//! Tested on: Debian 5.10, 6.1, 6.12, 7.2, 7.3 (QEMU, x86_64) and 6.12 (QEMU, arm64). Refused
+//! (EPERM) by the lockdown host kernel.
 use aya_ebpf::{
+    EbpfContext as _,
+    helpers::bpf_probe_read_kernel,
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
@@ -53,7 +56,22 @@ pub fn ka_nest_done_err(ctx: FEntryContext) -> u32 {
 
 #[inline(always)]
 fn done_with_error(ctx: &FEntryContext) {
-    let sk: u64 = ctx.arg(0);
+    let sk = scalar_arg(ctx, 0);
     let err: u64 = ctx.arg(1);
     state::dying(ctx, sk, err as i32, true);
+}
+
+/// Argument `n` as a plain number. Loaded from the context, a pointer argument is a typed
+/// kernel pointer to the verifier (`ptr_sock`), and Debian's 7.3 refuses every operation on
+/// one but adding or subtracting an offset: `state::dying` logs `sk` in hex, which shifts it
+/// byte by byte into the log record, and the whole death program was refused with "R4 pointer
+/// arithmetic with >>= operator prohibited … Register Type Safety: Invalid pointer arithmetic
+/// operator" (6.1 and 6.12 accepted the same object). Copied out of the context with
+/// bpf_probe_read_kernel the value is a scalar, as a kprobe's register is: one helper call, on
+/// a function that only runs when a connection dies.
+#[inline(always)]
+fn scalar_arg(ctx: &FEntryContext, n: usize) -> u64 {
+    // SAFETY: the fentry context is the array of the traced function's arguments, one u64 each.
+    let slot = unsafe { (ctx.as_ptr() as *const u64).add(n) };
+    unsafe { bpf_probe_read_kernel(slot) }.unwrap_or(0)
 }

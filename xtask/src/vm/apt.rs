@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::kernels::Kernel;
+use super::{kernels::Kernel, mirrors::mirrors};
 use crate::exec::{exec, is_root, output};
 
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -27,29 +27,39 @@ pub struct KernelImage {
 }
 
 /// Resolves, downloads (cached) and unpacks the kernel. `refresh` re-resolves the metapackage;
-/// otherwise a cached package is reused without touching the network.
+/// otherwise the cached packages are reused without touching the network.
 pub fn fetch(kernel: &'static Kernel, refresh: bool) -> Result<KernelImage> {
     let root = std::env::current_dir()?;
     let cache = root.join("target/vm/cache").join(kernel.name);
     fs::create_dir_all(&cache)?;
+    // One .deb file name per line: the image package first, then what it needs of its ABI.
     let record = cache.join("resolved");
-    let cached = fs::read_to_string(&record)
+    let cached: Option<Vec<PathBuf>> = fs::read_to_string(&record)
         .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|f| !refresh && cache.join(f).is_file());
-    let deb = match cached {
-        Some(file) => cache.join(file),
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|f| cache.join(f.trim()))
+                .collect()
+        })
+        .filter(|debs: &Vec<PathBuf>| {
+            !refresh && !debs.is_empty() && debs.iter().all(|d| d.is_file())
+        });
+    let debs = match cached {
+        Some(debs) => debs,
         None => {
-            let deb = download(kernel, &root, &cache)?;
-            fs::write(
-                &record,
-                deb.file_name().unwrap().to_string_lossy().as_bytes(),
-            )?;
-            deb
+            let debs = download(kernel, &root, &cache)?;
+            let names: Vec<String> = debs
+                .iter()
+                .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            fs::write(&record, names.join("\n") + "\n")?;
+            debs
         }
     };
-    let package = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Package"))?;
-    let version = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
+    let image = &debs[0];
+    let package = output(Command::new("dpkg-deb").arg("-f").arg(image).arg("Package"))?;
+    let version = output(Command::new("dpkg-deb").arg("-f").arg(image).arg("Version"))?;
     let (package, version) = (package.trim().to_owned(), version.trim().to_owned());
     if !version.starts_with(kernel.version_prefix) {
         bail!(
@@ -58,12 +68,9 @@ pub fn fetch(kernel: &'static Kernel, refresh: bool) -> Result<KernelImage> {
             kernel.version_prefix
         );
     }
-    let tree = unpack(&root, kernel, &deb, &version)?;
+    let tree = unpack(&root, kernel, &debs, &version)?;
     let (release, modules) = modules_dir(&tree)?;
-    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
-    if !vmlinuz.is_file() {
-        bail!("{} has no {}", deb.display(), vmlinuz.display());
-    }
+    let vmlinuz = vmlinuz(&tree, &release)?;
     Ok(KernelImage {
         package,
         version,
@@ -73,58 +80,94 @@ pub fn fetch(kernel: &'static Kernel, refresh: bool) -> Result<KernelImage> {
     })
 }
 
-fn download(kernel: &Kernel, root: &Path, cache: &Path) -> Result<PathBuf> {
-    let dir = root.join("target/vm/apt").join(kernel.name);
-    for sub in ["parts", "state/lists/partial", "cache/archives/partial"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
-    fs::write(dir.join("status"), "")?;
-    fs::write(dir.join("sources.list"), sources_list(kernel)?)?;
-    exec(apt("apt-get", &dir).arg("update"))?;
+/// Downloads the versioned image package and the packages of the same ABI it depends on:
+/// before 7.x that is nothing (the image package holds vmlinuz and the modules); from 7.x the
+/// image package is empty and depends on linux-binary-<abi> (vmlinuz), linux-modules-<abi> and
+/// linux-base-<abi>. Returns the image package first.
+fn download(kernel: &Kernel, root: &Path, cache: &Path) -> Result<Vec<PathBuf>> {
+    let arch = kernel.arch.debian();
+    let dir = prepare(
+        &root.join("target/vm/apt").join(kernel.name),
+        &sources_for(kernel.suite)?,
+        arch,
+    )?;
 
-    let depends = output(apt("apt-cache", &dir).args(["depends", kernel.metapackage]))?;
-    let package = depends
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
+    let depends = output(apt("apt-cache", &dir, arch).args(["depends", kernel.metapackage]))?;
+    let package = same_abi_depends(&depends, "linux-image-")
+        .into_iter()
+        .next()
         .with_context(|| {
             format!(
                 "{} in {} depends on no linux-image",
                 kernel.metapackage, kernel.suite
             )
-        })?
-        .to_owned();
-    eprintln!("vm: {} resolves to {package}", kernel.name);
+        })?;
+    let abi = package.trim_start_matches("linux-image-").to_owned();
+    let depends = output(apt("apt-cache", &dir, arch).args(["depends", &package]))?;
+    let mut packages = vec![package.clone()];
+    packages.extend(
+        same_abi_depends(&depends, "linux-")
+            .into_iter()
+            .filter(|p| p.ends_with(&format!("-{abi}"))),
+    );
+    eprintln!("vm: {} resolves to {}", kernel.name, packages.join(" "));
     exec(
-        apt("apt-get", &dir)
+        apt("apt-get", &dir, arch)
             .arg("download")
-            .arg(&package)
+            .args(&packages)
             .current_dir(cache),
     )?;
 
-    let prefix = format!("{package}_");
-    let mut found = None;
+    let mut found: Vec<Option<PathBuf>> = vec![None; packages.len()];
     for entry in fs::read_dir(cache)? {
         let path = entry?.path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".deb") {
-            if name.starts_with(&prefix) {
-                found = Some(path);
-            } else {
-                // An older kernel ABI from a previous resolution: no longer wanted.
-                fs::remove_file(&path)?;
-            }
+        if !name.ends_with(".deb") {
+            continue;
+        }
+        match packages
+            .iter()
+            .position(|p| name.starts_with(&format!("{p}_")))
+        {
+            Some(i) => found[i] = Some(path),
+            // An older kernel ABI from a previous resolution: no longer wanted.
+            None => fs::remove_file(&path)?,
         }
     }
-    found.with_context(|| {
-        format!(
-            "apt-get download left no {prefix}*.deb in {}",
-            cache.display()
-        )
-    })
+    packages
+        .iter()
+        .zip(found)
+        .map(|(p, f)| {
+            f.with_context(|| format!("apt-get download left no {p}_*.deb in {}", cache.display()))
+        })
+        .collect()
 }
 
-fn apt(program: &str, dir: &Path) -> Command {
+/// Hard `Depends:` of an `apt-cache depends` listing whose names start with `prefix`, in order.
+/// Alternatives (`|Depends:`) and virtual packages (`<…>`) are never kernel parts.
+fn same_abi_depends(listing: &str, prefix: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with(prefix))
+        .map(|p| p.split(':').next().unwrap_or(p).to_owned())
+        .collect()
+}
+
+/// A private apt state under `dir` with `sources` (a sources.list text), updated for `arch`.
+pub fn prepare(dir: &Path, sources: &str, arch: &str) -> Result<PathBuf> {
+    for sub in ["parts", "state/lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    // An empty dpkg status: apt resolves as for a bare system and never sees the host's.
+    fs::write(dir.join("status"), "")?;
+    fs::write(dir.join("sources.list"), sources)?;
+    exec(apt("apt-get", dir, arch).arg("update"))?;
+    Ok(dir.to_path_buf())
+}
+
+/// apt-get or apt-cache on the private state `dir`, for the guest architecture `arch`.
+pub fn apt(program: &str, dir: &Path, arch: &str) -> Command {
     let mut cmd = Command::new(program);
     let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
     cmd.arg("-q")
@@ -141,7 +184,10 @@ fn apt(program: &str, dir: &Path) -> Command {
         .args(["-o", &opt("Dir::State", &dir.join("state"))])
         .args(["-o", &opt("Dir::State::status", &dir.join("status"))])
         .args(["-o", &opt("Dir::Cache", &dir.join("cache"))])
-        .args(["-o", "Acquire::Languages=none"]);
+        .args(["-o", "Acquire::Languages=none"])
+        // The guest's architecture is apt's native one here, whatever the host's.
+        .args(["-o", &format!("APT::Architecture={arch}")])
+        .args(["-o", &format!("APT::Architectures={arch}")]);
     if is_root() {
         // The _apt sandbox user cannot write into the workspace; we only fetch signed indexes
         // and one .deb that is never installed.
@@ -150,110 +196,22 @@ fn apt(program: &str, dir: &Path) -> Command {
     cmd
 }
 
-fn sources_list(kernel: &Kernel) -> Result<String> {
+/// sources.list for `suite`, with its -updates and -security suites when it has them.
+pub fn sources_for(suite: &str) -> Result<String> {
     let (main, security) = mirrors()?;
     let line = |uri: &str, suite: &str| format!("deb [signed-by={KEYRING}] {uri} {suite} main\n");
-    if kernel.suite.contains('-') {
-        return Ok(line(&main, kernel.suite));
+    if suite.contains('-') || suite == "sid" {
+        return Ok(line(&main, suite));
     }
     Ok([
-        line(&main, kernel.suite),
-        line(&main, &format!("{}-updates", kernel.suite)),
-        line(&security, &format!("{}-security", kernel.suite)),
+        line(&main, suite),
+        line(&main, &format!("{suite}-updates")),
+        line(&security, &format!("{suite}-security")),
     ]
     .concat())
 }
 
-/// The Debian archive and security mirrors this machine's apt already uses, so the harness works
-/// wherever apt does. KAT_DEBIAN_MIRROR / KAT_DEBIAN_SECURITY_MIRROR override them.
-fn mirrors() -> Result<(String, String)> {
-    let (mut main, mut security) = (None, None);
-    for uri in system_uris() {
-        let uri = uri.trim_end_matches('/').to_owned();
-        if uri.ends_with("/debian-security") {
-            security.get_or_insert(uri);
-        } else if uri.ends_with("/debian") {
-            main.get_or_insert(uri);
-        }
-    }
-    let main = std::env::var("KAT_DEBIAN_MIRROR").ok().or(main).context(
-        "no Debian mirror found in /etc/apt; set KAT_DEBIAN_MIRROR to the archive's URI",
-    )?;
-    let security = std::env::var("KAT_DEBIAN_SECURITY_MIRROR")
-        .ok()
-        .or(security)
-        .unwrap_or_else(|| format!("{main}-security"));
-    Ok((main, security))
-}
-
-/// URIs of enabled `deb` sources in the machine's apt configuration.
-fn system_uris() -> Vec<String> {
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
-        files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
-    }
-    let mut uris = Vec::new();
-    for file in files {
-        let deb822 = match file.extension().and_then(|e| e.to_str()) {
-            Some("sources") => true,
-            Some("list") => false,
-            _ => continue,
-        };
-        if let Ok(text) = fs::read_to_string(&file) {
-            uris.extend(uris_in(deb822, &text));
-        }
-    }
-    uris
-}
-
-/// Parses either format: deb822 stanzas (`*.sources`) or one-line `deb [opts] URI suite …`.
-fn uris_in(deb822: bool, text: &str) -> Vec<String> {
-    let mut uris = Vec::new();
-    if deb822 {
-        for stanza in text.split("\n\n") {
-            let field = |name: &str| {
-                stanza
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-            };
-            let is_deb = field("Types:").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
-            let enabled = field("Enabled:").is_none_or(|e| e != "no");
-            if is_deb && enabled {
-                uris.extend(
-                    field("URIs:")
-                        .into_iter()
-                        .flat_map(str::split_whitespace)
-                        .map(str::to_owned),
-                );
-            }
-        }
-    } else {
-        for line in text.lines() {
-            let mut words = line.split_whitespace();
-            if words.next() != Some("deb") {
-                continue;
-            }
-            // Skip the optional [key=value …] block, which may span several words.
-            let mut in_opts = false;
-            let uri = words.find(|w| {
-                if w.starts_with('[') {
-                    in_opts = !w.ends_with(']');
-                    return false;
-                }
-                if in_opts {
-                    in_opts = !w.ends_with(']');
-                    return false;
-                }
-                true
-            });
-            uris.extend(uri.map(str::to_owned));
-        }
-    }
-    uris
-}
-
-fn unpack(root: &Path, kernel: &Kernel, deb: &Path, version: &str) -> Result<PathBuf> {
+fn unpack(root: &Path, kernel: &Kernel, debs: &[PathBuf], version: &str) -> Result<PathBuf> {
     let base = root.join("target/vm/kernels").join(kernel.name);
     let tree = base.join(version);
     if tree.join(".complete").exists() {
@@ -263,10 +221,31 @@ fn unpack(root: &Path, kernel: &Kernel, deb: &Path, version: &str) -> Result<Pat
     let _ = fs::remove_dir_all(&base);
     let tmp = base.join(format!("{version}.partial"));
     fs::create_dir_all(&tmp)?;
-    exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    for deb in debs {
+        exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    }
     fs::write(tmp.join(".complete"), "")?;
     fs::rename(&tmp, &tree)?;
     Ok(tree)
+}
+
+/// /boot/vmlinuz-<release> up to 6.x; from 7.x linux-binary-<abi> puts it beside the modules.
+fn vmlinuz(tree: &Path, release: &str) -> Result<PathBuf> {
+    let candidates = [
+        tree.join("boot").join(format!("vmlinuz-{release}")),
+        tree.join("usr/lib/modules").join(release).join("vmlinuz"),
+        tree.join("lib/modules").join(release).join("vmlinuz"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no vmlinuz for {release} in {} (looked at boot/ and lib/modules/{release}/)",
+                tree.display()
+            )
+        })
 }
 
 /// trixie ships modules under usr/lib (merged /usr), older suites under lib.
@@ -293,27 +272,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_uris_in_both_formats() {
-        let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.invalid/debian\nSuites: bookworm\n\n\
-                      Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\n\n\
-                      Types: deb-src\nURIs: http://src.invalid/debian\n\n\
-                      Types: deb\nEnabled: no\nURIs: http://off.invalid/debian\n";
+    fn follows_the_split_image_package() {
+        // `apt-cache depends linux-image-7.2.13+deb14-cloud-amd64` in sid, 2026-12-04.
+        let listing = "linux-image-7.2.13+deb14-cloud-amd64\n  PreDepends: linux-base\n \
+                       |Depends: dracut\n |Depends: initramfs-tools\n  Depends: <linux-initramfs-tool>\n    dracut\n  \
+                       Depends: linux-base-7.2.13+deb14-cloud-amd64\n  \
+                       Depends: linux-binary-7.2.13+deb14-cloud-amd64\n  \
+                       Depends: linux-modules-7.2.13+deb14-cloud-amd64\n  Breaks: <fwupdate>\n";
         assert_eq!(
-            uris_in(true, deb822),
+            same_abi_depends(listing, "linux-"),
             [
-                "http://mirror.invalid/debian",
-                "http://mirror.invalid/debian-security"
+                "linux-base-7.2.13+deb14-cloud-amd64",
+                "linux-binary-7.2.13+deb14-cloud-amd64",
+                "linux-modules-7.2.13+deb14-cloud-amd64"
             ]
         );
-        let one_line = "# deb http://commented.invalid/debian bookworm main\n\
-                        deb [arch=amd64 signed-by=/k.gpg] http://a.invalid/debian bookworm main\n\
-                        deb http://b.invalid/debian-security bookworm-security main\n";
+        let meta = "linux-image-cloud-amd64\n  Depends: linux-base-cloud-amd64\n  \
+                    Depends: linux-image-7.2.13+deb14-cloud-amd64\n";
         assert_eq!(
-            uris_in(false, one_line),
-            [
-                "http://a.invalid/debian",
-                "http://b.invalid/debian-security"
-            ]
+            same_abi_depends(meta, "linux-image-"),
+            ["linux-image-7.2.13+deb14-cloud-amd64"]
         );
     }
 }

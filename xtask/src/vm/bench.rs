@@ -27,12 +27,13 @@ pub fn run() -> Result<PathBuf> {
     let musl = build::Options {
         release: true,
         musl: true,
+        arm64: false,
     };
     build::build_packages(
         &musl,
         &["keepalive-vminit", "keepalive-daemon", "keepalive-bench"],
     )?;
-    let kernel = kernels::by_name(kernels::DEFAULT_KERNEL)?;
+    let kernel = kernels::by_name(kernels::BENCH_KERNEL)?;
     // Cached package when there is one: a bench run should not depend on the mirror.
     let image = apt::fetch(kernel, false)?;
     let selection = modules::select(&image.modules)?;
@@ -68,6 +69,7 @@ pub fn run() -> Result<PathBuf> {
     let log = work.join("logs").join(format!("bench-{}.log", kernel.name));
     let console = qemu::boot(&qemu::Boot {
         label: "bench",
+        arch: kernel.arch,
         vmlinuz: &image.vmlinuz,
         initrd: &initrd,
         append: format!("console=ttyS0 panic=-1 quiet kat.modes={MODES} kat.bench=1"),

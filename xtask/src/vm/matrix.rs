@@ -4,11 +4,14 @@ use std::{fmt::Write as _, fs, process::Command};
 
 use anyhow::Result;
 
-use super::report::{Outcome, cell_text};
+use super::report::{Outcome, cell_text, rung_text};
 use crate::exec::output;
 
+/// How vm::write_matrix marks a kernel that a stopped run never reached.
+pub const NOT_RUN_YET: &str = "not run yet";
+
 pub fn write(
-    outcomes: &[Outcome],
+    outcomes: &[&Outcome],
     modes: &[String],
     command: &str,
     caveat: Option<&str>,
@@ -22,8 +25,10 @@ pub fn write(
         )
     };
     let tools = format!(
-        "QEMU with TCG from {}; guest tools copied from the host: {}, {}",
+        "QEMU with TCG from {} and {}; guest tools copied from the host: {}, {} (arm64 guests: \
+         the same Debian versions for arm64)",
         version("qemu-system-x86"),
+        version("qemu-system-arm"),
         version("iproute2"),
         version("nftables")
     );
@@ -42,7 +47,7 @@ pub fn write(
 
 /// docs/kernel-matrix.md. `date` and `about` are passed in so the rendering itself is pure.
 fn markdown(
-    outcomes: &[Outcome],
+    outcomes: &[&Outcome],
     modes: &[String],
     date: &str,
     about: &str,
@@ -56,7 +61,10 @@ fn markdown(
     );
     let _ = writeln!(
         s,
-        "Each Debian cloud kernel boots in QEMU and runs the scenario suite once per hook mode. {about}\n"
+        "Each Debian cloud kernel boots in QEMU (arm64 ones in qemu-system-aarch64, also TCG) and \
+         runs the scenario suite once per hook mode. The *hook rungs* row says where each hook \
+         whose rung depends on the kernel ran in that mode, and names any rung the kernel refused \
+         with its reason. {about}\n"
     );
     let _ = writeln!(
         s,
@@ -69,6 +77,12 @@ fn markdown(
             .map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64()));
         let result = if o.passed(modes) {
             "pass"
+        } else if o
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(NOT_RUN_YET))
+        {
+            "not run yet"
         } else if o.timed_out {
             "**TIMEOUT**"
         } else {
@@ -113,6 +127,11 @@ fn markdown(
             })
             .collect();
         let _ = writeln!(s, "| *suite time, s* | {} |", secs.join(" | "));
+        let rungs: Vec<String> = modes
+            .iter()
+            .map(|m| rung_text(o.modes.get(m)).replace('|', "\\|"))
+            .collect();
+        let _ = writeln!(s, "| *hook rungs* | {} |", rungs.join(" | "));
     }
     s
 }
@@ -141,7 +160,7 @@ mod tests {
             ),
         );
         let md = markdown(
-            &[o],
+            &[&o],
             &["kprobe".into(), "fentry".into()],
             "today",
             "tools",

@@ -161,7 +161,7 @@ fn depends(image: &[u8]) -> Result<Vec<String>> {
 }
 
 /// Minimal ELF64 little-endian section lookup: modules are relocatable objects of the host arch.
-fn section<'a>(elf: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
+pub fn section<'a>(elf: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
     let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?) as usize);
     let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?) as usize);
     let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);

@@ -13,10 +13,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use super::kernels::Arch;
 use crate::exec::display;
 
 pub struct Boot<'a> {
     pub label: &'a str,
+    pub arch: Arch,
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
     pub append: String,
@@ -34,12 +36,32 @@ pub struct Console {
     pub wall: Duration,
 }
 
+/// The serial console device the guest kernel writes to: the PC's 8250 UART, or the PL011 of
+/// QEMU's arm64 `virt` board.
+pub fn console(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "ttyS0",
+        Arch::Arm64 => "ttyAMA0",
+    }
+}
+
 pub fn boot(b: &Boot) -> Result<Console> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    // KVM hangs on these machines, so always TCG; -cpu max gives the guest the newest CPU
-    // features TCG emulates.
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
-        .arg("-kernel")
+    let program = match b.arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    };
+    let mut cmd = Command::new(program);
+    // KVM hangs on these machines (and cannot run arm64 on x86 anyway), so always TCG; -cpu max
+    // gives the guest the newest CPU features TCG emulates.
+    cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2"]);
+    match b.arch {
+        Arch::X86_64 => cmd.args(["-cpu", "max"]),
+        // `virt` is QEMU's generic arm64 board (PL011 console, GIC, PSCI poweroff).
+        // pauth-impdef: TCG's QARMA pointer authentication costs more than the rest of the
+        // CPU emulation; the implementation-defined algorithm is as correct for the guest.
+        Arch::Arm64 => cmd.args(["-M", "virt", "-cpu", "max,pauth-impdef=on"]),
+    };
+    cmd.arg("-kernel")
         .arg(b.vmlinuz)
         .arg("-initrd")
         .arg(b.initrd)
@@ -51,7 +73,7 @@ pub fn boot(b: &Boot) -> Result<Console> {
         .stderr(Stdio::piped());
     eprintln!("+ {}", display(&cmd));
     let start = Instant::now();
-    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
 
     let (tx, rx) = mpsc::channel();
     let readers = [

@@ -10,6 +10,9 @@ pub enum Cell {
     /// The suite could not run it here (e.g. a client program missing): not a failure, but
     /// shown with its reason so the matrix has no silent gap.
     Skipped(String),
+    /// Failed, then passed when the suite ran it again at its end (`--retries 1`, as on the
+    /// host): counted as a pass, and shown with its first failure so it is never hidden.
+    Flaky(String),
     Fail(String),
 }
 
@@ -24,6 +27,14 @@ pub struct ModeRun {
     pub last_note: Option<String>,
     pub exit: Option<i32>,
     pub secs: Option<f64>,
+    /// The rung each logical hook ran on (`hooks: hook=rung …`, from the daemon's metrics).
+    pub rungs: Vec<(String, String)>,
+    /// Rungs the kernel refused before the one used: (hook, rung, the kernel's reason).
+    pub refused: Vec<(String, String, String)>,
+    /// Scenario → address family → its result, the latest attempt's; `results` folds these.
+    families: BTreeMap<String, BTreeMap<String, Cell>>,
+    /// The suite has started its closing blocks, which repeat result lines already seen.
+    closing: bool,
 }
 
 impl ModeRun {
@@ -118,6 +129,22 @@ pub fn parse(outcome: &mut Outcome, lines: &[String]) {
         // Everything after the `mode=M ` prefix is the suite's own line.
         let payload = body.split_once(' ').map_or("", |(_, p)| p).trim();
         let run = outcome.modes.entry(mode.to_owned()).or_default();
+        if let Some(hooks) = payload.strip_prefix("hooks: ") {
+            run.rungs = hooks
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            continue;
+        }
+        if let Some(refusal) = payload.strip_prefix("refused: ") {
+            run.refused.push((
+                field(refusal, "hook").unwrap_or("?").to_owned(),
+                field(refusal, "rung").unwrap_or("?").to_owned(),
+                quoted(refusal, "reason").unwrap_or_default(),
+            ));
+            continue;
+        }
         match (field(payload, "scenario"), field(payload, "result")) {
             (Some(scenario), Some(result)) => {
                 let family = field(payload, "family").unwrap_or("?");
@@ -125,19 +152,32 @@ pub fn parse(outcome: &mut Outcome, lines: &[String]) {
                     outcome.scenarios.push(scenario.to_owned());
                 }
                 let run = outcome.modes.entry(mode.to_owned()).or_default();
-                let cell = run.results.entry(scenario.to_owned()).or_insert(Cell::Pass);
+                if run.closing {
+                    continue;
+                }
                 let detail = format!("{family}: {}", strip_keys(payload));
                 // Families usually skip for one shared reason: say it once.
                 let reason = quoted(payload, "detail").unwrap_or(detail.clone());
-                // A failure in any family outweighs a skip, a skip outweighs a pass.
-                *cell = match (cell.clone(), result) {
-                    (c, "success") => c,
-                    (Cell::Fail(prev), _) => Cell::Fail(format!("{prev}; {detail}")),
-                    (Cell::Skipped(prev), "skipped") if prev == reason => Cell::Skipped(prev),
-                    (Cell::Skipped(prev), "skipped") => Cell::Skipped(format!("{prev}; {reason}")),
-                    (Cell::Pass, "skipped") => Cell::Skipped(reason),
-                    (_, _) => Cell::Fail(detail),
+                let attempt = match result {
+                    "success" => Cell::Pass,
+                    "skipped" => Cell::Skipped(reason),
+                    _ => Cell::Fail(detail),
                 };
+                let families = run.families.entry(scenario.to_owned()).or_default();
+                let previous = families.remove(family);
+                let cell = match (previous, attempt) {
+                    (Some(Cell::Fail(first)), Cell::Pass) => Cell::Flaky(first),
+                    (Some(Cell::Fail(first)), Cell::Fail(_)) => {
+                        Cell::Fail(format!("{first} (and again when rerun)"))
+                    }
+                    (_, attempt) => attempt,
+                };
+                families.insert(family.to_owned(), cell);
+                let folded = fold(families.values());
+                run.results.insert(scenario.to_owned(), folded);
+            }
+            _ if payload.starts_with(FLAKY_HEADER) || payload == FAILED_HEADER => {
+                run.closing = true;
             }
             _ if !payload.is_empty() && payload != "success" && payload != "failure" => {
                 let note = payload.trim_start_matches("log: ").trim().to_owned();
@@ -148,6 +188,33 @@ pub fn parse(outcome: &mut Outcome, lines: &[String]) {
             }
             _ => {}
         }
+    }
+}
+
+/// The suite's closing blocks (keepalive-scenarios/src/main.rs), which repeat lines above.
+const FLAKY_HEADER: &str = "flaky scenarios";
+const FAILED_HEADER: &str = "failed scenarios:";
+
+/// A scenario's cell from its families': a failure in any family outweighs a flaky pass, which
+/// outweighs a skip, which outweighs a pass. Skip reasons are usually shared: said once.
+fn fold<'a>(families: impl Iterator<Item = &'a Cell>) -> Cell {
+    let (mut fails, mut flaky, mut skips) = (Vec::new(), Vec::new(), Vec::<&str>::new());
+    for cell in families {
+        match cell {
+            Cell::Fail(d) => fails.push(d.as_str()),
+            Cell::Flaky(d) => flaky.push(d.as_str()),
+            Cell::Skipped(d) if !skips.contains(&d.as_str()) => skips.push(d),
+            Cell::Skipped(_) | Cell::Pass => {}
+        }
+    }
+    if !fails.is_empty() {
+        Cell::Fail(fails.join("; "))
+    } else if !flaky.is_empty() {
+        Cell::Flaky(flaky.join("; "))
+    } else if !skips.is_empty() {
+        Cell::Skipped(skips.join("; "))
+    } else {
+        Cell::Pass
     }
 }
 
@@ -188,11 +255,33 @@ pub fn cell_text(run: Option<&ModeRun>, scenario: &str) -> String {
         Some(Cell::Pass) => "pass".to_owned(),
         Some(Cell::Skipped(d)) => format!("skipped: {d}"),
         Some(Cell::Fail(d)) => format!("**FAIL** {d}"),
+        Some(Cell::Flaky(d)) => format!("pass (flaky: failed once, passed when rerun; {d})"),
         None => match run.why() {
             Some(why) => format!("n/a: {why}"),
             None => "no result".to_owned(),
         },
     }
+}
+
+/// The hooks whose rung depends on the kernel; the others are tracepoints on every rung.
+pub const LADDER_HOOKS: &[&str] = &["keepalive_timer", "probe_sent", "death"];
+
+/// The matrix's rung cell for a mode: where each laddered hook ran, and what was refused.
+pub fn rung_text(run: Option<&ModeRun>) -> String {
+    let Some(run) = run.filter(|r| !r.rungs.is_empty()) else {
+        return "-".to_owned();
+    };
+    let mut parts: Vec<String> = LADDER_HOOKS
+        .iter()
+        .filter_map(|h| {
+            let (_, rung) = run.rungs.iter().find(|(k, _)| k == h)?;
+            Some(format!("{h}: {rung}"))
+        })
+        .collect();
+    for (hook, rung, reason) in &run.refused {
+        parts.push(format!("{hook}: {rung} refused ({reason})"));
+    }
+    parts.join("; ")
 }
 
 /// One line per failed cell (or per mode/kernel that gave no results), for the end of a log.
@@ -256,7 +345,7 @@ pub fn summary(outcomes: &[Outcome], modes: &[String]) -> String {
                 "{:<6} {:<11} {:>7} {:>7} {:>7} {:>8} {:>8}  {result}",
                 o.kernel,
                 mode,
-                count(|c| *c == Cell::Pass),
+                count(|c| matches!(c, Cell::Pass | Cell::Flaky(_))),
                 count(|c| matches!(c, Cell::Skipped(_))),
                 count(|c| matches!(c, Cell::Fail(_))),
                 boot,
@@ -272,6 +361,9 @@ pub fn summary(outcomes: &[Outcome], modes: &[String]) -> String {
                     Cell::Skipped(d) => {
                         let _ = writeln!(s, "  {} {mode} {scenario} skipped: {d}", o.kernel);
                     }
+                    Cell::Flaky(d) => {
+                        let _ = writeln!(s, "  {} {mode} {scenario} flaky: {d}", o.kernel);
+                    }
                     Cell::Pass => {}
                 }
             }
@@ -281,66 +373,4 @@ pub fn summary(outcomes: &[Outcome], modes: &[String]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines(text: &str) -> Vec<String> {
-        text.lines().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn folds_families_and_keeps_failures() {
-        let mut o = Outcome::default();
-        parse(
-            &mut o,
-            &lines(
-                "[    1.0] junk kat: boot kernel=6.1.0 uptime=1.2\n\
-             kat: kernel=6.1.0 mode=kprobe scenario=alive family=ipv4 mode=kprobe result=success probes=5\n\
-             kat: kernel=6.1.0 mode=kprobe scenario=alive family=ipv6 mode=kprobe result=failure probes=2\n\
-             kat: kernel=6.1.0 mode=kprobe failure\n\
-             kat: done kernel=6.1.0 mode=kprobe exit=1 secs=12.5\n\
-             kat: failure",
-            ),
-        );
-        let run = &o.modes["kprobe"];
-        assert_eq!(run.results["alive"], Cell::Fail("ipv6: probes=2".into()));
-        assert_eq!(run.exit, Some(1));
-        assert_eq!(run.secs, Some(12.5));
-        assert_eq!(o.verdict, Some(false));
-        assert!(!o.passed(&["kprobe".into()]));
-    }
-
-    #[test]
-    fn refused_mode_shows_the_daemons_line() {
-        let mut o = Outcome::default();
-        let text = "kat: kernel=5.10.0 mode=fentry log: error: daemon exited before becoming ready (exit status: 1); stderr tail:\n\
-                    kat: kernel=5.10.0 mode=fentry log: Error: fentry refused: kernel lacks BTF trampolines\n\
-                    kat: kernel=5.10.0 mode=fentry failure\n\
-                    kat: done kernel=5.10.0 mode=fentry exit=1 secs=0.4\n";
-        parse(&mut o, &lines(text));
-        assert_eq!(
-            cell_text(o.modes.get("fentry"), "alive"),
-            "n/a: error: daemon exited before becoming ready (exit status: 1) — \
-             Error: fentry refused: kernel lacks BTF trampolines"
-        );
-        assert!(report_has_no_pass(&o));
-    }
-
-    fn report_has_no_pass(o: &Outcome) -> bool {
-        !o.passed(&["fentry".into()])
-    }
-
-    #[test]
-    fn a_skip_is_shown_and_does_not_fail_the_mode() {
-        let mut o = Outcome::default();
-        let text = "kat: kernel=r mode=kprobe scenario=settings-curl family=ipv4 mode=kprobe result=skipped detail=\"curl not installed\"\n\
-                    kat: kernel=r mode=kprobe scenario=settings-curl family=ipv6 mode=kprobe result=success\n\
-                    kat: done kernel=r mode=kprobe exit=0 secs=1.0";
-        parse(&mut o, &lines(text));
-        assert!(o.modes["kprobe"].passed());
-        assert_eq!(
-            cell_text(o.modes.get("kprobe"), "settings-curl"),
-            "skipped: curl not installed"
-        );
-    }
-}
+mod tests;

@@ -17,7 +17,7 @@ use crate::exec::output;
 /// (name, required). The required ones build every topology; busybox's `ip` applet cannot do
 /// network namespaces, so iproute2's own binary is shipped. The others drive the suite's
 /// third-party-client scenarios, which the suite reports as skipped where a tool is absent.
-const TOOLS: &[(&str, bool)] = &[
+pub const TOOLS: &[(&str, bool)] = &[
     ("ip", true),
     ("nft", true),
     ("nstat", true),
@@ -143,8 +143,12 @@ fn python_stdlib(python: &Path, files: &mut Vec<GuestFile>) -> Result<()> {
         "-c",
         "import sysconfig; print(sysconfig.get_path('stdlib'))",
     ]))?;
-    let stdlib = PathBuf::from(stdlib.trim());
-    let mut stack = vec![stdlib.clone()];
+    python_stdlib_in(Path::new("/"), Path::new(stdlib.trim()), files)
+}
+
+/// The `.py` files of the standard library at `stdlib`, shipped at their path below `root`.
+pub fn python_stdlib_in(root: &Path, stdlib: &Path, files: &mut Vec<GuestFile>) -> Result<()> {
+    let mut stack = vec![stdlib.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
@@ -155,7 +159,12 @@ fn python_stdlib(python: &Path, files: &mut Vec<GuestFile>) -> Result<()> {
             if path.is_dir() {
                 stack.push(path);
             } else if name.ends_with(".py") {
-                let guest = path.to_string_lossy().trim_start_matches('/').to_owned();
+                let guest = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .trim_start_matches('/')
+                    .to_owned();
                 files.push(GuestFile {
                     guest,
                     host: path,

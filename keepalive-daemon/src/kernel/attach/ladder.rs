@@ -121,6 +121,7 @@ pub(super) fn climb(
     unavailable: Option<String>,
 ) -> Result<HookStatus> {
     let mut why_not: Vec<String> = Vec::new();
+    let mut refused: Vec<(&'static str, String)> = Vec::new();
     for (rung, progs) in rungs {
         let forced = mode != HookMode::Auto;
         if forced && mode.as_str() != *rung {
@@ -134,6 +135,7 @@ pub(super) fn climb(
                     hook,
                     mode: "tracepoint",
                     note: Some(reason.clone()),
+                    refused,
                 });
             }
             why_not.push(format!("{rung}: {reason}"));
@@ -154,6 +156,7 @@ pub(super) fn climb(
                     hook,
                     mode: rung,
                     note,
+                    refused,
                 });
             }
             Err(e) if forced => {
@@ -163,7 +166,11 @@ pub(super) fn climb(
                     reason: e,
                 });
             }
-            Err(e) => why_not.push(format!("{rung}: {e}")),
+            Err(e) => {
+                warn!("hook {hook}: {rung} rung refused: {e}; trying the next rung");
+                why_not.push(format!("{rung}: {e}"));
+                refused.push((*rung, e));
+            }
         }
     }
     Err(Error::HookRefused {

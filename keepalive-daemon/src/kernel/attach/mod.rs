@@ -34,6 +34,9 @@ pub struct HookStatus {
     pub mode: &'static str,
     /// Why the rung above was not used, or what the chosen rung cannot do.
     pub note: Option<String>,
+    /// Rungs above the chosen one that the kernel refused, with its reason: exported as
+    /// `keepalive_hook_rung_refused`, so a fallback is visible without the log.
+    pub refused: Vec<(&'static str, String)>,
 }
 
 pub struct Attached {
@@ -103,6 +106,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             hook,
             mode: "tracepoint",
             note: None,
+            refused: Vec::new(),
         });
     }
     if p.settings_hooks {
@@ -115,6 +119,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             hook: "settings",
             mode: "tracepoint",
             note: None,
+            refused: Vec::new(),
         });
     }
     let iter_ok = match <&mut Iter>::try_from(
@@ -129,6 +134,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             hook: "inventory",
             mode: "iterator",
             note: None,
+            refused: Vec::new(),
         }),
         Err(e) => warn!(
             "TCP socket iterator unavailable ({e}): sockets opened before the daemon are not inventoried"

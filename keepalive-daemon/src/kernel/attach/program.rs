@@ -106,27 +106,20 @@ fn unload(ebpf: &mut Ebpf, prog: Prog) {
     };
 }
 
-/// The kernel's reason, with the verifier log cut to its last line (the one that matters).
+/// The kernel's reason: the verifier's own error line (the last line before its statistics),
+/// with the statistics after it. The whole log goes to the debug log.
 pub(super) fn describe(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
         } => {
-            let last = verifier_log.to_string();
-            let last = last
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            format!(
-                "{io_error}{}",
-                if last.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (verifier: {last})")
-                }
-            )
+            let log = verifier_log.to_string();
+            log::debug!("verifier log:\n{log}");
+            match verifier_reason(&log) {
+                Some(reason) => format!("{io_error} (verifier: {reason})"),
+                None => io_error.to_string(),
+            }
         }
         other => {
             let mut s = other.to_string();
@@ -138,5 +131,41 @@ pub(super) fn describe(e: &ProgramError) -> String {
             }
             s
         }
+    }
+}
+
+/// The verifier ends every log with statistics ("processed N insns …", "stack depth …",
+/// "verification time …", and from 7.x one "subprog …" line per function), success or not; the
+/// line naming the refusal comes just before them. 7.x also explains a refusal at length after
+/// its classic one-line message: there the classic line and the "Verification failed:" summary
+/// are the reason.
+pub(super) fn verifier_reason(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let is_stats = |l: &&str| {
+        l.starts_with("processed ")
+            || l.starts_with("stack depth")
+            || l.starts_with("verification time")
+            || l.starts_with("subprog ")
+    };
+    let processed = lines.iter().find(|l| l.starts_with("processed ")).copied();
+    let reason = match lines
+        .iter()
+        .position(|l| l.starts_with("Verification failed:"))
+    {
+        Some(0) => Some(lines[0].to_owned()),
+        Some(i) => Some(format!("{} — {}", lines[i - 1], lines[i])),
+        None => lines
+            .iter()
+            .rposition(|l| !is_stats(l))
+            .map(|i| lines[i].to_owned()),
+    };
+    match (reason, processed) {
+        (Some(r), Some(p)) => Some(format!("{r}; {p}")),
+        (Some(r), None) => Some(r),
+        (None, p) => p.map(str::to_owned),
     }
 }

@@ -2,7 +2,7 @@ use aya_obj::{Object, ProgramSection};
 
 use super::{
     ladder::{ALWAYS, DEATH, ITER, PROBE_SENT, SETTINGS, TIMER, TIMER_RAW_TP},
-    program::{Prog, prog_name},
+    program::{Prog, prog_name, verifier_reason},
 };
 
 /// Every program a ladder names exists in the built object with the section type its rung
@@ -101,4 +101,30 @@ fn ladders_are_ordered_best_first() {
         let order: Vec<_> = ladder.iter().map(|(r, _)| *r).collect();
         assert_eq!(order, ["fentry", "kprobe", "tracepoint"]);
     }
+}
+
+/// The reason is the verifier's own error line, not its closing statistics: both the classic
+/// log (6.x) and the 7.x one that explains the refusal after it (text from Debian 7.3.4).
+#[test]
+fn verifier_reason_names_the_refusal() {
+    let classic = "0: R1=ctx() R10=fp0\n12: (77) r4 >>= 56\n\
+                   R4 pointer arithmetic with >>= operator prohibited\n\
+                   processed 12 insns (limit 1000000) max_states_per_insn 0\n";
+    assert_eq!(
+        verifier_reason(classic).unwrap(),
+        "R4 pointer arithmetic with >>= operator prohibited; \
+         processed 12 insns (limit 1000000) max_states_per_insn 0"
+    );
+    let explained = "474: (77) r4 >>= 56\nR4 pointer arithmetic with >>= operator prohibited\n\n\
+                     Verification failed: Register Type Safety: Invalid pointer arithmetic operator\n\n\
+                     Reason:\n  R4 holds a kernel object pointer.\nSuggestion:\n  Use only add.\n\n\
+                     verification time 287638 usec\nstack depth max 0\n\
+                     subprog 4 (memset) static insns_self 763 insns_total 763 stack 0\n\
+                     processed 2851 insns (limit 1000000)\n";
+    assert_eq!(
+        verifier_reason(explained).unwrap(),
+        "R4 pointer arithmetic with >>= operator prohibited — Verification failed: Register Type \
+         Safety: Invalid pointer arithmetic operator; processed 2851 insns (limit 1000000)"
+    );
+    assert_eq!(verifier_reason(""), None);
 }
