@@ -70,6 +70,46 @@ pub struct SocketInfo {
     /// Milliseconds until the keepalive timer fires, when it is pending.
     pub next_timer_ms: Option<u64>,
     pub cgroup: u64,
+    pub activity: Activity,
+}
+
+/// How long ago the flow last carried a segment, in ms when the record was taken; `UNKNOWN`
+/// where the kernel lacks the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Last data segment sent (`tcp_sock.lsndtime`, `ss` lastsnd).
+    pub send_ms: u32,
+    /// Last data segment received (`icsk_ack.lrcvtime`, `ss` lastrcv).
+    pub recv_ms: u32,
+    /// Last ACK received (`tcp_sock.rcv_tstamp`, `ss` lastack).
+    pub ack_ms: u32,
+}
+
+impl Activity {
+    pub const UNKNOWN: u32 = u32::MAX;
+    pub const NONE: Activity = Activity {
+        send_ms: Self::UNKNOWN,
+        recv_ms: Self::UNKNOWN,
+        ack_ms: Self::UNKNOWN,
+    };
+
+    /// Since the path last saw the flow: the newest of the three. A middlebox's idle timer
+    /// restarts on any segment, ACKs included.
+    pub fn path_idle_ms(&self) -> Option<u32> {
+        Some(self.send_ms.min(self.recv_ms).min(self.ack_ms)).filter(|v| *v != Self::UNKNOWN)
+    }
+
+    fn from_jiffies(send: u32, recv: u32, ack: u32, hz: u32) -> Activity {
+        let ms = |j: u32| match j {
+            u32::MAX => Self::UNKNOWN,
+            j => (u64::from(j) * 1000 / u64::from(hz)).min(u64::from(Self::UNKNOWN - 1)) as u32,
+        };
+        Activity {
+            send_ms: ms(send),
+            recv_ms: ms(recv),
+            ack_ms: ms(ack),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +204,7 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
                     / hz as u64
             }),
             cgroup: raw.cgroup,
+            activity: Activity::from_jiffies(raw.since_send, raw.since_recv, raw.since_ack, hz),
         },
         task: (raw.pid != 0).then(|| {
             let end = raw
@@ -226,6 +267,7 @@ pub fn sample(kind: Kind, sk: u64, flow: Flow, probes: u8) -> KernelEvent {
             ns_cnt: 9,
             next_timer_ms: None,
             cgroup: 0,
+            activity: Activity::NONE,
         },
         task: None,
     }
@@ -266,7 +308,9 @@ mod tests {
             cgroup: 0,
             pid: 0,
             comm: [0; 16],
-            _pad2: [0; 4],
+            since_send: 250,
+            since_recv: 500,
+            since_ack: u32::MAX,
         }
     }
 
@@ -302,6 +346,13 @@ mod tests {
         );
         assert_eq!(ev.info.next_timer_ms, Some(2000));
         assert_eq!(ev.info.ns_idle_s, 7200);
+        // Ages in jiffies become ms; a field the kernel lacks stays unknown.
+        assert_eq!(
+            (ev.info.activity.send_ms, ev.info.activity.recv_ms),
+            (1000, 2000)
+        );
+        assert_eq!(ev.info.activity.ack_ms, Activity::UNKNOWN);
+        assert_eq!(ev.info.activity.path_idle_ms(), Some(1000));
     }
 
     #[test]

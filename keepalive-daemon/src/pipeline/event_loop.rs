@@ -142,10 +142,16 @@ impl LoopState {
                 if ev.kind == Kind::Probe {
                     self.audit.saw_probe(ev.flow.netns);
                 }
-                self.inventory
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .apply(ev, None);
+                let path = {
+                    let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+                    inv.apply(ev, None);
+                    let group = inv.peers.classify(ev.flow.daddr).clone();
+                    let ts = self.tracker.wall_clock(ev.ts_ns);
+                    inv.paths.observe(ev, &group, &ts)
+                };
+                if let Some(change) = path {
+                    self.sinks.path_timeout(&change);
+                }
                 let out = self.tracker.handle(ev);
                 self.sinks
                     .metrics

@@ -1,10 +1,13 @@
 //! Metrics drawn from the inventory at scrape time: they describe the sockets that exist now,
 //! so they are computed from the table rather than accumulated.
-use std::fmt::Write as _;
+use std::{collections::HashMap, fmt::Write as _};
 
 use crate::{
     sinks::metrics::TIME_BUCKETS,
-    state::inventory::{self, Inventory},
+    state::{
+        inventory::{self, Inventory, Risk},
+        peers::LOOPBACK,
+    },
 };
 
 /// Namespaces exported with their own series; more would make `netns` an unbounded label.
@@ -13,7 +16,7 @@ pub const MAX_NS_SERIES: usize = 256;
 pub fn render(inv: &Inventory) -> String {
     let mut on = 0u64;
     let mut off = 0u64;
-    let mut at_risk = 0u64;
+    let mut by_risk: HashMap<(&str, Risk), u64> = HashMap::new();
     let mut idle = Vec::new();
     let mut ttd = Vec::new();
     for e in inv.entries() {
@@ -27,7 +30,12 @@ pub fn render(inv: &Inventory) -> String {
         } else {
             off += 1;
         }
-        at_risk += u64::from(inv.at_risk(&eff));
+        let risk = inv.risk(e, &eff);
+        let group = match risk {
+            Risk::Listener | Risk::Local | Risk::None => "none",
+            _ => &*inv.peer_group(e).name,
+        };
+        *by_risk.entry((group, risk)).or_default() += 1;
     }
     let mut s = String::new();
     let _ = writeln!(
@@ -37,22 +45,64 @@ pub fn render(inv: &Inventory) -> String {
     let _ = writeln!(s, "# TYPE keepalive_sockets gauge");
     let _ = writeln!(s, "keepalive_sockets{{keepalive=\"on\"}} {on}");
     let _ = writeln!(s, "keepalive_sockets{{keepalive=\"off\"}} {off}");
+    // Every class of every group is written, zeros included, so that alerts and panels see a
+    // series from the start; the groups are the config's (at most 32) and the built-in ones.
     let _ = writeln!(
         s,
-        "# HELP keepalive_sockets_at_risk Sockets with keepalive off or idle above --idle-budget."
+        "# HELP keepalive_sockets_by_risk Sockets by risk class and peer group: established sockets with a non-local peer are exposed, at_risk or covered; listeners and local peers are counted apart (peer_group=\"none\")."
     );
-    let _ = writeln!(s, "# TYPE keepalive_sockets_at_risk gauge");
-    let _ = writeln!(s, "keepalive_sockets_at_risk {at_risk}");
+    let _ = writeln!(s, "# TYPE keepalive_sockets_by_risk gauge");
+    for g in inv.peers.groups().iter().filter(|g| &*g.name != LOOPBACK) {
+        for r in Risk::CLASSES {
+            let n = by_risk.get(&(&*g.name, r)).copied().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "keepalive_sockets_by_risk{{risk=\"{}\",peer_group=\"{}\"}} {n}",
+                r.as_str(),
+                g.name
+            );
+        }
+    }
+    for r in [Risk::Listener, Risk::Local] {
+        let n = by_risk.get(&("none", r)).copied().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "keepalive_sockets_by_risk{{risk=\"{}\",peer_group=\"none\"}} {n}",
+            r.as_str()
+        );
+    }
     let _ = writeln!(
         s,
-        "# HELP keepalive_idle_budget_seconds The --idle-budget sockets are held against."
+        "# HELP keepalive_idle_budget_seconds The idle budget of each peer group (--idle-budget, or its [peers.<group>] idle-budget)."
     );
     let _ = writeln!(s, "# TYPE keepalive_idle_budget_seconds gauge");
+    for g in inv.peers.groups() {
+        if let Some(b) = g.budget_s {
+            let _ = writeln!(
+                s,
+                "keepalive_idle_budget_seconds{{peer_group=\"{}\"}} {b}",
+                g.name
+            );
+        }
+    }
     let _ = writeln!(
         s,
-        "keepalive_idle_budget_seconds {}",
-        inv.idle_budget.as_secs()
+        "# HELP keepalive_path_idle_timeout_seconds Learned idle timeout of the path to a peer group: the longest silence a first keepalive probe survived (lower) and the shortest one a reset answered (upper)."
     );
+    let _ = writeln!(s, "# TYPE keepalive_path_idle_timeout_seconds gauge");
+    let mut learned: Vec<_> = inv.paths.groups().collect();
+    learned.sort_unstable_by_key(|(g, _)| *g);
+    for (g, b) in learned {
+        for (bound, ms) in [("lower", b.lower_ms), ("upper", b.upper_ms)] {
+            if let Some(ms) = ms {
+                let _ = writeln!(
+                    s,
+                    "keepalive_path_idle_timeout_seconds{{peer_group=\"{g}\",bound=\"{bound}\"}} {}",
+                    f64::from(ms) / 1000.0
+                );
+            }
+        }
+    }
     histogram(
         &mut s,
         "keepalive_socket_idle_seconds",

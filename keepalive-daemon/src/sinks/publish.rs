@@ -1,7 +1,7 @@
 //! Where published events go: metrics, stdout JSON lines, and the `/events` broadcast.
 use std::{io::Write as _, sync::Arc};
 
-use log::error;
+use log::{error, warn};
 use tokio::sync::broadcast;
 
 use crate::{
@@ -9,6 +9,7 @@ use crate::{
     state::event::{Event, EventKind},
     state::inventory::{Effective, Entry},
     state::owners::{Owner, Owners},
+    state::paths::PathChange,
     state::tracker::Outcome,
 };
 
@@ -80,8 +81,30 @@ impl Sinks {
         self.write(&out);
     }
 
+    /// A `path_timeout` event: a peer group's learned idle-timeout bracket narrowed. A
+    /// learned upper bound below the group's budget means the budget is wrong: warned once per
+    /// narrowing.
+    pub fn path_timeout(&mut self, change: &PathChange) {
+        if let (Some(upper), Some(budget)) = (change.upper_s, change.budget_s)
+            && upper < f64::from(budget)
+        {
+            warn!(
+                "peer group {}: a middlebox reset a flow after {upper:.1} s of silence, below \
+                 its idle budget of {budget} s; lower the group's idle-budget",
+                change.peer_group
+            );
+        }
+        let mut line =
+            serde_json::to_string(change).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        line.push('\n');
+        self.write_line(line.into());
+    }
+
     fn write(&mut self, out: &Event) {
-        let line: Arc<str> = out.to_line().into();
+        self.write_line(out.to_line().into());
+    }
+
+    fn write_line(&mut self, line: Arc<str>) {
         if self.json {
             let mut stdout = std::io::stdout().lock();
             if let Err(e) = stdout

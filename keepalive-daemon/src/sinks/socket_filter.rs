@@ -8,8 +8,13 @@ pub struct Filter {
     pub comm: Option<String>,
     pub netns: Option<u32>,
     pub keepalive: Option<bool>,
+    /// Exposed or at risk (`risk` is one of the two).
     pub at_risk: Option<bool>,
+    /// One risk class: exposed, at_risk, covered, listener, local, none.
+    pub risk: Option<String>,
 }
+
+const RISKS: [&str; 6] = ["exposed", "at_risk", "covered", "listener", "local", "none"];
 
 impl Filter {
     /// Parses `port=80&comm=nginx&netns=4026531840&keepalive=on&at_risk=true`.
@@ -24,9 +29,11 @@ impl Filter {
                 "netns" => f.netns = Some(v.parse().map_err(|_| bad())?),
                 "keepalive" => f.keepalive = Some(flag(v).ok_or_else(bad)?),
                 "at_risk" => f.at_risk = Some(flag(v).ok_or_else(bad)?),
+                "risk" if RISKS.contains(&v) => f.risk = Some(v.to_string()),
+                "risk" => return Err(format!("{} (one of {})", bad(), RISKS.join(", "))),
                 _ => {
                     return Err(format!(
-                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk)"
+                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, risk)"
                     ));
                 }
             }
@@ -51,6 +58,9 @@ impl Filter {
         if let Some(r) = self.at_risk {
             q.push(format!("at_risk={r}"));
         }
+        if let Some(r) = &self.risk {
+            q.push(format!("risk={r}"));
+        }
         q.join("&")
     }
 
@@ -63,6 +73,7 @@ impl Filter {
             && self.netns.is_none_or(|n| s.netns == n)
             && self.keepalive.is_none_or(|k| s.keepalive == k)
             && self.at_risk.is_none_or(|r| s.at_risk == r)
+            && self.risk.as_ref().is_none_or(|r| s.risk.as_str() == r)
     }
 }
 
@@ -80,7 +91,11 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_unknown() {
-        let f = Filter::parse("port=6379&comm=redis-server&keepalive=on&at_risk=false").unwrap();
+        let f =
+            Filter::parse("port=6379&comm=redis-server&keepalive=on&at_risk=false&risk=exposed")
+                .unwrap();
+        assert_eq!(f.risk.as_deref(), Some("exposed"));
+        assert!(Filter::parse("risk=doomed").is_err());
         assert_eq!(f.port, Some(6379));
         assert_eq!(Filter::parse(&f.to_query()).unwrap(), f);
         assert!(Filter::parse("colour=red").is_err());

@@ -7,14 +7,16 @@ use std::{
 };
 
 use crate::{
-    ingest::decode::{Flow, Keepalive, KernelEvent, Kind},
-    state::owners::Owner,
+    ingest::decode::{Activity, Flow, Keepalive, KernelEvent, Kind},
+    state::{owners::Owner, paths::PathLearner, peers::Peers},
 };
 
 pub mod resync;
+mod risk;
 mod view;
 
 pub use crate::ingest::sysctl::NsDefaults;
+pub use risk::{Risk, config_at_risk};
 pub use view::{SocketView, time_to_detect};
 
 /// Linux's own defaults, for a namespace whose values were never read.
@@ -40,6 +42,8 @@ pub struct Entry {
     seen_ms: u64,
     /// Keepalive timer due this many ms after `seen_ms`; `NOT_ARMED` when not pending.
     next_timer_ms: u32,
+    /// Ages of the last segments at `seen_ms` (see `risk`).
+    activity: Activity,
     /// Owning process, 0 while unknown.
     pub pid: u32,
     pub state: u8,
@@ -88,7 +92,10 @@ pub struct Inventory {
     epoch: Instant,
     /// A re-walk of the kernel's tables in progress (see `resync`).
     walk: Option<resync::Walk>,
+    /// The default budget (`--idle-budget`), what `peers` gives groups without their own.
     pub idle_budget: Duration,
+    pub peers: Peers,
+    pub paths: PathLearner,
 }
 
 impl Inventory {
@@ -103,7 +110,15 @@ impl Inventory {
             epoch: Instant::now(),
             walk: None,
             idle_budget,
+            peers: Peers::new(idle_budget.as_secs().try_into().unwrap_or(u32::MAX), &[]),
+            paths: PathLearner::default(),
         }
+    }
+
+    /// With the config's peer groups.
+    pub fn with_peers(mut self, peers: Peers) -> Self {
+        self.peers = peers;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -143,6 +158,7 @@ impl Inventory {
                     e.next_timer_ms = timer_ms(ev.info.next_timer_ms);
                     e.probes_out = ev.info.probes_out;
                     e.state = ev.info.state;
+                    e.activity = ev.info.activity;
                     e.seen_ms = now;
                 }
                 None
@@ -216,6 +232,7 @@ impl Inventory {
                     cgroup: ev.info.cgroup,
                     seen_ms: self.now_ms(),
                     next_timer_ms: timer_ms(ev.info.next_timer_ms),
+                    activity: ev.info.activity,
                     pid,
                     state: ev.info.state,
                     probes_out: ev.info.probes_out,
@@ -358,12 +375,6 @@ impl Inventory {
             e,
             self.defaults.get(&e.flow.netns).unwrap_or(&LINUX_DEFAULTS),
         )
-    }
-
-    /// At risk: keepalive off, or its idle longer than the budget (a middlebox on the path with
-    /// that idle timeout forgets the flow before the first probe).
-    pub fn at_risk(&self, eff: &Effective) -> bool {
-        !eff.on || u64::from(eff.idle_s) > self.idle_budget.as_secs()
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {

@@ -1,0 +1,58 @@
+//! Fresh activity on demand: when `/sockets`, `/advice` or the metrics are read, the iterator
+//! walks every namespace's TCP table (the same walk as `rewalk`) so that each socket's idle time
+//! is the kernel's own, not an extrapolation. No per-packet hook: a walk costs what the
+//! re-walk costs (tens of ms at 100 k sockets), so it runs at most once per `MIN_INTERVAL`;
+//! readers within that window get the last walk's values aged by the clock (exact while the
+//! socket stays silent, which is what risk is about).
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use super::decode::{self, KernelEvent};
+use crate::kernel::attach::Attached;
+
+/// At most one walk per this interval, whoever asks.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct ActivityWalk {
+    attached: Arc<Mutex<Option<Attached>>>,
+    hz: u32,
+    /// Held across a walk so that concurrent readers wait for one walk instead of each
+    /// starting their own; holds when the last one finished.
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl ActivityWalk {
+    pub fn new(attached: Arc<Mutex<Option<Attached>>>, hz: u32) -> Self {
+        ActivityWalk {
+            attached,
+            hz,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Every socket's record from a new walk, or `None` when one ran within `MIN_INTERVAL`
+    /// (or the walk failed, or the programs are detached).
+    pub async fn fresh(&self) -> Option<Vec<KernelEvent>> {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
+            return None;
+        }
+        let att = self.attached.clone();
+        let walked = tokio::task::spawn_blocking(move || {
+            let mut guard = att.lock().unwrap_or_else(|e| e.into_inner());
+            guard
+                .as_mut()
+                .map(|a| crate::kernel::attach::inventory(&mut a.ebpf))
+        })
+        .await;
+        *last = Some(Instant::now());
+        let (buf, _) = walked.ok()??.ok()?;
+        Some(
+            decode::records(&buf)
+                .filter_map(|r| decode::decode(r, self.hz).ok())
+                .collect(),
+        )
+    }
+}
