@@ -83,7 +83,7 @@ async fn landing(State(web): State<Arc<Web>>) -> Html<String> {
          <h1>keepalive observer</h1><p>TCP keepalive seen from inside the kernel.</p><ul>\
          <li><a href=\"{0}\">{0}</a> Prometheus metrics</li>\
          <li><a href=\"/events\">/events</a> live events, one JSON object per line</li>\
-         <li><a href=\"/sockets\">/sockets</a> every TCP socket's keepalive settings (filters: port, comm, netns, keepalive, at_risk, risk)</li>\
+         <li><a href=\"/sockets\">/sockets</a> every TCP socket's keepalive settings (filters: port, comm, netns, keepalive, at_risk, risk, peer_group)</li>\
          <li><a href=\"/advice\">/advice</a> exposed and at-risk sockets by workload, and what would cover them</li>\
          <li><a href=\"/healthz\">/healthz</a> liveness</li></ul></body></html>",
         web.telemetry_path

@@ -12,6 +12,7 @@ pub struct Filter {
     pub at_risk: Option<bool>,
     /// One risk class: exposed, at_risk, covered, listener, local, none.
     pub risk: Option<String>,
+    pub peer_group: Option<String>,
 }
 
 const RISKS: [&str; 6] = ["exposed", "at_risk", "covered", "listener", "local", "none"];
@@ -31,9 +32,10 @@ impl Filter {
                 "at_risk" => f.at_risk = Some(flag(v).ok_or_else(bad)?),
                 "risk" if RISKS.contains(&v) => f.risk = Some(v.to_string()),
                 "risk" => return Err(format!("{} (one of {})", bad(), RISKS.join(", "))),
+                "peer_group" => f.peer_group = Some(v.to_string()),
                 _ => {
                     return Err(format!(
-                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, risk)"
+                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, risk, peer_group)"
                     ));
                 }
             }
@@ -61,6 +63,9 @@ impl Filter {
         if let Some(r) = &self.risk {
             q.push(format!("risk={r}"));
         }
+        if let Some(g) = &self.peer_group {
+            q.push(format!("peer_group={g}"));
+        }
         q.join("&")
     }
 
@@ -74,6 +79,10 @@ impl Filter {
             && self.keepalive.is_none_or(|k| s.keepalive == k)
             && self.at_risk.is_none_or(|r| s.at_risk == r)
             && self.risk.as_ref().is_none_or(|r| s.risk.as_str() == r)
+            && self
+                .peer_group
+                .as_ref()
+                .is_none_or(|g| s.peer_group.as_ref() == Some(g))
     }
 }
 
@@ -92,7 +101,7 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_unknown() {
         let f =
-            Filter::parse("port=6379&comm=redis-server&keepalive=on&at_risk=false&risk=exposed")
+            Filter::parse("port=6379&comm=redis-server&keepalive=on&at_risk=false&risk=exposed&peer_group=nat")
                 .unwrap();
         assert_eq!(f.risk.as_deref(), Some("exposed"));
         assert!(Filter::parse("risk=doomed").is_err());

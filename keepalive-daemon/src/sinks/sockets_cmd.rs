@@ -19,6 +19,7 @@ pub fn run(args: &SocketsArgs) -> Result<()> {
         keepalive: args.keepalive.as_deref().map(|k| k == "on"),
         at_risk: args.at_risk.then_some(true),
         risk: args.exposed.then(|| "exposed".to_string()),
+        peer_group: None,
     };
     let path = if args.advise {
         "/advice".to_string()

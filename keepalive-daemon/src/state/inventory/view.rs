@@ -34,8 +34,8 @@ pub struct SocketView {
     /// Seconds since the last data segment sent and received (`ss -ti` lastsnd, lastrcv).
     pub last_send_s: Option<f64>,
     pub last_recv_s: Option<f64>,
-    /// The peer's group (`state::peers`) and that path's idle budget.
-    pub peer_group: String,
+    /// The peer's group (`state::peers`) and that path's idle budget; none for listeners.
+    pub peer_group: Option<String>,
     pub budget_s: Option<u32>,
     pub risk: Risk,
     /// `risk` is `exposed` or `at_risk`.
@@ -48,10 +48,14 @@ impl Inventory {
         let from = |own: bool| if own { "socket" } else { "sysctl" };
         let ttd = time_to_detect(&eff);
         let elapsed = self.now_ms().saturating_sub(e.seen_ms);
-        let act = self.activity_now(e);
-        let secs = |ms: u32| (ms != Activity::UNKNOWN).then(|| f64::from(ms) / 1000.0);
-        let group = self.peer_group(e);
         let risk = self.risk(e, &eff);
+        // A listener never sends or receives: its ages would count from boot.
+        let act = match risk {
+            Risk::Listener => Activity::NONE,
+            _ => self.activity_now(e),
+        };
+        let secs = |ms: u32| (ms != Activity::UNKNOWN).then(|| f64::from(ms) / 1000.0);
+        let group = (risk != Risk::Listener).then(|| self.peer_group(e));
         SocketView {
             family: if e.flow.saddr.is_ipv4() {
                 "ipv4"
@@ -81,8 +85,8 @@ impl Inventory {
             idle_now_s: act.path_idle_ms().and_then(secs),
             last_send_s: secs(act.send_ms),
             last_recv_s: secs(act.recv_ms),
-            peer_group: group.name.to_string(),
-            budget_s: group.budget_s,
+            peer_group: group.map(|g| g.name.to_string()),
+            budget_s: group.and_then(|g| g.budget_s),
             risk,
             at_risk: risk.uncovered(),
         }
