@@ -100,9 +100,10 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_unknown() {
-        let f =
-            Filter::parse("port=6379&comm=redis-server&keepalive=on&at_risk=false&risk=exposed&peer_group=nat")
-                .unwrap();
+        let f = Filter::parse(
+            "port=6379&comm=redis-server&keepalive=on&at_risk=false&risk=exposed&peer_group=nat",
+        )
+        .unwrap();
         assert_eq!(f.risk.as_deref(), Some("exposed"));
         assert!(Filter::parse("risk=doomed").is_err());
         assert_eq!(f.port, Some(6379));

@@ -4,8 +4,10 @@
 //! what they set.
 
 mod clients;
+mod idle;
 mod lifecycle;
 mod obs;
+mod path;
 mod proc;
 mod redis;
 mod reuse;
@@ -35,9 +37,11 @@ pub enum Kind {
     Preexisting,
     Sysctl,
     Risk,
+    PathTimeout2,
+    PathTimeout5,
 }
 
-pub const ALL: [Kind; 7] = [
+pub const ALL: [Kind; 9] = [
     Kind::SettingsPython,
     Kind::SettingsSocat,
     Kind::SettingsCurl,
@@ -45,6 +49,8 @@ pub const ALL: [Kind; 7] = [
     Kind::Preexisting,
     Kind::Sysctl,
     Kind::Risk,
+    Kind::PathTimeout2,
+    Kind::PathTimeout5,
 ];
 
 impl Kind {
@@ -57,6 +63,8 @@ impl Kind {
             Kind::Preexisting => "inventory-preexisting",
             Kind::Sysctl => "inventory-sysctl",
             Kind::Risk => "inventory-risk",
+            Kind::PathTimeout2 => "path-timeout-2s",
+            Kind::PathTimeout5 => "path-timeout-5s",
         }
     }
 
@@ -83,6 +91,9 @@ impl Kind {
             Kind::Risk => {
                 "second daemon with --idle-budget 300s: at_risk flags, filters, `sockets --at-risk`, metrics"
             }
+            Kind::PathTimeout2 | Kind::PathTimeout5 => {
+                "router forgets flows after 2 s / 5 s: learned bracket holds and narrows, no-keepalive flow exposed before its write is reset, --advise"
+            }
         }
     }
 
@@ -92,7 +103,12 @@ impl Kind {
             Kind::SettingsPython => "python3",
             Kind::SettingsCurl => "curl",
             Kind::SettingsRedis => "redis-server",
-            Kind::SettingsSocat | Kind::Preexisting | Kind::Sysctl | Kind::Risk => "socat",
+            Kind::SettingsSocat
+            | Kind::Preexisting
+            | Kind::Sysctl
+            | Kind::Risk
+            | Kind::PathTimeout2
+            | Kind::PathTimeout5 => "socat",
         }
     }
 }
@@ -294,6 +310,8 @@ fn run_inner(
         Kind::Preexisting => lifecycle::preexisting(&mut ctx),
         Kind::Sysctl => lifecycle::sysctl(&mut ctx),
         Kind::Risk => risk::run(&mut ctx),
+        Kind::PathTimeout2 => path::run(&mut ctx, 2),
+        Kind::PathTimeout5 => path::run(&mut ctx, 5),
     };
     if let Some(status) = ctx.main.exited() {
         ctx.failures.push(format!(
