@@ -90,17 +90,20 @@ pub fn render(inv: &Inventory) -> String {
         "# HELP keepalive_path_idle_timeout_seconds Learned idle timeout of the path to a peer group: the longest silence a first keepalive probe survived (lower) and the shortest one a reset answered (upper)."
     );
     let _ = writeln!(s, "# TYPE keepalive_path_idle_timeout_seconds gauge");
-    let mut learned: Vec<_> = inv.paths.groups().collect();
-    learned.sort_unstable_by_key(|(g, _)| *g);
-    for (g, b) in learned {
-        for (bound, ms) in [("lower", b.lower_ms), ("upper", b.upper_ms)] {
-            if let Some(ms) = ms {
-                let _ = writeln!(
-                    s,
-                    "keepalive_path_idle_timeout_seconds{{peer_group=\"{g}\",bound=\"{bound}\"}} {}",
-                    f64::from(ms) / 1000.0
-                );
-            }
+    // Every group but loopback, both bounds, NaN until learned: the series exist from the
+    // start (at most 2 × 34), and a comparison with NaN never fires an alert.
+    for g in inv.peers.groups().iter().filter(|g| &*g.name != LOOPBACK) {
+        let b = inv.paths.group(&g.name);
+        for (bound, ms) in [
+            ("lower", b.and_then(|b| b.lower_ms)),
+            ("upper", b.and_then(|b| b.upper_ms)),
+        ] {
+            let v = ms.map_or(f64::NAN, |ms| f64::from(ms) / 1000.0);
+            let _ = writeln!(
+                s,
+                "keepalive_path_idle_timeout_seconds{{peer_group=\"{}\",bound=\"{bound}\"}} {v}",
+                g.name
+            );
         }
     }
     histogram(

@@ -290,12 +290,19 @@ pub fn run(ctx: &mut Ctx, timeout_s: u32) -> Result<()> {
     Ok(())
 }
 
+/// The socket's `/sockets` entry, waiting up to 2 s for a socket just opened to be listed.
 fn view(obs: &super::obs::Obs, key: Key) -> Result<SockView> {
-    let list = obs.sockets(&format!("netns={}&port={}", key.netns, key.local.port()))?;
-    key.find(&list)
-        .first()
-        .map(|v| (*v).clone())
-        .with_context(|| format!("{key} not in /sockets"))
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let list = obs.sockets(&format!("netns={}&port={}", key.netns, key.local.port()))?;
+        if let Some(v) = key.find(&list).first() {
+            return Ok((*v).clone());
+        }
+        if Instant::now() > deadline {
+            return None.with_context(|| format!("{key} not in /sockets after 2 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 type Bracket = (Option<f64>, Option<f64>);
