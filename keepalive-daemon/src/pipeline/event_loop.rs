@@ -124,6 +124,9 @@ impl LoopState {
                     None => self.sinks.owners.cached(ev.ino),
                 };
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+                if ev.kind == Kind::Gone {
+                    inv.paths.forget(ev.sk);
+                }
                 if let Some((before, after)) = inv.apply(ev, owner) {
                     let entry = inv.get(ev.sk).map(|e| (e.clone(), inv.owner(e)));
                     drop(inv);

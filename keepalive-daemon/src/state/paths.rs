@@ -107,7 +107,13 @@ impl PathLearner {
             }
             _ => return None,
         };
-        let idle_ms = self.first.remove(&ev.sk)?;
+        // A reset can be handled before the timer that sent the probe has finished (the RST
+        // waits on the socket's lock, and the probe is reported as the timer returns): its own
+        // record then tells the silence, since a RST updates none of the three ages.
+        let idle_ms = self
+            .first
+            .remove(&ev.sk)
+            .or_else(|| (!survived).then(|| silence_ms(ev)))?;
         let subnet = peers::subnet(ev.flow.daddr);
         let key = (group.name.clone(), subnet);
         if self.subnets.len() < MAX_SUBNETS || self.subnets.contains_key(&key) {
@@ -134,6 +140,11 @@ impl PathLearner {
             upper_s: b.upper_ms.map(secs),
             budget_s: group.budget_s,
         })
+    }
+
+    /// The socket closed: a first probe it had out will not be answered.
+    pub fn forget(&mut self, sk: u64) {
+        self.first.remove(&sk);
     }
 
     /// Every group's bracket, by name.
@@ -227,6 +238,20 @@ mod tests {
         let b = p.group("fw").unwrap();
         assert_eq!((b.answered, b.reset), (3, 2));
         assert_eq!(p.subnets().count(), 1);
+    }
+
+    #[test]
+    fn a_reset_seen_before_its_probe_still_teaches() {
+        let mut p = PathLearner::default();
+        let g = group("fw");
+        let c = p
+            .observe(&ev(Kind::Reset, 7, "10.1.0.9", 1, 3000), &g, "t")
+            .expect("the reset's own record tells the silence");
+        assert_eq!(c.upper_s, Some(3.0));
+        // The late probe record leaves an entry that the close clears.
+        p.observe(&ev(Kind::Probe, 7, "10.1.0.9", 1, 3000), &g, "t");
+        p.forget(7);
+        assert!(p.first.is_empty());
     }
 
     #[test]

@@ -56,16 +56,11 @@ pub fn run(ctx: &mut Ctx, timeout_s: u32) -> Result<()> {
         "net/netfilter/nf_conntrack_tcp_timeout_established",
         &timeout_s.to_string(),
     )?;
-    let server_net = match topo.server_addr() {
-        IpAddr::V4(a) => format!(
-            "{}/24",
-            std::net::Ipv4Addr::from(u32::from(a) & 0xffff_ff00)
-        ),
-        IpAddr::V6(a) => format!(
-            "{}/64",
-            std::net::Ipv6Addr::from(u128::from(a) & !(u128::MAX >> 64))
-        ),
-    };
+    // A server address of this run alone: the daemon sees every namespace of the machine, and
+    // other runs of the suite (or other scenarios' firewalls) reuse the usual server address.
+    let host = 10 + (std::process::id() % 240) as u8;
+    let server_ip = topo.add_server_addr(host)?;
+    let server_net = format!("{server_ip}/{}", if server_ip.is_ipv4() { 32 } else { 128 });
     let config = std::env::temp_dir().join(format!(
         "{}-path{timeout_s}-{}.toml",
         ctx.env.prefix,
@@ -80,7 +75,7 @@ pub fn run(ctx: &mut Ctx, timeout_s: u32) -> Result<()> {
         &format!("daemon-path{timeout_s}"),
     )?;
     let _ = std::fs::remove_file(&config);
-    let listener = ctx.listen()?;
+    let listener = sock::listen(&topo.server, server_ip)?;
     let dst = listener.local_addr()?;
     let client_ns = ctx.ino(&topo.client)?;
     let from = second.received_len();
@@ -208,7 +203,7 @@ pub fn run(ctx: &mut Ctx, timeout_s: u32) -> Result<()> {
         }
     }
     check_brackets(ctx, &brackets, timeout_s);
-    path_events(ctx, &second, from, timeout_s);
+    path_events(ctx, &second, from, timeout_s, dst.ip());
 
     // The flow without keepalive has been silent for longer than T: exposed, before it writes.
     let v = view(&obs, bare_key)?;
@@ -339,12 +334,18 @@ fn check_brackets(ctx: &mut Ctx, brackets: &[Bracket], timeout_s: u32) {
 
 /// Every `path_timeout` event narrowed the bracket and names the group; the last one carries
 /// the final bracket.
-fn path_events(ctx: &mut Ctx, d: &crate::daemon::Daemon, from: usize, timeout_s: u32) {
+fn path_events(
+    ctx: &mut Ctx,
+    d: &crate::daemon::Daemon,
+    from: usize,
+    timeout_s: u32,
+    server: IpAddr,
+) {
     let events: Vec<serde_json::Value> = d
         .received(from..d.received_len())
         .into_iter()
         .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.line).ok())
-        .filter(|v| v["event"] == "path_timeout")
+        .filter(|v| v["event"] == "path_timeout" && v["peer_group"] == "fw")
         .collect();
     let (mut lower, mut upper) = (0.0f64, f64::MAX);
     for e in &events {
@@ -355,6 +356,9 @@ fn path_events(ctx: &mut Ctx, d: &crate::daemon::Daemon, from: usize, timeout_s:
         });
         ctx.check(e["peer_group"] == "fw", || {
             format!("path_timeout event group: {e}")
+        });
+        ctx.check(e["daddr"] == server.to_string(), || {
+            format!("path_timeout event for another peer: {e}")
         });
         (lower, upper) = (l, u);
     }

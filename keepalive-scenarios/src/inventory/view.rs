@@ -110,6 +110,10 @@ pub struct Want {
     pub owner: Option<(u32, String)>,
     /// The owner's cgroup v2 id, where cgroup2 is mounted at /sys/fs/cgroup to look it up.
     pub cgroup: Option<u64>,
+    /// The idle the kernel armed the keepalive timer with, when it was longer than `idle`: a
+    /// lowered namespace sysctl does not re-arm a pending timer, which fires at its old
+    /// deadline and then probes at once.
+    pub armed_s: Option<u32>,
 }
 
 impl Want {
@@ -124,6 +128,7 @@ impl Want {
             user_timeout_ms,
             owner: None,
             cgroup: None,
+            armed_s: None,
         }
     }
 
@@ -139,6 +144,7 @@ impl Want {
             user_timeout_ms: 0,
             owner: None,
             cgroup: None,
+            armed_s: None,
         }
     }
 
@@ -252,7 +258,10 @@ impl Want {
             bad.push(format!("probes_out {} != 0", v.probes_out));
         }
         let next_ok = match v.next_probe_ms {
-            Some(ms) => self.on && ms <= u64::from(self.idle.0) * 1000 + 100,
+            Some(ms) => {
+                let armed = self.idle.0.max(self.armed_s.unwrap_or(0));
+                self.on && ms <= u64::from(armed) * 1000 + 100
+            }
             None => !self.on,
         };
         if !next_ok {
