@@ -1,4 +1,5 @@
-//! Fresh activity on demand: when `/sockets`, `/advice` or the metrics are read, the iterator
+//! A socket's activity (`Activity`: ages of its last segments, read with every record), and
+//! fresh activity on demand: when `/sockets`, `/advice` or the metrics are read, the iterator
 //! walks every namespace's TCP table (the same walk as `rewalk`) so that each socket's idle time
 //! is the kernel's own, not an extrapolation. No per-packet hook: a walk costs what the
 //! re-walk costs (tens of ms at 100 k sockets), so it runs at most once per `MIN_INTERVAL`;
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::decode::{self, KernelEvent};
+use super::decode::KernelEvent;
 use crate::kernel::attach::Attached;
 
 /// At most one walk per this interval, whoever asks.
@@ -39,20 +40,47 @@ impl ActivityWalk {
         if last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
             return None;
         }
-        let att = self.attached.clone();
-        let walked = tokio::task::spawn_blocking(move || {
-            let mut guard = att.lock().unwrap_or_else(|e| e.into_inner());
-            guard
-                .as_mut()
-                .map(|a| crate::kernel::attach::inventory(&mut a.ebpf))
-        })
-        .await;
+        let walked = super::rewalk::walk(&self.attached, self.hz).await;
         *last = Some(Instant::now());
-        let (buf, _) = walked.ok()??.ok()?;
-        Some(
-            decode::records(&buf)
-                .filter_map(|r| decode::decode(r, self.hz).ok())
-                .collect(),
-        )
+        Some(walked?.ok()?.events)
+    }
+}
+
+/// How long ago the flow last carried a segment, in ms when the record was taken; `UNKNOWN`
+/// where the kernel lacks the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Last data segment sent (`tcp_sock.lsndtime`, `ss` lastsnd).
+    pub send_ms: u32,
+    /// Last data segment received (`icsk_ack.lrcvtime`, `ss` lastrcv).
+    pub recv_ms: u32,
+    /// Last ACK received (`tcp_sock.rcv_tstamp`, `ss` lastack).
+    pub ack_ms: u32,
+}
+
+impl Activity {
+    pub const UNKNOWN: u32 = u32::MAX;
+    pub const NONE: Activity = Activity {
+        send_ms: Self::UNKNOWN,
+        recv_ms: Self::UNKNOWN,
+        ack_ms: Self::UNKNOWN,
+    };
+
+    /// Since the path last saw the flow: the newest of the three. A middlebox's idle timer
+    /// restarts on any segment, ACKs included.
+    pub fn path_idle_ms(&self) -> Option<u32> {
+        Some(self.send_ms.min(self.recv_ms).min(self.ack_ms)).filter(|v| *v != Self::UNKNOWN)
+    }
+
+    pub(super) fn from_jiffies(send: u32, recv: u32, ack: u32, hz: u32) -> Activity {
+        let ms = |j: u32| match j {
+            u32::MAX => Self::UNKNOWN,
+            j => (u64::from(j) * 1000 / u64::from(hz)).min(u64::from(Self::UNKNOWN - 1)) as u32,
+        };
+        Activity {
+            send_ms: ms(send),
+            recv_ms: ms(recv),
+            ack_ms: ms(ack),
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Ring-buffer records → typed kernel events.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use super::activity::Activity;
+
 use keepalive_common::{
     EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS,
     EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY,
@@ -71,45 +73,6 @@ pub struct SocketInfo {
     pub next_timer_ms: Option<u64>,
     pub cgroup: u64,
     pub activity: Activity,
-}
-
-/// How long ago the flow last carried a segment, in ms when the record was taken; `UNKNOWN`
-/// where the kernel lacks the field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Activity {
-    /// Last data segment sent (`tcp_sock.lsndtime`, `ss` lastsnd).
-    pub send_ms: u32,
-    /// Last data segment received (`icsk_ack.lrcvtime`, `ss` lastrcv).
-    pub recv_ms: u32,
-    /// Last ACK received (`tcp_sock.rcv_tstamp`, `ss` lastack).
-    pub ack_ms: u32,
-}
-
-impl Activity {
-    pub const UNKNOWN: u32 = u32::MAX;
-    pub const NONE: Activity = Activity {
-        send_ms: Self::UNKNOWN,
-        recv_ms: Self::UNKNOWN,
-        ack_ms: Self::UNKNOWN,
-    };
-
-    /// Since the path last saw the flow: the newest of the three. A middlebox's idle timer
-    /// restarts on any segment, ACKs included.
-    pub fn path_idle_ms(&self) -> Option<u32> {
-        Some(self.send_ms.min(self.recv_ms).min(self.ack_ms)).filter(|v| *v != Self::UNKNOWN)
-    }
-
-    fn from_jiffies(send: u32, recv: u32, ack: u32, hz: u32) -> Activity {
-        let ms = |j: u32| match j {
-            u32::MAX => Self::UNKNOWN,
-            j => (u64::from(j) * 1000 / u64::from(hz)).min(u64::from(Self::UNKNOWN - 1)) as u32,
-        };
-        Activity {
-            send_ms: ms(send),
-            recv_ms: ms(recv),
-            ack_ms: ms(ack),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -115,12 +115,6 @@ impl Inventory {
         }
     }
 
-    /// With the config's peer groups.
-    pub fn with_peers(mut self, peers: Peers) -> Self {
-        self.peers = peers;
-        self
-    }
-
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{Effective, Entry, Inventory};
 use crate::{
     ingest::decode::{Activity, KernelEvent},
-    state::peers::{Group, LOOPBACK},
+    state::peers::{Group, LOOPBACK, Peers},
 };
 
 const ESTABLISHED: u8 = 1;
@@ -57,6 +57,12 @@ impl Risk {
 }
 
 impl Inventory {
+    /// With the config's peer groups.
+    pub fn with_peers(mut self, peers: Peers) -> Self {
+        self.peers = peers;
+        self
+    }
+
     /// The socket's activity ages as of now.
     pub fn activity_now(&self, e: &Entry) -> Activity {
         let elapsed = self.now_ms().saturating_sub(e.seen_ms);
