@@ -130,6 +130,15 @@ pub struct Offsets {
     pub file_private_data: u32,
     /// `socket.sk`.
     pub socket_sk: u32,
+    /// `tcp_sock.lsndtime` (u32 jiffies): last data segment sent (`ss` lastsnd). ABSENT if
+    /// the kernel lacks it.
+    pub tp_lsndtime: u32,
+    /// `inet_connection_sock.icsk_ack.lrcvtime` (u32 jiffies): last data segment received
+    /// (`ss` lastrcv).
+    pub icsk_lrcvtime: u32,
+    /// `tcp_sock.rcv_tstamp` (u32 jiffies): last ACK received (`ss` lastack); with the two
+    /// above, when the path last carried a segment of the flow either way.
+    pub tp_rcv_tstamp: u32,
     /// Offsets of `fd`, `level`, `optname` in the `syscalls:sys_enter_setsockopt` record and of
     /// `ret` in `sys_exit_setsockopt` (from the tracepoints' `format` files).
     pub tp_setsockopt_fd: u32,
@@ -234,7 +243,11 @@ pub struct RawEvent {
     pub pid: u32,
     /// That process's thread name, NUL-padded.
     pub comm: [u8; 16],
-    pub _pad2: [u8; 4],
+    /// Jiffies since the last data segment sent, received, and the last ACK received, at
+    /// `jiffies` (`u32::MAX` when the kernel lacks the field).
+    pub since_send: u32,
+    pub since_recv: u32,
+    pub since_ack: u32,
 }
 
 impl RawEvent {

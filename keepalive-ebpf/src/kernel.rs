@@ -120,9 +120,23 @@ pub fn describe(sk: u64, ev: &mut RawEvent) {
         ev.timer_expires = read::<u64>(timer, o.timer_expires);
     }
     ev.jiffies = unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() };
+    // The kernel keeps these as the low 32 bits of jiffies; the age is their wrapping
+    // difference with now, which stays right for 198 days at HZ=250.
+    let now = ev.jiffies as u32;
+    ev.since_send = since(sk, o.tp_lsndtime, now);
+    ev.since_recv = since(sk, o.icsk_lrcvtime, now);
+    ev.since_ack = since(sk, o.tp_rcv_tstamp, now);
     let cgroup = read::<u64>(sk, o.sk_cgroup);
     let kn = read::<u64>(cgroup, o.cgroup_kn);
     ev.cgroup = read::<u64>(kn, o.kernfs_id);
+}
+
+#[inline(always)]
+fn since(sk: u64, off: u32, now: u32) -> u32 {
+    if off == ABSENT {
+        return u32::MAX;
+    }
+    now.wrapping_sub(read::<u32>(sk, off))
 }
 
 /// The error `tcp_write_err` gave the socket: `sk_err`, which it sets to `sk_err_soft ?:

@@ -138,6 +138,32 @@ impl Topology {
         Ok(())
     }
 
+    /// A second server address, `198.51.100.<host>` or `2001:db8:5::<host>` (this family's),
+    /// reachable through the router: for checks that must not mix with flows to the usual
+    /// address in other test runs on the same machine (a daemon sees every namespace).
+    pub fn add_server_addr(&self, host: u8) -> Result<IpAddr> {
+        let addr: IpAddr = match self.family {
+            Family::Ipv4 => format!("198.51.100.{host}"),
+            _ => format!("2001:db8:5::{host:x}"),
+        }
+        .parse()?;
+        let (len, v6) = if addr.is_ipv4() {
+            (24, "")
+        } else {
+            (64, "-6 ")
+        };
+        let nodad = if addr.is_ipv4() { "" } else { " nodad" };
+        self.ip(
+            &self.server,
+            &format!("{v6}addr add {addr}/{len} dev s0{nodad}"),
+        )?;
+        self.ip(
+            &self.router,
+            &format!("neigh replace {addr} lladdr {MAC_S0} dev rs nud permanent"),
+        )?;
+        Ok(addr)
+    }
+
     /// Waits until the kernel's link watcher has activated the device. Until then it keeps the
     /// "noop" qdisc, which silently drops: a SYN sent too early is lost, the handshake needs a
     /// 1 s retransmission, and the inflated RTT estimate then skews every RTO-based timing.

@@ -1,6 +1,8 @@
 //! Ring-buffer records → typed kernel events.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use super::activity::Activity;
+
 use keepalive_common::{
     EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS,
     EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY,
@@ -70,6 +72,7 @@ pub struct SocketInfo {
     /// Milliseconds until the keepalive timer fires, when it is pending.
     pub next_timer_ms: Option<u64>,
     pub cgroup: u64,
+    pub activity: Activity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +167,7 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
                     / hz as u64
             }),
             cgroup: raw.cgroup,
+            activity: Activity::from_jiffies(raw.since_send, raw.since_recv, raw.since_ack, hz),
         },
         task: (raw.pid != 0).then(|| {
             let end = raw
@@ -226,6 +230,7 @@ pub fn sample(kind: Kind, sk: u64, flow: Flow, probes: u8) -> KernelEvent {
             ns_cnt: 9,
             next_timer_ms: None,
             cgroup: 0,
+            activity: Activity::NONE,
         },
         task: None,
     }
@@ -266,7 +271,9 @@ mod tests {
             cgroup: 0,
             pid: 0,
             comm: [0; 16],
-            _pad2: [0; 4],
+            since_send: 250,
+            since_recv: 500,
+            since_ack: u32::MAX,
         }
     }
 
@@ -302,6 +309,13 @@ mod tests {
         );
         assert_eq!(ev.info.next_timer_ms, Some(2000));
         assert_eq!(ev.info.ns_idle_s, 7200);
+        // Ages in jiffies become ms; a field the kernel lacks stays unknown.
+        assert_eq!(
+            (ev.info.activity.send_ms, ev.info.activity.recv_ms),
+            (1000, 2000)
+        );
+        assert_eq!(ev.info.activity.ack_ms, Activity::UNKNOWN);
+        assert_eq!(ev.info.activity.path_idle_ms(), Some(1000));
     }
 
     #[test]

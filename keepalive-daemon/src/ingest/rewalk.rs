@@ -42,6 +42,33 @@ pub const INTERVAL: Duration = Duration::from_secs(30);
 /// A walk even without losses, every this many intervals (10 minutes).
 const SAFETY_EVERY: u32 = 20;
 
+/// One walk of every namespace's TCP table on the blocking pool, decoded; `None` once the
+/// programs are detached. Also the on-demand walk of `activity`.
+pub async fn walk(
+    attached: &Arc<Mutex<Option<Attached>>>,
+    hz: u32,
+) -> Option<Result<Walked, String>> {
+    let att = attached.clone();
+    let walked = tokio::task::spawn_blocking(move || {
+        let mut guard = att.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_mut()
+            .map(|a| crate::kernel::attach::inventory(&mut a.ebpf))
+    })
+    .await;
+    let (buf, namespaces) = match walked {
+        Ok(None) => return None,
+        Ok(Some(Ok(r))) => r,
+        Ok(Some(Err(e))) => return Some(Err(e)),
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let events = decode::records(&buf)
+        .filter_map(|r| decode::decode(r, hz).ok())
+        .collect();
+    let namespaces = namespaces.into_iter().collect();
+    Some(Ok(Walked { events, namespaces }))
+}
+
 /// Runs until the programs are detached (`attached` emptied).
 pub async fn run(
     attached: Arc<Mutex<Option<Attached>>>,
@@ -60,34 +87,14 @@ pub async fn run(
         }
         (lost_at_walk, idle) = (now, 0);
         (callbacks.begin)();
-        let att = attached.clone();
-        let walked = tokio::task::spawn_blocking(move || {
-            let mut guard = att.lock().unwrap_or_else(|e| e.into_inner());
-            guard
-                .as_mut()
-                .map(|a| crate::kernel::attach::inventory(&mut a.ebpf))
-        })
-        .await;
-        let result = match walked {
-            Ok(None) => return,
-            Ok(Some(r)) => r,
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok((buf, namespaces)) => {
-                let events = decode::records(&buf)
-                    .filter_map(|r| decode::decode(r, hz).ok())
-                    .collect();
-                let namespaces = namespaces.into_iter().collect();
-                if tx
-                    .send(Input::Resync(Walked { events, namespaces }))
-                    .await
-                    .is_err()
-                {
+        match walk(&attached, hz).await {
+            None => return,
+            Some(Ok(walked)) => {
+                if tx.send(Input::Resync(walked)).await.is_err() {
                     return;
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 warn!("inventory re-walk failed: {e}");
                 (callbacks.abandon)();
             }

@@ -41,6 +41,11 @@ pub fn fill(btf: &Btf, o: &mut Offsets) -> Result<()> {
     o.fdtable_fd = need("fdtable", "fd")?;
     o.file_private_data = need("file", "private_data")?;
     o.socket_sk = need("socket", "sk")?;
+    // When the flow last carried a segment: optional, a kernel without them shows no idle.
+    let opt = |outer: &str, path: &str| btf.member_offset(outer, path).unwrap_or(ABSENT);
+    o.tp_lsndtime = opt("tcp_sock", "lsndtime");
+    o.icsk_lrcvtime = opt("inet_connection_sock", "icsk_ack.lrcvtime");
+    o.tp_rcv_tstamp = opt("tcp_sock", "rcv_tstamp");
     Ok(())
 }
 
@@ -64,5 +69,8 @@ mod tests {
         assert!(o.sock_keepopen_bit < 64);
         assert_ne!(o.sk_cgroup, ABSENT);
         assert!(o.socket_sk > 0 && o.file_private_data > 0);
+        for off in [o.tp_lsndtime, o.icsk_lrcvtime, o.tp_rcv_tstamp] {
+            assert_ne!(off, ABSENT);
+        }
     }
 }

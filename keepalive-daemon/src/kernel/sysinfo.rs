@@ -73,16 +73,37 @@ fn measure_hz() -> Result<u32> {
         })?;
         timer_list_sample(&text).ok_or_else(|| Error::Config("cannot determine kernel HZ".into()))
     };
-    // A whole second: each sample's clock and jiffies are read some way apart in the file, and
-    // a busy machine can stall the read in between (tens of ms under TCG with the host loaded).
-    // Over 200 ms that skew made a 250 Hz arm64 guest measure 300, and every keepalive idle the
-    // second daemon of the inventory-risk scenario reported came out 250/300 of the truth;
-    // over 1 s the same skew stays well inside the 10 % between 250 and 300.
+    let (ns0, j0) = sample()?;
+    if let Some(hz) = hz_since_boot(ns0, j0) {
+        return Ok(hz);
+    }
+    // Two samples a whole second apart: each sample's clock and jiffies are read some way
+    // apart in the file, and a busy machine can stall the read in between (tens of ms under
+    // TCG with the host loaded). Over 200 ms that skew made a 250 Hz arm64 guest measure 300;
+    // over 1 s it stays well inside the 10 % between 250 and 300.
     let (ns0, j0) = sample()?;
     thread::sleep(Duration::from_secs(1));
     let (ns1, j1) = sample()?;
     let measured = (j1 - j0) as f64 * 1e9 / (ns1 - ns0).max(1) as f64;
     Ok(nearest_hz(measured))
+}
+
+/// HZ from one sample: jiffies start at `INITIAL_JIFFIES` (2^32 − 300 × HZ) at boot, when the
+/// monotonic clock starts at 0, so `jiffies ≈ 2^32 + (uptime − 300) × HZ`. The candidates are
+/// tens of thousands of jiffies apart, while the sample's own skew (its `jiffies:` line is
+/// printed well after its `now at` stamp: 100+ ms under QEMU's TCG, where a 200 ms two-sample
+/// window measured 100 for HZ=250) is a few hundred at most. `None` when no candidate fits
+/// within 10 s (a kernel that starts jiffies elsewhere).
+fn hz_since_boot(ns: u64, jiffies: u64) -> Option<u32> {
+    let (best, off) = [100u32, 250, 300, 1000]
+        .into_iter()
+        .map(|hz| {
+            let h = i128::from(hz);
+            let want = (1i128 << 32) - 300 * h + i128::from(ns) * h / 1_000_000_000;
+            (hz, (i128::from(jiffies) - want).abs())
+        })
+        .min_by_key(|(_, off)| *off)?;
+    (off < 10 * i128::from(best)).then_some(best)
 }
 
 /// `now at <ns> nsecs` and the first `jiffies: <n>` of /proc/timer_list.
@@ -113,6 +134,20 @@ fn nearest_hz(measured: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hz_from_one_sample_since_boot() {
+        // Read on the 6.18 host (HZ=250) 81 minutes after boot, and a made-up 6 s old guest.
+        assert_eq!(hz_since_boot(4_879_384_504_827, 4_296_112_081), Some(250));
+        let guest = |hz: u64, s: u64| (1u64 << 32) - 300 * hz + s * hz;
+        for hz in [100u32, 250, 300, 1000] {
+            assert_eq!(
+                hz_since_boot(6_000_000_000, guest(u64::from(hz), 6) + 30),
+                Some(hz)
+            );
+        }
+        assert_eq!(hz_since_boot(6_000_000_000, 12_345), None);
+    }
 
     /// On the real kernel: the config and the clock must agree on HZ.
     #[test]

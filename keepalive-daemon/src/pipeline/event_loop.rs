@@ -126,6 +126,9 @@ impl LoopState {
                     .as_ref()
                     .and_then(|o| Some((o.pid, o.thread.clone()?)));
                 let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+                if ev.kind == Kind::Gone {
+                    inv.paths.forget(ev.sk);
+                }
                 if let Some((before, after)) = inv.apply(ev, owner) {
                     let entry = inv
                         .get(ev.sk)
@@ -152,11 +155,16 @@ impl LoopState {
                 if ev.kind == Kind::Probe {
                     self.audit.saw_probe(ev.flow.netns);
                 }
-                let labels = {
+                let (labels, path) = {
                     let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
                     inv.apply(ev, None);
-                    inv.labels_of(ev.sk)
+                    let group = inv.peers.classify(ev.flow.daddr).clone();
+                    let ts = self.tracker.wall_clock(ev.ts_ns);
+                    (inv.labels_of(ev.sk), inv.paths.observe(ev, &group, &ts))
                 };
+                if let Some(change) = path {
+                    self.sinks.path_timeout(&change);
+                }
                 let out = self.tracker.handle(ev);
                 self.sinks
                     .metrics

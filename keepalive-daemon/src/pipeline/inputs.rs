@@ -60,11 +60,13 @@ impl LoopState {
 
     pub(super) fn resync(&mut self, walked: Walked) {
         let owners = &self.sinks.owners;
-        let c = self
-            .inventory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reconcile(&walked, |ino| owners.cached(ino));
+        let c = {
+            let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
+            let c = inv.reconcile(&walked, |ino| owners.cached(ino));
+            // The walk read every socket's activity too.
+            inv.refresh(&walked.events);
+            c
+        };
         if c.added + c.removed > 0 {
             info!(
                 "inventory re-walk: {} sockets added, {} removed (their events were lost)",

@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     error::{Error, Result},
-    ingest::{icmp, rewalk, sysctl, unseen::ProbeAudit},
+    ingest::{activity::ActivityWalk, icmp, rewalk, sysctl, unseen::ProbeAudit},
     kernel::{
         attach::{Attached, HookStatus},
         clock,
@@ -25,7 +25,7 @@ use crate::{
         metrics::Metrics,
         publish::Sinks,
     },
-    state::{inventory::Inventory, owners::OwnerCheck, tracker::Tracker},
+    state::{inventory::Inventory, owners::OwnerCheck, peers::Peers, tracker::Tracker},
 };
 
 pub mod check;
@@ -42,6 +42,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     let listener = startup::bind(&opts).await?;
     let mut attached = startup::attach(&opts, kernel)?;
     let mut maps = startup::take_maps(&mut attached)?;
+    let hooks = attached.hooks.clone();
 
     let metrics = Arc::new(Metrics::with_labels(
         &opts.metric_labels.0,
@@ -49,8 +50,11 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         opts.series_ttl,
     ));
     metrics.set_hooks(&attached.hooks);
-    let inventory = Arc::new(Mutex::new(Inventory::new(opts.idle_budget)));
-    lock(&inventory).set_attribution(startup::attribution(&opts));
+    let budget_s = u32::try_from(opts.idle_budget.as_secs()).unwrap_or(u32::MAX);
+    let inventory = Arc::new(Mutex::new(
+        Inventory::new(opts.idle_budget).with_peers(Peers::new(budget_s, &opts.peers)),
+    ));
+    lock(&inventory).set_attribution(startup::attribution());
     let (events_tx, _) = broadcast::channel(opts.events_buffer as usize);
     let mut sinks = Sinks::new(opts.json, events_tx.clone(), metrics.clone());
     startup::first_inventory(
@@ -62,6 +66,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     );
     startup::drop_privileges()?;
 
+    let attached = Arc::new(Mutex::new(Some(attached)));
     let web = Arc::new(Web {
         metrics: metrics.clone(),
         events: events_tx,
@@ -69,6 +74,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         telemetry_path: opts.telemetry_path.clone(),
         inventory: inventory.clone(),
         events_buffer: opts.events_buffer as usize,
+        activity: Arc::new(ActivityWalk::new(attached.clone(), hz)),
     });
     let scheme = match web_config.as_ref().is_some_and(|w| w.tls_at_start) {
         true => "https",
@@ -76,8 +82,6 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     };
     let server = tokio::spawn(http::serve(listener, http::router(web.clone()), web_config));
 
-    let hooks = attached.hooks.clone();
-    let attached = Arc::new(Mutex::new(Some(attached)));
     let (input_rx, rescan) = spawn_inputs(&attached, &web, hz);
     let state = event_loop::LoopState {
         hz,

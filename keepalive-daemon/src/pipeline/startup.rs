@@ -23,7 +23,6 @@ use crate::{
         inventory::Inventory,
         labels::Attribution,
         owners::Owners,
-        peers::Peers,
         workload::{WorkloadConfig, Workloads},
     },
 };
@@ -168,9 +167,8 @@ pub fn first_inventory(
     info!("inventory: {n} TCP sockets at startup, {mid_probe} in the middle of a probe run");
 }
 
-/// Who sockets belong to: the cgroup2 hierarchy walked once (workloads), the peer groups of
-/// the configuration.
-pub fn attribution(opts: &RunArgs) -> Attribution {
+/// Who sockets belong to: the cgroup2 hierarchy, walked once here and again on a miss.
+pub fn attribution() -> Attribution {
     // A cgroup made just before its first socket is only found by a walk: walking at most
     // five times a second names it within 200 ms, and a walk costs a few ms even with
     // thousands of cgroups (a Kubernetes node's).
@@ -178,11 +176,7 @@ pub fn attribution(opts: &RunArgs) -> Attribution {
         min_rewalk: std::time::Duration::from_millis(200),
         ..WorkloadConfig::default()
     });
-    let budget = opts.idle_budget.as_secs().min(u64::from(u32::MAX)) as u32;
-    Attribution::new(
-        workloads.enabled().then_some(workloads),
-        Peers::new(budget, &opts.peers),
-    )
+    Attribution::new(workloads.enabled().then_some(workloads))
 }
 
 /// Attached and walked: from here on only what `caps::KEPT` lists is needed.

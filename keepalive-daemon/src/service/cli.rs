@@ -81,7 +81,8 @@ pub struct SocketsArgs {
     /// Only sockets with SO_KEEPALIVE on or off.
     #[arg(long, value_parser = ["on", "off"])]
     pub keepalive: Option<String>,
-    /// Only sockets at risk (keepalive off, or idle above the daemon's --idle-budget).
+    /// Only established sockets to a non-local peer that keepalive does not cover (off, or
+    /// its idle above the peer group's budget): exposed and at risk.
     #[arg(long = "at-risk")]
     pub at_risk: bool,
     /// Only sockets of this process (name).
@@ -105,6 +106,14 @@ pub struct SocketsArgs {
     /// Only sockets whose peer is in this group (loopback, private, public, or a configured one).
     #[arg(long = "peer-group")]
     pub peer_group: Option<String>,
+    /// Only sockets silent longer than their peer group's budget without keepalive to cover
+    /// them: the path has probably forgotten them.
+    #[arg(long)]
+    pub exposed: bool,
+    /// Group exposed and at-risk sockets by workload and peer group and say what would cover
+    /// them (the /advice document).
+    #[arg(long, conflicts_with_all = ["at_risk", "exposed", "port", "comm", "netns", "keepalive"])]
+    pub advise: bool,
     /// The daemon to ask.
     #[arg(long = "web.listen-address", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     pub listen: SocketAddr,

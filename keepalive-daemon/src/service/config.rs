@@ -79,7 +79,7 @@ enum Duration {
 }
 
 /// Paths the HTTP server serves itself; the telemetry path must not take one of them.
-const RESERVED_PATHS: &[&str] = &["/", "/events", "/sockets", "/healthz"];
+const RESERVED_PATHS: &[&str] = &["/", "/events", "/sockets", "/advice", "/healthz"];
 
 /// The effective run settings: defaults, then the config file, then explicit flags.
 pub fn resolve(parsed: &Parsed) -> Result<RunArgs> {

@@ -37,7 +37,7 @@ use crate::{
         publish::Published,
         socket_filter::{EventFilter, Filter},
     },
-    state::inventory::Inventory,
+    state::{advice, inventory::Inventory},
 };
 
 /// A client that has not sent its request headers (or finished the TLS handshake) by then is
@@ -54,6 +54,22 @@ pub struct Web {
     pub inventory: Arc<Mutex<Inventory>>,
     /// Events a reader may be behind before it is disconnected (--web.events-buffer).
     pub events_buffer: usize,
+    /// The rate-limited walk that refreshes idle times before they are shown.
+    pub activity: Arc<crate::ingest::activity::ActivityWalk>,
+}
+
+impl Web {
+    /// Refreshes every socket's activity from the kernel (at most once a second, see
+    /// `ingest::activity`) before a reader looks at idle times or risk.
+    pub async fn fresh_activity(&self) {
+        if let Some(walked) = self.activity.fresh().await {
+            lock(&self.inventory).refresh(&walked);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn router(web: Arc<Web>) -> Router {
@@ -62,6 +78,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route(&web.telemetry_path.clone(), get(metrics))
         .route("/events", get(events))
         .route("/sockets", get(sockets))
+        .route("/advice", get(advice))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(web)
 }
@@ -72,7 +89,8 @@ async fn landing(State(web): State<Arc<Web>>) -> Html<String> {
          <h1>keepalive observer</h1><p>TCP keepalive seen from inside the kernel.</p><ul>\
          <li><a href=\"{0}\">{0}</a> Prometheus metrics</li>\
          <li><a href=\"/events\">/events</a> live events, one JSON object per line (filters: event, cause, process, unit, container, pod, k8s_namespace, role, peer_group)</li>\
-         <li><a href=\"/sockets\">/sockets</a> every TCP socket's keepalive settings (filters: port, comm, netns, keepalive, at_risk, process, unit, container, pod, k8s_namespace, role, peer_group)</li>\
+         <li><a href=\"/sockets\">/sockets</a> every TCP socket's keepalive settings (filters: port, comm, netns, keepalive, at_risk, risk, process, unit, container, pod, k8s_namespace, role, peer_group)</li>\
+         <li><a href=\"/advice\">/advice</a> exposed and at-risk sockets by workload, and what would cover them</li>\
          <li><a href=\"/healthz\">/healthz</a> liveness</li></ul></body></html>",
         web.telemetry_path
     ))
@@ -82,6 +100,7 @@ async fn metrics(State(web): State<Arc<Web>>) -> Response {
     if let Ok(mut lost) = web.kernel_lost.lock() {
         web.metrics.add_kernel_lost(lost.refresh());
     }
+    web.fresh_activity().await;
     (
         [(
             header::CONTENT_TYPE,
@@ -107,6 +126,7 @@ async fn sockets(
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
+    web.fresh_activity().await;
     let inv = web.inventory.lock().unwrap_or_else(|e| e.into_inner());
     let mut list: Vec<_> = inv
         .entries()
@@ -116,6 +136,14 @@ async fn sockets(
     drop(inv);
     list.sort_by_key(|v| (v.netns, v.sport, v.dport));
     let body = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Exposed and at-risk sockets grouped by workload, with what would cover them (`advice`).
+async fn advice(State(web): State<Arc<Web>>) -> Response {
+    web.fresh_activity().await;
+    let report = advice::advise(&lock(&web.inventory));
+    let body = serde_json::to_string(&report).unwrap_or_else(|_| "{}".into());
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

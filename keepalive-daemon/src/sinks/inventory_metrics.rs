@@ -1,7 +1,7 @@
 //! Metrics drawn from the inventory at scrape time: they describe the sockets that exist now,
 //! so they are computed from the table rather than accumulated.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
 };
 
@@ -11,10 +11,13 @@ use crate::{
         series::{self, Key},
         workload_metrics::WorkloadMetrics,
     },
-    state::inventory::{self, Inventory},
+    state::{
+        inventory::{self, Inventory, Risk},
+        peers::LOOPBACK,
+    },
 };
 
-/// Sockets of one workload label set: keepalive on, off, at risk.
+/// Sockets of one workload label set: keepalive on, off, and exposed or at risk.
 #[derive(Default)]
 struct Counts {
     on: u64,
@@ -47,13 +50,15 @@ fn escape(v: &str) -> String {
 /// Namespaces exported with their own series; more would make `netns` an unbounded label.
 pub const MAX_NS_SERIES: usize = 256;
 
-/// The inventory's families, grouped by the chosen workload labels (each label set admitted
-/// through the `keepalive_sockets` series book, so bounded like the counters). Also tells the
-/// workload families which label sets have sockets now, so theirs are kept.
+/// The inventory's families. `keepalive_sockets` and `keepalive_sockets_at_risk` are grouped
+/// by the chosen workload labels (each label set admitted through the `keepalive_sockets`
+/// series book, so bounded like the counters); the label sets that have sockets now are also
+/// what keeps the workload counters' series from expiring.
 pub fn render(inv: &Inventory, w: &WorkloadMetrics) -> String {
     let names: Vec<&str> = w.labels().iter().map(|l| l.name()).collect();
     let mut groups: BTreeMap<Key, Counts> = BTreeMap::new();
     let mut live: HashSet<Key> = HashSet::new();
+    let mut by_risk: HashMap<(&str, Risk), u64> = HashMap::new();
     let mut idle = Vec::new();
     let mut ttd = Vec::new();
     for e in inv.entries() {
@@ -72,7 +77,13 @@ pub fn render(inv: &Inventory, w: &WorkloadMetrics) -> String {
         } else {
             c.off += 1;
         }
-        c.at_risk += u64::from(inv.at_risk(&eff));
+        let risk = inv.risk(e, &eff);
+        c.at_risk += u64::from(matches!(risk, Risk::Exposed | Risk::AtRisk));
+        let group = match risk {
+            Risk::Listener | Risk::Local | Risk::None => "none",
+            _ => &*inv.peer_group(e).name,
+        };
+        *by_risk.entry((group, risk)).or_default() += 1;
     }
     w.expire(&live);
     let mut folded: BTreeMap<Key, Counts> = BTreeMap::new();
@@ -99,23 +110,74 @@ pub fn render(inv: &Inventory, w: &WorkloadMetrics) -> String {
     }
     let _ = writeln!(
         s,
-        "# HELP keepalive_sockets_at_risk Sockets with keepalive off or idle above --idle-budget, by workload."
+        "# HELP keepalive_sockets_at_risk Established sockets with a non-local peer that are exposed or at risk (keepalive off or idle above their peer group's budget), by workload."
     );
     let _ = writeln!(s, "# TYPE keepalive_sockets_at_risk gauge");
     for (key, c) in &folded {
         let l = label_text(&names, key, None);
         let _ = writeln!(s, "keepalive_sockets_at_risk{l} {}", c.at_risk);
     }
+    // Every class of every group is written, zeros included, so that alerts and panels see a
+    // series from the start; the groups are the config's (at most 32) and the built-in ones.
     let _ = writeln!(
         s,
-        "# HELP keepalive_idle_budget_seconds The --idle-budget sockets are held against."
+        "# HELP keepalive_sockets_by_risk Sockets by risk class and peer group: established sockets with a non-local peer are exposed, at_risk or covered; listeners and local peers are counted apart (peer_group=\"none\")."
+    );
+    let _ = writeln!(s, "# TYPE keepalive_sockets_by_risk gauge");
+    for g in inv.peers.groups().iter().filter(|g| &*g.name != LOOPBACK) {
+        for r in Risk::CLASSES {
+            let n = by_risk.get(&(&*g.name, r)).copied().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "keepalive_sockets_by_risk{{risk=\"{}\",peer_group=\"{}\"}} {n}",
+                r.as_str(),
+                g.name
+            );
+        }
+    }
+    for r in [Risk::Listener, Risk::Local] {
+        let n = by_risk.get(&("none", r)).copied().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "keepalive_sockets_by_risk{{risk=\"{}\",peer_group=\"none\"}} {n}",
+            r.as_str()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP keepalive_idle_budget_seconds The idle budget of each peer group (--idle-budget, or its [peers.<group>] idle-budget)."
     );
     let _ = writeln!(s, "# TYPE keepalive_idle_budget_seconds gauge");
+    for g in inv.peers.groups() {
+        if let Some(b) = g.budget_s {
+            let _ = writeln!(
+                s,
+                "keepalive_idle_budget_seconds{{peer_group=\"{}\"}} {b}",
+                g.name
+            );
+        }
+    }
     let _ = writeln!(
         s,
-        "keepalive_idle_budget_seconds {}",
-        inv.idle_budget.as_secs()
+        "# HELP keepalive_path_idle_timeout_seconds Learned idle timeout of the path to a peer group: the longest silence a first keepalive probe survived (lower) and the shortest one a reset answered (upper)."
     );
+    let _ = writeln!(s, "# TYPE keepalive_path_idle_timeout_seconds gauge");
+    // Every group but loopback, both bounds, NaN until learned: the series exist from the
+    // start (at most 2 × 34), and a comparison with NaN never fires an alert.
+    for g in inv.peers.groups().iter().filter(|g| &*g.name != LOOPBACK) {
+        let b = inv.paths.group(&g.name);
+        for (bound, ms) in [
+            ("lower", b.and_then(|b| b.lower_ms)),
+            ("upper", b.and_then(|b| b.upper_ms)),
+        ] {
+            let v = ms.map_or(f64::NAN, |ms| f64::from(ms) / 1000.0);
+            let _ = writeln!(
+                s,
+                "keepalive_path_idle_timeout_seconds{{peer_group=\"{}\",bound=\"{bound}\"}} {v}",
+                g.name
+            );
+        }
+    }
     histogram(
         &mut s,
         "keepalive_socket_idle_seconds",

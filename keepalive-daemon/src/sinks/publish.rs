@@ -1,7 +1,7 @@
 //! Where published events go: metrics, stdout JSON lines, and the `/events` broadcast.
 use std::{io::Write as _, sync::Arc};
 
-use log::error;
+use log::{error, warn};
 use tokio::sync::broadcast;
 
 use crate::{
@@ -10,6 +10,7 @@ use crate::{
     state::inventory::{Effective, Entry},
     state::labels::SocketLabels,
     state::owners::{Owner, Owners},
+    state::paths::PathChange,
     state::tracker::Outcome,
 };
 
@@ -18,7 +19,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Published {
     pub line: String,
-    pub kind: EventKind,
+    /// The event's `event` field: probe, answered, dead, settings, path_timeout.
+    pub kind: &'static str,
     pub cause: Option<Cause>,
     pub labels: SocketLabels,
 }
@@ -102,8 +104,45 @@ impl Sinks {
         self.write(&out);
     }
 
+    /// A `path_timeout` event: a peer group's learned idle-timeout bracket narrowed. A
+    /// learned upper bound below the group's budget means the budget is wrong: warned once per
+    /// narrowing.
+    pub fn path_timeout(&mut self, change: &PathChange) {
+        if let (Some(upper), Some(budget)) = (change.upper_s, change.budget_s)
+            && upper < f64::from(budget)
+        {
+            warn!(
+                "peer group {}: a middlebox reset a flow after {upper:.1} s of silence, below \
+                 its idle budget of {budget} s; lower the group's idle-budget",
+                change.peer_group
+            );
+        }
+        let mut line =
+            serde_json::to_string(change).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        line.push('\n');
+        let labels = SocketLabels {
+            peer_group: Some(change.peer_group.as_str().into()),
+            ..SocketLabels::default()
+        };
+        self.write_line(line, change.event, None, labels);
+    }
+
     fn write(&mut self, out: &Event) {
-        let line = out.to_line();
+        self.write_line(
+            out.to_line(),
+            out.event.as_str(),
+            out.cause,
+            out.labels.clone(),
+        );
+    }
+
+    fn write_line(
+        &mut self,
+        line: String,
+        kind: &'static str,
+        cause: Option<Cause>,
+        labels: SocketLabels,
+    ) {
         if self.json {
             let mut stdout = std::io::stdout().lock();
             if let Err(e) = stdout
@@ -119,9 +158,9 @@ impl Sinks {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(Arc::new(Published {
                 line,
-                kind: out.event,
-                cause: out.cause,
-                labels: out.labels.clone(),
+                kind,
+                cause,
+                labels,
             }));
         }
     }

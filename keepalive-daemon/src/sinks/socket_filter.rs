@@ -2,11 +2,7 @@
 //! parameters. Both share the workload filters (`process`, `unit`, `container`, `pod`,
 //! `k8s_namespace`, `role`, `peer_group`); `/sockets` adds the socket's own (`port`, `comm`,
 //! `netns`, `keepalive`, `at_risk`), `/events` the event's (`event`, `cause`).
-use crate::state::{
-    event::{Cause, EventKind},
-    inventory::SocketView,
-    labels::SocketLabels,
-};
+use crate::state::{event::Cause, inventory::SocketView, labels::SocketLabels};
 
 /// Matches a socket's attribution.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,6 +15,9 @@ pub struct WorkloadFilter {
     pub role: Option<String>,
     pub peer_group: Option<String>,
 }
+
+/// The values of an event's `event` field.
+pub const EVENTS: [&str; 5] = ["probe", "answered", "dead", "settings", "path_timeout"];
 
 pub const WORKLOAD_KEYS: &str = "process, unit, container, pod, k8s_namespace, role, peer_group";
 
@@ -81,9 +80,14 @@ pub struct Filter {
     pub comm: Option<String>,
     pub netns: Option<u32>,
     pub keepalive: Option<bool>,
+    /// Exposed or at risk (`risk` is one of the two).
     pub at_risk: Option<bool>,
+    /// One risk class: exposed, at_risk, covered, listener, local, none.
+    pub risk: Option<String>,
     pub workload: WorkloadFilter,
 }
+
+const RISKS: [&str; 6] = ["exposed", "at_risk", "covered", "listener", "local", "none"];
 
 impl Filter {
     /// Parses `port=80&comm=nginx&netns=4026531840&keepalive=on&at_risk=true&unit=…`.
@@ -98,10 +102,12 @@ impl Filter {
                 "netns" => f.netns = Some(v.parse().map_err(|_| bad())?),
                 "keepalive" => f.keepalive = Some(flag(v).ok_or_else(bad)?),
                 "at_risk" => f.at_risk = Some(flag(v).ok_or_else(bad)?),
+                "risk" if RISKS.contains(&v) => f.risk = Some(v.to_string()),
+                "risk" => return Err(format!("{} (one of {})", bad(), RISKS.join(", "))),
                 _ if f.workload.take(k, v) => {}
                 _ => {
                     return Err(format!(
-                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, {WORKLOAD_KEYS})"
+                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, risk, {WORKLOAD_KEYS})"
                     ));
                 }
             }
@@ -126,6 +132,9 @@ impl Filter {
         if let Some(r) = self.at_risk {
             q.push(format!("at_risk={r}"));
         }
+        if let Some(r) = &self.risk {
+            q.push(format!("risk={r}"));
+        }
         self.workload.to_query(&mut q);
         q.join("&")
     }
@@ -139,6 +148,7 @@ impl Filter {
             && self.netns.is_none_or(|n| s.netns == n)
             && self.keepalive.is_none_or(|k| s.keepalive == k)
             && self.at_risk.is_none_or(|r| s.at_risk == r)
+            && self.risk.as_ref().is_none_or(|r| s.risk.as_str() == r)
             && self.workload.matches(&s.labels)
     }
 }
@@ -146,7 +156,8 @@ impl Filter {
 /// `/events?…`: which events a reader gets.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EventFilter {
-    pub event: Option<EventKind>,
+    /// The `event` field: probe, answered, dead, settings, path_timeout.
+    pub event: Option<&'static str>,
     pub cause: Option<Cause>,
     pub workload: WorkloadFilter,
 }
@@ -159,17 +170,9 @@ impl EventFilter {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "event" => {
-                    f.event = Some(match v {
-                        "probe" => EventKind::Probe,
-                        "answered" => EventKind::Answered,
-                        "dead" => EventKind::Dead,
-                        "settings" => EventKind::Settings,
-                        _ => {
-                            return Err(format!(
-                                "bad value {v:?} for event (probe, answered, dead, settings)"
-                            ));
-                        }
-                    })
+                    f.event = Some(EVENTS.iter().copied().find(|e| *e == v).ok_or_else(|| {
+                        format!("bad value {v:?} for event ({})", EVENTS.join(", "))
+                    })?)
                 }
                 "cause" => {
                     f.cause = Some(
@@ -196,7 +199,7 @@ impl EventFilter {
         *self == EventFilter::default()
     }
 
-    pub fn matches(&self, kind: EventKind, cause: Option<Cause>, l: &SocketLabels) -> bool {
+    pub fn matches(&self, kind: &str, cause: Option<Cause>, l: &SocketLabels) -> bool {
         self.event.is_none_or(|e| e == kind)
             && self.cause.is_none_or(|c| Some(c) == cause)
             && self.workload.matches(l)
@@ -221,9 +224,11 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_unknown() {
         let f = Filter::parse(
-            "port=6379&comm=redis-server&keepalive=on&at_risk=false&unit=redis-server.service",
+            "port=6379&comm=redis-server&keepalive=on&at_risk=false&risk=exposed&unit=redis-server.service",
         )
         .unwrap();
+        assert_eq!(f.risk.as_deref(), Some("exposed"));
+        assert!(Filter::parse("risk=doomed").is_err());
         assert_eq!(f.port, Some(6379));
         assert_eq!(f.workload.unit.as_deref(), Some("redis-server.service"));
         assert_eq!(Filter::parse(&f.to_query()).unwrap(), f);
@@ -239,10 +244,10 @@ mod tests {
             role: Some(Role::Server),
             ..SocketLabels::default()
         };
-        assert!(f.matches(EventKind::Dead, Some(Cause::Timeout), &l));
-        assert!(!f.matches(EventKind::Probe, None, &l));
+        assert!(f.matches("dead", Some(Cause::Timeout), &l));
+        assert!(!f.matches("probe", None, &l));
         l.role = Some(Role::Client);
-        assert!(!f.matches(EventKind::Dead, Some(Cause::Timeout), &l));
+        assert!(!f.matches("dead", Some(Cause::Timeout), &l));
         assert!(EventFilter::parse("event=gone").is_err());
         assert!(EventFilter::parse("cause=fire").is_err());
         assert!(EventFilter::parse("colour=red").is_err());

@@ -18,6 +18,7 @@ pub fn run(args: &SocketsArgs) -> Result<()> {
         netns: args.netns,
         keepalive: args.keepalive.as_deref().map(|k| k == "on"),
         at_risk: args.at_risk.then_some(true),
+        risk: args.exposed.then(|| "exposed".to_string()),
         workload: WorkloadFilter {
             process: args.process.clone(),
             unit: args.unit.clone(),
@@ -28,15 +29,67 @@ pub fn run(args: &SocketsArgs) -> Result<()> {
             peer_group: args.peer_group.clone(),
         },
     };
-    let body = fetch(args, &format!("/sockets?{}", filter.to_query()))?;
+    let path = if args.advise {
+        "/advice".to_string()
+    } else {
+        format!("/sockets?{}", filter.to_query())
+    };
+    let body = fetch(args, &path)?;
     if args.json {
         println!("{body}");
         return Ok(());
     }
-    let list: Vec<serde_json::Value> = serde_json::from_str(&body)
-        .map_err(|e| Error::Config(format!("daemon answered something other than JSON: {e}")))?;
+    let not_json = |e: serde_json::Error| {
+        Error::Config(format!("daemon answered something other than JSON: {e}"))
+    };
+    if args.advise {
+        let doc: serde_json::Value = serde_json::from_str(&body).map_err(not_json)?;
+        print!("{}", advice(&doc));
+        return Ok(());
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).map_err(not_json)?;
     print!("{}", table(&list));
     Ok(())
+}
+
+/// One paragraph per workload and peer group, then the learned path timeouts.
+fn advice(doc: &serde_json::Value) -> String {
+    let empty = Vec::new();
+    let items = doc["items"].as_array().unwrap_or(&empty);
+    let mut out = String::new();
+    if items.is_empty() {
+        out.push_str("No exposed or at-risk connections.\n");
+    }
+    for i in items {
+        out.push_str(&format!(
+            "{} exposed, {} at risk: {}\n",
+            i["exposed"],
+            i["at_risk"],
+            i["advice"].as_str().unwrap_or("")
+        ));
+    }
+    let paths = doc["paths"].as_array().unwrap_or(&empty);
+    if !paths.is_empty() {
+        out.push_str(
+            "\nLearned path idle timeouts (largest silence answered .. smallest reset):\n",
+        );
+    }
+    let s = |v: &serde_json::Value| v.as_f64().map_or("?".into(), |x| format!("{x:.1}s"));
+    for p in paths {
+        out.push_str(&format!(
+            "  {:<16} {:<22} {:>8} .. {:<8} ({} answered, {} reset; budget {})\n",
+            p["peer_group"].as_str().unwrap_or("?"),
+            p["subnet"].as_str().unwrap_or("(whole group)"),
+            s(&p["lower_s"]),
+            s(&p["upper_s"]),
+            p["answered"],
+            p["reset"],
+            p["budget_s"]
+                .as_u64()
+                .map_or("-".into(), |b| format!("{b}s")),
+        ));
+    }
+    out
 }
 
 fn fetch(args: &SocketsArgs, path: &str) -> Result<String> {
@@ -87,7 +140,7 @@ fn workload(s: &serde_json::Value) -> String {
 
 fn table(list: &[serde_json::Value]) -> String {
     let mut out = format!(
-        "{:<11} {:<28} {:<28} {:<22} {:<28} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
+        "{:<11} {:<28} {:<28} {:<22} {:<28} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:<10} {}\n",
         "State",
         "Local",
         "Peer",
@@ -100,6 +153,10 @@ fn table(list: &[serde_json::Value]) -> String {
         "UserTO",
         "TTD",
         "Next",
+        "IdleNow",
+        "LastSnd",
+        "LastRcv",
+        "PeerGroup",
         "Risk"
     );
     for s in list {
@@ -133,8 +190,12 @@ fn table(list: &[serde_json::Value]) -> String {
             serde_json::Value::Number(ms) => format!("{:.1}s", ms.as_f64().unwrap_or(0.0) / 1000.0),
             _ => "-".into(),
         };
+        let secs = |k: &str| match get(k) {
+            serde_json::Value::Number(n) => format!("{:.1}s", n.as_f64().unwrap_or(0.0)),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<11} {:<28} {:<28} {:<22} {:<28} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {}\n",
+            "{:<11} {:<28} {:<28} {:<22} {:<28} {:>3} {:>7} {:>6} {:>4} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:<10} {}\n",
             txt("state"),
             addr("saddr", "sport"),
             addr("daddr", "dport"),
@@ -151,10 +212,16 @@ fn table(list: &[serde_json::Value]) -> String {
             txt("user_timeout_ms"),
             txt("time_to_detect_s"),
             next,
-            if get("at_risk") == serde_json::Value::Bool(true) {
-                "AT-RISK"
-            } else {
-                ""
+            secs("idle_now_s"),
+            secs("last_send_s"),
+            secs("last_recv_s"),
+            txt("peer_group"),
+            match txt("risk").as_str() {
+                "exposed" => "EXPOSED",
+                "at_risk" => "AT-RISK",
+                "covered" => "covered",
+                "listener" => "listener",
+                _ => "",
             },
         ));
     }

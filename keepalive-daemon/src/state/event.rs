@@ -109,6 +109,17 @@ pub struct Event {
     pub hook: &'static str,
 }
 
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Probe => "probe",
+            EventKind::Answered => "answered",
+            EventKind::Dead => "dead",
+            EventKind::Settings => "settings",
+        }
+    }
+}
+
 impl Event {
     pub fn new(
         kind: EventKind,

@@ -11,14 +11,11 @@
 //!   (the socket was accepted from it), with that port; `client` otherwise; neither for a
 //!   listener itself;
 //! - `peer_group`: the peer address's group (`peers`).
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
-use crate::state::{
-    peers::Peers,
-    workload::{Workload, Workloads},
-};
+use crate::state::workload::{Workload, Workloads};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,26 +85,17 @@ impl Held {
 }
 
 /// The workloads of the inventory's sockets, resolved once per cgroup and kept while a socket
-/// of that cgroup exists; the peer groups; the listening ports per namespace.
+/// of that cgroup exists.
 pub struct Attribution {
     workloads: Option<Workloads>,
-    pub peers: Peers,
     by_cgroup: HashMap<u64, Held>,
-    peer_names: HashMap<Box<str>, Arc<str>>,
 }
 
 impl Attribution {
-    pub fn new(workloads: Option<Workloads>, peers: Peers) -> Attribution {
-        let peer_names = peers
-            .groups()
-            .iter()
-            .map(|g| (g.name.clone(), Arc::from(&*g.name)))
-            .collect();
+    pub fn new(workloads: Option<Workloads>) -> Attribution {
         Attribution {
             workloads,
-            peers,
             by_cgroup: HashMap::new(),
-            peer_names,
         }
     }
 
@@ -144,14 +132,6 @@ impl Attribution {
             .unwrap_or(0)
     }
 
-    pub fn peer_group(&self, ip: IpAddr) -> Arc<str> {
-        let g = self.peers.classify(ip);
-        self.peer_names
-            .get(&g.name)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(&*g.name))
-    }
-
     /// The labels of a socket: its cgroup's workload, and the parts the caller knows.
     pub fn labels(
         &self,
@@ -159,7 +139,7 @@ impl Attribution {
         process: Option<Arc<str>>,
         role: Option<Role>,
         port: Option<u16>,
-        peer: IpAddr,
+        peer_group: Option<Arc<str>>,
     ) -> SocketLabels {
         let h = self.by_cgroup.get(&cgroup);
         let s = |f: fn(&Held) -> &Option<Arc<str>>| h.and_then(|h| f(h).clone());
@@ -172,7 +152,7 @@ impl Attribution {
             k8s_namespace: s(|h| &h.k8s_namespace),
             role,
             port,
-            peer_group: Some(self.peer_group(peer)),
+            peer_group,
         }
     }
 

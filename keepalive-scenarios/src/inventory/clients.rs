@@ -2,6 +2,7 @@
 //! (before connecting). Each connects from the client namespace, across the router, to a
 //! listener the runner holds in the server namespace.
 
+use super::idle::idle_matches_ss;
 use super::obs::Obs;
 use super::proc::Proc;
 use super::view::{Key, SOCKET, SYSCTL, Want};
@@ -179,6 +180,10 @@ pub fn socat(ctx: &mut Ctx) -> Result<()> {
         &[(key, &want)],
     )?;
     json_subcommand(ctx, &obs, key, &want)?;
+    // A moment of silence, so the ages compared with ss are not all zero.
+    std::thread::sleep(Duration::from_millis(1200));
+    let found = idle_matches_ss(ctx, &obs, &ctx.topo.client, key)?;
+    ctx.record("socat idle", found);
 
     p.stop()?;
     sock::abort(server);
@@ -309,6 +314,8 @@ pub fn curl(ctx: &mut Ctx) -> Result<()> {
     // Like socat, curl sets everything before connecting (CURLOPT_SOCKOPTFUNCTION time).
     let events = settings_events(ctx.main, from, key, &want, Some(0));
     ctx.record("curl events", events);
+    let found = idle_matches_ss(ctx, &obs, &ctx.topo.client, key)?;
+    ctx.record("curl idle", found);
 
     server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
     let exited = p.wait_exit(Duration::from_secs(5))?;

@@ -136,6 +136,9 @@ pub fn sysctl(ctx: &mut Ctx) -> Result<()> {
     set_ns_sysctl(&ctx.topo.client, "tcp_keepalive_time", 600)?;
     let t1 = Instant::now();
     want_a.idle = (600, SYSCTL);
+    // Its timer was armed at connect with the old default and stays so (the daemon reads the
+    // kernel's timer in its walks).
+    want_a.armed_s = Some(7200);
     let (found, _) = obs.expect(ka, &want_a, t1)?;
     ctx.record("default after sysctl", found);
     ns_defaults(ctx, &obs, ka.netns, [600, 75, 9], t1)?;

@@ -5,9 +5,11 @@
 
 mod attribution;
 mod clients;
+mod idle;
 mod lifecycle;
 mod obs;
 mod owner_fork;
+mod path;
 mod proc;
 mod redis;
 mod reuse;
@@ -39,9 +41,11 @@ pub enum Kind {
     Risk,
     Attribution,
     OwnerFork,
+    PathTimeout2,
+    PathTimeout5,
 }
 
-pub const ALL: [Kind; 9] = [
+pub const ALL: [Kind; 11] = [
     Kind::SettingsPython,
     Kind::SettingsSocat,
     Kind::SettingsCurl,
@@ -51,6 +55,8 @@ pub const ALL: [Kind; 9] = [
     Kind::Risk,
     Kind::Attribution,
     Kind::OwnerFork,
+    Kind::PathTimeout2,
+    Kind::PathTimeout5,
 ];
 
 impl Kind {
@@ -65,6 +71,8 @@ impl Kind {
             Kind::Risk => "inventory-risk",
             Kind::Attribution => "attribution",
             Kind::OwnerFork => "owner-postgres",
+            Kind::PathTimeout2 => "path-timeout-2s",
+            Kind::PathTimeout5 => "path-timeout-5s",
         }
     }
 
@@ -97,6 +105,9 @@ impl Kind {
             Kind::Risk => {
                 "second daemon with --idle-budget 300s: at_risk flags, filters, `sockets --at-risk`, metrics"
             }
+            Kind::PathTimeout2 | Kind::PathTimeout5 => {
+                "router forgets flows after 2 s / 5 s: learned bracket holds and narrows, no-keepalive flow exposed before its write is reset, --advise"
+            }
         }
     }
 
@@ -107,7 +118,12 @@ impl Kind {
             Kind::SettingsCurl => "curl",
             Kind::SettingsRedis | Kind::Attribution => "redis-server",
             Kind::OwnerFork => "psql",
-            Kind::SettingsSocat | Kind::Preexisting | Kind::Sysctl | Kind::Risk => "socat",
+            Kind::SettingsSocat
+            | Kind::Preexisting
+            | Kind::Sysctl
+            | Kind::Risk
+            | Kind::PathTimeout2
+            | Kind::PathTimeout5 => "socat",
         }
     }
 }
@@ -311,6 +327,8 @@ fn run_inner(
         Kind::Risk => risk::run(&mut ctx),
         Kind::Attribution => attribution::run(&mut ctx),
         Kind::OwnerFork => owner_fork::run(&mut ctx),
+        Kind::PathTimeout2 => path::run(&mut ctx, 2),
+        Kind::PathTimeout5 => path::run(&mut ctx, 5),
     };
     if let Some(status) = ctx.main.exited() {
         ctx.failures.push(format!(

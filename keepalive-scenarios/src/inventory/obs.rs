@@ -276,8 +276,10 @@ impl Obs {
             if row[..10] != expect[..] {
                 bad.push(format!("table row {row:?}, expected {expect:?} + Next"));
             }
-            let risk = row.get(11).map(String::as_str) == Some("AT-RISK");
-            if risk != want.at_risk(self.budget_s) {
+            // Columns after Next: IdleNow LastSnd LastRcv PeerGroup Risk.
+            let risk = matches!(row.get(15).map(String::as_str), Some("AT-RISK" | "EXPOSED"));
+            let local = super::view::local_peer(key.local.ip(), key.peer.ip());
+            if risk != (want.at_risk(self.budget_s) && !local) {
                 bad.push(format!(
                     "table row {row:?}: Risk column says at risk = {risk}"
                 ));

@@ -3,6 +3,7 @@
 //! TCP_KEEPCNT = 3 right after accept() (strace of redis 7.0.15 shows exactly these calls).
 
 use super::clients::show_table;
+use super::idle::idle_matches_ss;
 use super::proc::Proc;
 use super::view::{Key, Want};
 use super::{Ctx, settings_events};
@@ -65,6 +66,8 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     // Accepted in ESTABLISHED with nothing set, then one event per option redis sets.
     let events = settings_events(ctx.main, from, key, &want, Some(4));
     ctx.record("redis events", events);
+    let found = idle_matches_ss(ctx, &obs, &ctx.topo.server, key)?;
+    ctx.record("redis idle", found);
 
     let any = SocketAddr::new(
         if addr.is_ipv4() {

@@ -39,7 +39,8 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     ctx.check(obs.budget_s == BUDGET, || {
         format!("second daemon budget parsed as {}", obs.budget_s)
     });
-    let budget = obs.metric("keepalive_idle_budget_seconds", &[])?;
+    // The scenario's peers (documentation ranges) are in the built-in public group.
+    let budget = obs.metric("keepalive_idle_budget_seconds", &[("peer_group", "public")])?;
     ctx.check(budget == Some(f64::from(BUDGET)), || {
         format!("keepalive_idle_budget_seconds {budget:?}, expected {BUDGET}")
     });
@@ -126,18 +127,32 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let (found, _) = obs.expect(all[clients.len()], &accepted, t0)?;
     ctx.record("accepted", found);
     let n = |f: &dyn Fn(&Want) -> bool| clients.iter().filter(|(_, w)| f(w)).count() as f64;
-    let server_side = (clients.len() + 1) as f64;
+    // The runner's accepted sockets (keepalive off) are at risk; its listener is not.
+    let accepted_n = clients.len() as f64;
+    let server_side = accepted_n + 1.0;
     let limit = Duration::from_secs(3);
-    let risk = ("keepalive_sockets_at_risk", &[][..]);
+    let risk = (
+        "keepalive_sockets_by_risk",
+        &[("risk", "at_risk"), ("peer_group", "public")][..],
+    );
+    let risk_q = "risk=at_risk&peer_group=public";
     ctx.record(
         "metric",
         obs.ours(
             risk,
-            "at_risk=true",
+            risk_q,
             &ours,
-            n(&|w| w.at_risk(BUDGET)) + server_side,
+            n(&|w| w.at_risk(BUDGET)) + accepted_n,
             limit,
         )?,
+    );
+    let listeners = (
+        "keepalive_sockets_by_risk",
+        &[("risk", "listener"), ("peer_group", "none")][..],
+    );
+    ctx.record(
+        "metric",
+        obs.ours(listeners, "risk=listener", &ours, 1.0, limit)?,
     );
     let on = ("keepalive_sockets", &[("keepalive", "on")][..]);
     ctx.record(
@@ -168,7 +183,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     ctx.gone("close", &obs, &all, closed)?;
     ctx.record(
         "metric after close",
-        obs.ours(risk, "at_risk=true", &ours, 0.0, limit)?,
+        obs.ours(risk, risk_q, &ours, 0.0, limit)?,
     );
     ctx.record(
         "metric after close",

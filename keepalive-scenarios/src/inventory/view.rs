@@ -31,7 +31,23 @@ pub struct SockView {
     pub probes_out: u32,
     pub next_probe_ms: Option<u64>,
     pub time_to_detect_s: Option<u64>,
+    pub idle_now_s: Option<f64>,
+    pub last_send_s: Option<f64>,
+    pub last_recv_s: Option<f64>,
+    pub peer_group: Option<String>,
+    pub budget_s: Option<u32>,
+    pub risk: String,
     pub at_risk: bool,
+}
+
+/// A peer on the socket's own host: the daemon holds no budget against it.
+pub fn local_peer(local: IpAddr, peer: IpAddr) -> bool {
+    let mapped = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let (local, peer) = (mapped(local), mapped(peer));
+    peer.is_loopback() || peer == local
 }
 
 /// `GET /sockets?<query>`.
@@ -94,6 +110,10 @@ pub struct Want {
     pub owner: Option<(u32, String)>,
     /// The owner's cgroup v2 id, where cgroup2 is mounted at /sys/fs/cgroup to look it up.
     pub cgroup: Option<u64>,
+    /// The idle the kernel armed the keepalive timer with, when it was longer than `idle`: a
+    /// lowered namespace sysctl does not re-arm a pending timer, which fires at its old
+    /// deadline and then probes at once.
+    pub armed_s: Option<u32>,
 }
 
 impl Want {
@@ -108,6 +128,7 @@ impl Want {
             user_timeout_ms,
             owner: None,
             cgroup: None,
+            armed_s: None,
         }
     }
 
@@ -123,6 +144,7 @@ impl Want {
             user_timeout_ms: 0,
             owner: None,
             cgroup: None,
+            armed_s: None,
         }
     }
 
@@ -143,8 +165,10 @@ impl Want {
         }
     }
 
+    /// Not covered by keepalive, for an established socket to a peer elsewhere: listeners and
+    /// local peers are never at risk.
     pub fn at_risk(&self, budget_s: u32) -> bool {
-        !self.on || self.idle.0 > budget_s
+        self.state == "ESTABLISHED" && (!self.on || self.idle.0 > budget_s)
     }
 
     /// Every way `v` differs from this expectation, `budget_s` being the daemon's --idle-budget.
@@ -194,10 +218,19 @@ impl Want {
             format!("{:?}", v.time_to_detect_s),
             format!("{ttd:?}"),
         );
+        let risky = self.at_risk(budget_s) && !local_peer(v.saddr, v.daddr);
+        eq("at_risk", v.at_risk.to_string(), risky.to_string());
+        let class_ok = match v.risk.as_str() {
+            "exposed" | "at_risk" => risky,
+            "covered" => self.state == "ESTABLISHED" && !risky,
+            "listener" => self.state == "LISTEN",
+            "local" => local_peer(v.saddr, v.daddr),
+            _ => self.state != "ESTABLISHED" && self.state != "LISTEN",
+        };
         eq(
-            "at_risk",
-            v.at_risk.to_string(),
-            self.at_risk(budget_s).to_string(),
+            "risk class fits",
+            format!("{} {class_ok}", v.risk),
+            format!("{} true", v.risk),
         );
         if let Some((pid, comm)) = &self.owner {
             eq(
@@ -225,7 +258,10 @@ impl Want {
             bad.push(format!("probes_out {} != 0", v.probes_out));
         }
         let next_ok = match v.next_probe_ms {
-            Some(ms) => self.on && ms <= u64::from(self.idle.0) * 1000 + 100,
+            Some(ms) => {
+                let armed = self.idle.0.max(self.armed_s.unwrap_or(0));
+                self.on && ms <= u64::from(armed) * 1000 + 100
+            }
             None => !self.on,
         };
         if !next_ok {
@@ -328,7 +364,8 @@ mod tests {
             r#"{"family":"ipv4","state":"ESTABLISHED","saddr":"192.0.2.2","sport":4000,"daddr":"198.51.100.2","dport":80,
             "netns":1,"pid":7,"comm":"socat","cgroup":1,"keepalive":true,"idle_s":11,"idle_from":"socket","intvl_s":4,
             "intvl_from":"socket","cnt":5,"cnt_from":"socket","user_timeout_ms":0,"probes_out":0,"next_probe_ms":10990,
-            "time_to_detect_s":31,"at_risk":false}"#,
+            "time_to_detect_s":31,"idle_now_s":1.5,"last_send_s":1.5,"last_recv_s":1.6,
+            "peer_group":"public","budget_s":350,"risk":"covered","at_risk":false}"#,
         )
         .unwrap();
         let want = Want::own(11, 4, 5, 0).owned_by(7, "socat");
@@ -345,8 +382,8 @@ mod tests {
         );
         assert_eq!(
             want.mismatches(&v, 10).len(),
-            1,
-            "at_risk follows the budget"
+            2,
+            "at_risk and the risk class follow the budget"
         );
         assert_eq!(
             Want::own(11, 4, 6, 0)

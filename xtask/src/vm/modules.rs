@@ -29,6 +29,10 @@ pub const WANTED: &[&str] = &[
     "nf_reject_ipv4",
     "nf_reject_ipv6",
     "nft_chain_filter",
+    // `ss -tieo` reads TCP_INFO through inet_diag; without it ss falls back to /proc/net/tcp,
+    // which has no lastsnd/lastrcv for the idle checks to compare with.
+    "inet_diag",
+    "tcp_diag",
 ];
 
 /// Without these no scenario can run at all.

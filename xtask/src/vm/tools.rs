@@ -21,6 +21,8 @@ pub const TOOLS: &[(&str, bool)] = &[
     ("ip", true),
     ("nft", true),
     ("nstat", true),
+    // The idle-time checks compare with `ss -tieo` (skipped without it).
+    ("ss", false),
     ("socat", false),
     ("curl", false),
     ("redis-server", false),

@@ -3,23 +3,27 @@
 //! by a periodic re-walk where events were lost.
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::{
-    ingest::decode::{Flow, Keepalive, KernelEvent, Kind},
+    ingest::decode::{Activity, Flow, Keepalive, KernelEvent, Kind},
     state::{
         labels::{Attribution, Role, SocketLabels},
         owners::{Owner, Owners},
+        paths::PathLearner,
         peers::Peers,
     },
 };
 
 mod recent;
 pub mod resync;
+mod risk;
 mod view;
 
 pub use crate::ingest::sysctl::NsDefaults;
+pub use risk::{Risk, config_at_risk};
 pub use view::{SocketView, time_to_detect};
 
 /// Linux's own defaults, for a namespace whose values were never read.
@@ -45,6 +49,8 @@ pub struct Entry {
     seen_ms: u64,
     /// Keepalive timer due this many ms after `seen_ms`; `NOT_ARMED` when not pending.
     next_timer_ms: u32,
+    /// Ages of the last segments at `seen_ms` (see `risk`).
+    activity: Activity,
     /// Owning process, 0 while unknown.
     pub pid: u32,
     pub state: u8,
@@ -96,6 +102,7 @@ pub struct Inventory {
     epoch: Instant,
     /// A re-walk of the kernel's tables in progress (see `resync`).
     walk: Option<resync::Walk>,
+    /// The default budget (`--idle-budget`), what `peers` gives groups without their own.
     pub idle_budget: Duration,
     /// Listening sockets per (namespace, port): a socket with a listener's local port was
     /// accepted from it.
@@ -103,6 +110,8 @@ pub struct Inventory {
     pub attribution: Attribution,
     /// Labels of sockets just closed, for the events that arrive after the close.
     recent: recent::Recent,
+    pub peers: Peers,
+    pub paths: PathLearner,
 }
 
 impl Inventory {
@@ -118,11 +127,10 @@ impl Inventory {
             walk: None,
             idle_budget,
             listeners: HashMap::new(),
-            attribution: Attribution::new(
-                None,
-                Peers::new(idle_budget.as_secs().min(u64::from(u32::MAX)) as u32, &[]),
-            ),
+            attribution: Attribution::new(None),
             recent: recent::Recent::default(),
+            peers: Peers::new(idle_budget.as_secs().try_into().unwrap_or(u32::MAX), &[]),
+            paths: PathLearner::default(),
         }
     }
 
@@ -169,6 +177,7 @@ impl Inventory {
                     e.next_timer_ms = timer_ms(ev.info.next_timer_ms);
                     e.probes_out = ev.info.probes_out;
                     e.state = ev.info.state;
+                    e.activity = ev.info.activity;
                     e.seen_ms = now;
                 }
                 None
@@ -242,6 +251,7 @@ impl Inventory {
                     cgroup: ev.info.cgroup,
                     seen_ms: self.now_ms(),
                     next_timer_ms: timer_ms(ev.info.next_timer_ms),
+                    activity: ev.info.activity,
                     pid,
                     state: ev.info.state,
                     probes_out: ev.info.probes_out,
@@ -311,14 +321,11 @@ impl Inventory {
             _ => (Some(Role::Client), None),
         };
         let process = self.procs.get(&e.pid).map(|p| p.comm.clone());
-        let mut l = self
-            .attribution
-            .labels(e.cgroup, process, role, port, e.flow.daddr);
         // A listener has no peer.
-        if e.state == LISTEN {
-            l.peer_group = None;
-        }
-        l
+        let peer_group =
+            (e.state != LISTEN).then(|| Arc::from(&*self.peers.classify(e.flow.daddr).name));
+        self.attribution
+            .labels(e.cgroup, process, role, port, peer_group)
     }
 
     /// The labels of a socket in the inventory, or closed in the last seconds.
@@ -480,12 +487,6 @@ impl Inventory {
             e,
             self.defaults.get(&e.flow.netns).unwrap_or(&LINUX_DEFAULTS),
         )
-    }
-
-    /// At risk: keepalive off, or its idle longer than the budget (a middlebox on the path with
-    /// that idle timeout forgets the flow before the first probe).
-    pub fn at_risk(&self, eff: &Effective) -> bool {
-        !eff.on || u64::from(eff.idle_s) > self.idle_budget.as_secs()
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {

@@ -1,8 +1,8 @@
 //! What `/sockets` shows of one socket, and the kernel's rules it is computed with.
 use serde::Serialize;
 
-use super::{Effective, Entry, Inventory, NOT_ARMED};
-use crate::state::labels::SocketLabels;
+use super::{Effective, Entry, Inventory, NOT_ARMED, Risk};
+use crate::{ingest::decode::Activity, state::labels::SocketLabels};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SocketView {
@@ -33,6 +33,17 @@ pub struct SocketView {
     pub next_probe_ms: Option<u64>,
     /// Predicted seconds from the peer's last sign of life to the kernel giving up.
     pub time_to_detect_s: Option<u64>,
+    /// Seconds since the flow last carried a segment either way (data sent, data received,
+    /// ACK received): how long a middlebox on the path has seen nothing of it.
+    pub idle_now_s: Option<f64>,
+    /// Seconds since the last data segment sent and received (`ss -ti` lastsnd, lastrcv).
+    pub last_send_s: Option<f64>,
+    pub last_recv_s: Option<f64>,
+    /// The idle budget of the path to the peer's group (`labels.peer_group`); none for
+    /// listeners.
+    pub budget_s: Option<u32>,
+    pub risk: Risk,
+    /// `risk` is `exposed` or `at_risk`.
     pub at_risk: bool,
 }
 
@@ -42,6 +53,14 @@ impl Inventory {
         let from = |own: bool| if own { "socket" } else { "sysctl" };
         let ttd = time_to_detect(&eff);
         let elapsed = self.now_ms().saturating_sub(e.seen_ms);
+        let risk = self.risk(e, &eff);
+        // A listener never sends or receives: its ages would count from boot.
+        let act = match risk {
+            Risk::Listener => Activity::NONE,
+            _ => self.activity_now(e),
+        };
+        let secs = |ms: u32| (ms != Activity::UNKNOWN).then(|| f64::from(ms) / 1000.0);
+        let group = (risk != Risk::Listener).then(|| self.peer_group(e));
         SocketView {
             family: if e.flow.saddr.is_ipv4() {
                 "ipv4"
@@ -69,7 +88,12 @@ impl Inventory {
             probes_out: e.probes_out,
             next_probe_ms: self.next_probe_ms(e, &eff, elapsed),
             time_to_detect_s: ttd,
-            at_risk: self.at_risk(&eff),
+            idle_now_s: act.path_idle_ms().and_then(secs),
+            last_send_s: secs(act.send_ms),
+            last_recv_s: secs(act.recv_ms),
+            budget_s: group.and_then(|g| g.budget_s),
+            risk,
+            at_risk: risk.uncovered(),
         }
     }
 
