@@ -2,7 +2,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS,
+    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_PROBE_FAILED, EV_REARMED, EV_RESET, EV_SETTINGS,
     EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY,
     HOOK_KPROBE, RawEvent,
 };
@@ -13,6 +13,9 @@ const AF_INET6: u16 = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Probe,
+    /// A probe the kernel counted but could not send (`errno`: the positive return value of
+    /// `tcp_write_wakeup` where the hook sees it, else 0).
+    ProbeFailed,
     Answered,
     Timeout,
     Reset,
@@ -103,6 +106,7 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
     let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let kind = match raw.kind {
         EV_PROBE => Kind::Probe,
+        EV_PROBE_FAILED => Kind::ProbeFailed,
         EV_ANSWERED => Kind::Answered,
         EV_TIMEOUT => Kind::Timeout,
         EV_RESET => Kind::Reset,

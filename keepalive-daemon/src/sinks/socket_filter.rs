@@ -161,6 +161,7 @@ impl EventFilter {
                 "event" => {
                     f.event = Some(match v {
                         "probe" => EventKind::Probe,
+                        "probe_failed" => EventKind::ProbeFailed,
                         "answered" => EventKind::Answered,
                         "dead" => EventKind::Dead,
                         "settings" => EventKind::Settings,

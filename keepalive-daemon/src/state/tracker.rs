@@ -12,7 +12,7 @@ use crate::{
         decode::{Flow, KernelEvent, Kind},
         icmp::IcmpHit,
     },
-    state::event::{Cause, Event, EventKind, errno_name},
+    state::event::{Cause, Event, EventKind, FailReason, errno_name},
 };
 
 #[derive(Debug)]
@@ -103,6 +103,19 @@ impl Tracker {
                     ev.keepalive,
                     ev.hook,
                 ))
+            }
+            // Not a probe out: the run, its numbering and the answer to come are unchanged.
+            Kind::ProbeFailed => {
+                let mut out = Event::new(
+                    EventKind::ProbeFailed,
+                    ts,
+                    &ev.flow,
+                    ev.probes,
+                    ev.keepalive,
+                    ev.hook,
+                );
+                out.reason = Some(FailReason::classify(ev.hook, ev.errno));
+                Outcome::Publish(out)
             }
             Kind::Answered => {
                 self.sockets.remove(&ev.sk);
