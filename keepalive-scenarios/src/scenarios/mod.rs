@@ -4,6 +4,7 @@
 mod alive;
 mod crashed;
 mod firewall;
+mod local_drop;
 mod no_keepalive;
 mod rebooted;
 mod rto;
@@ -29,9 +30,10 @@ pub enum Kind {
     FirewallIdleReset,
     ControlNoKeepalive,
     ControlRto,
+    LocalDrop,
 }
 
-pub const ALL: [Kind; 7] = [
+pub const ALL: [Kind; 8] = [
     Kind::Alive,
     Kind::Crashed,
     Kind::Rebooted,
@@ -39,6 +41,7 @@ pub const ALL: [Kind; 7] = [
     Kind::FirewallIdleReset,
     Kind::ControlNoKeepalive,
     Kind::ControlRto,
+    Kind::LocalDrop,
 ];
 
 impl Kind {
@@ -51,6 +54,7 @@ impl Kind {
             Kind::FirewallIdleReset => "firewall-idle-reset",
             Kind::ControlNoKeepalive => "control-no-keepalive",
             Kind::ControlRto => "control-rto",
+            Kind::LocalDrop => "local-drop",
         }
     }
 
@@ -67,6 +71,9 @@ impl Kind {
             }
             Kind::ControlNoKeepalive => "no SO_KEEPALIVE behind a dropping router: no event",
             Kind::ControlRto => "data in flight dies by retransmission timeout: no keepalive event",
+            Kind::LocalDrop => {
+                "client egress drops everything (pfifo limit 0) for 2 s: probe_failed every 0.5 s, then the run goes on"
+            }
         }
     }
 
@@ -79,6 +86,7 @@ impl Kind {
             Kind::FirewallIdleReset => firewall::run(ctx),
             Kind::ControlNoKeepalive => no_keepalive::run(ctx),
             Kind::ControlRto => rto::run(ctx),
+            Kind::LocalDrop => local_drop::run(ctx),
         }
     }
 }
@@ -113,6 +121,9 @@ pub enum Expect {
     },
     /// No event of any kind.
     Silent,
+    /// The client's egress dropped every packet for a while: at least `min_failed`
+    /// `probe_failed` events 0.5 s apart, then probes again, no death.
+    LocalDrop { min_failed: usize },
 }
 
 #[derive(Clone, Debug)]

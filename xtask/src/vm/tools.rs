@@ -21,6 +21,8 @@ const TOOLS: &[(&str, bool)] = &[
     ("ip", true),
     ("nft", true),
     ("nstat", true),
+    // The local-drop scenario empties the client's egress queue with it.
+    ("tc", true),
     ("socat", false),
     ("curl", false),
     ("redis-server", false),
