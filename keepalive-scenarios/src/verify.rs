@@ -24,6 +24,7 @@ pub fn daemon(
     flows: &[Flow],
     inodes: [u64; 3],
     nstat_keepalive: u64,
+    whole_namespace: bool,
 ) -> Result<Outcome> {
     let mut out = Outcome {
         probes: 0,
@@ -76,8 +77,31 @@ pub fn daemon(
         let detect = check_flow(flow, &evs, inodes[0], &me, &mut out.failures);
         out.detect = out.detect.or(detect);
     }
+    if whole_namespace {
+        let n = |kind: &str| {
+            events
+                .iter()
+                .filter(|e| e.netns == inodes[0] && e.event == kind)
+                .count()
+        };
+        out.probes = n("probe");
+        out.failed = n("probe_failed");
+        out.notes.push(format!(
+            "client namespace: {} probe, {} probe_failed, {} answered events",
+            out.probes,
+            out.failed,
+            n("answered")
+        ));
+        if n("dead") > 0 {
+            out.failures
+                .push(format!("{} dead events in the storm", n("dead")));
+        }
+    }
     for e in &events {
-        if inodes.contains(&e.netns) && !flows.iter().any(|f| e.is_flow(f.local, f.peer)) {
+        if inodes.contains(&e.netns)
+            && !whole_namespace
+            && !flows.iter().any(|f| e.is_flow(f.local, f.peer))
+        {
             out.failures.push(format!(
                 "unexpected event {} {} in a scenario namespace",
                 e.brief(),

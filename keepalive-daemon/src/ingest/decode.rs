@@ -334,7 +334,7 @@ mod tests {
 
         /// Records with a known kind and family always decode, and the flow comes back as sent.
         #[test]
-        fn valid_records_round_trip(kind in 1u8..=10, v6 in proptest::bool::ANY, sport: u16, dport: u16,
+        fn valid_records_round_trip(kind in 1u8..=11, v6 in proptest::bool::ANY, sport: u16, dport: u16,
                                     addr: [u8; 16], hz in 1u32..2000, idle: u32, ns_idle: u32) {
             let mut r = raw();
             r.kind = kind;
@@ -351,6 +351,15 @@ mod tests {
                 proptest::prop_assert_eq!(ev.flow.saddr, IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])));
             }
         }
+    }
+
+    #[test]
+    fn a_failed_probe_keeps_its_return_value() {
+        let mut r = raw();
+        r.kind = keepalive_common::EV_PROBE_FAILED;
+        r.errno = 1;
+        let ev = decode(&bytes(&r), 250).unwrap();
+        assert_eq!((ev.kind, ev.errno), (Kind::ProbeFailed, 1));
     }
 
     #[test]

@@ -228,6 +228,27 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_probe_is_published_with_its_reason_and_leaves_the_run_alone() {
+        let mut t = Tracker::new(0);
+        t.handle(&ev(Kind::Probe, 1000, 1, 0));
+        let reason = |t: &mut Tracker, hook: &'static str, ret: i32| {
+            let mut e = ev(Kind::ProbeFailed, 1500, 1, ret);
+            e.hook = hook;
+            match t.handle(&e) {
+                Outcome::Publish(out) => (out.event, out.reason, out.probes),
+                Outcome::Nothing => panic!("no event"),
+            }
+        };
+        assert_eq!(
+            reason(&mut t, "fentry", 1),
+            (EventKind::ProbeFailed, Some(FailReason::LocalDrop), 1)
+        );
+        assert_eq!(reason(&mut t, "kprobe", 3).1, Some(FailReason::XmitError));
+        assert_eq!(reason(&mut t, "tracepoint", 0).1, Some(FailReason::NotSent));
+        assert_eq!(t.probing(), 1, "the unanswered run is still the same run");
+    }
+
+    #[test]
     fn silent_peer_is_a_timeout() {
         let mut t = Tracker::new(0);
         for n in 1..=3 {

@@ -8,6 +8,7 @@ mod local_drop;
 mod no_keepalive;
 mod rebooted;
 mod rto;
+mod storm;
 mod unreachable;
 
 use crate::daemon::Daemon;
@@ -31,9 +32,10 @@ pub enum Kind {
     ControlNoKeepalive,
     ControlRto,
     LocalDrop,
+    Storm,
 }
 
-pub const ALL: [Kind; 8] = [
+pub const ALL: [Kind; 9] = [
     Kind::Alive,
     Kind::Crashed,
     Kind::Rebooted,
@@ -42,6 +44,7 @@ pub const ALL: [Kind; 8] = [
     Kind::ControlNoKeepalive,
     Kind::ControlRto,
     Kind::LocalDrop,
+    Kind::Storm,
 ];
 
 impl Kind {
@@ -55,6 +58,7 @@ impl Kind {
             Kind::ControlNoKeepalive => "control-no-keepalive",
             Kind::ControlRto => "control-rto",
             Kind::LocalDrop => "local-drop",
+            Kind::Storm => "storm",
         }
     }
 
@@ -71,8 +75,11 @@ impl Kind {
             }
             Kind::ControlNoKeepalive => "no SO_KEEPALIVE behind a dropping router: no event",
             Kind::ControlRto => "data in flight dies by retransmission timeout: no keepalive event",
+            Kind::Storm => {
+                "500 loopback pairs probing every second: probe + probe_failed events == TcpExtTCPKeepAlive, none unseen"
+            }
             Kind::LocalDrop => {
-                "client egress drops everything (pfifo limit 0) for 2 s: probe_failed every 0.5 s, then the run goes on"
+                "client egress drops everything (pfifo limit 0) for 2.7 s: probe_failed every 0.5 s, then the run goes on"
             }
         }
     }
@@ -87,6 +94,7 @@ impl Kind {
             Kind::ControlNoKeepalive => no_keepalive::run(ctx),
             Kind::ControlRto => rto::run(ctx),
             Kind::LocalDrop => local_drop::run(ctx),
+            Kind::Storm => storm::run(ctx),
         }
     }
 }
@@ -167,6 +175,9 @@ pub struct Body {
     pub conns: Vec<Conn>,
     pub nstat: Vec<(&'static str, u64)>,
     pub app_detect: Option<f64>,
+    /// Check the identity over every event of the client namespace, not per flow (the storm:
+    /// too many connections to list as flows).
+    pub whole_namespace: bool,
 }
 
 pub struct Ctx<'a> {
@@ -363,7 +374,14 @@ fn measure(
             topo.inode(&topo.router)?,
             topo.inode(&topo.server)?,
         ];
-        let outcome = verify::daemon(d, start, &body.flows, inodes, ka_delta)?;
+        let outcome = verify::daemon(
+            d,
+            start,
+            &body.flows,
+            inodes,
+            ka_delta,
+            body.whole_namespace,
+        )?;
         line.probes = Some(outcome.probes);
         line.detect = outcome.detect;
         ctx.failures.extend(outcome.failures);
