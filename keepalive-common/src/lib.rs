@@ -33,6 +33,13 @@ pub const EV_INVENTORY: u8 = 9;
 /// The keepalive timer fired without sending a probe and re-armed itself: the inventory learns
 /// when it fires next. One per keepalive socket per idle period — the kernel's own pace.
 pub const EV_REARMED: u8 = 10;
+/// The keepalive timer counted a probe (`TcpExtTCPKeepAlive` rose) but could not send it:
+/// `tcp_write_wakeup` returned > 0 (the local stack dropped it: a full or zero-length qdisc, a
+/// veth peer whose backlog is full), so `icsk_probes_out` did not move and the kernel retries
+/// in `TCP_RESOURCE_PROBE_INTERVAL` (0.5 s). `probes` is `icsk_probes_out` (unchanged);
+/// `errno` is that positive return value where the hook sees it (fentry, kprobe), 0 on the
+/// tracepoint rung, which only sees the kernel's reaction (see `timer_exit` in state.rs).
+pub const EV_PROBE_FAILED: u8 = 11;
 
 /// `RawEvent::flags`: SO_KEEPALIVE is on.
 pub const FLAG_KEEPALIVE_ON: u8 = 1;
@@ -90,6 +97,9 @@ pub struct Offsets {
     pub tp_keepalive_intvl: u32,
     /// `tcp_sock.keepalive_probes` (u8).
     pub tp_keepalive_probes: u32,
+    /// `tcp_sock.segs_out` (u32): segments the socket handed to IP, counted before the send,
+    /// whether or not the device then dropped them.
+    pub tp_segs_out: u32,
     /// `net.ns.inum` (u32): the namespace's inode, as in `/proc/<pid>/ns/net`.
     pub net_inum: u32,
     /// `net.ipv4.sysctl_tcp_keepalive_time` (int jiffies).
@@ -156,7 +166,9 @@ pub struct Settings {
     pub keepalive_timer_fn: u64,
     /// Value of `LINUX_MIB_TCPKEEPALIVE` in this kernel's BTF.
     pub mib_keepalive: u32,
-    pub _pad: u32,
+    /// `TCP_RESOURCE_PROBE_INTERVAL` in jiffies (HZ/2): where the keepalive timer re-arms after a
+    /// probe it could not send.
+    pub resource_probe_jiffies: u32,
 }
 
 /// Indexes of the `FLAGS` array map. Which hooks attached is only known after loading, so these

@@ -63,6 +63,39 @@ pub fn probes_out(sk: u64) -> u8 {
 }
 
 #[inline(always)]
+pub fn segs_out(sk: u64) -> u32 {
+    read::<u32>(sk, offsets().tp_segs_out)
+}
+
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() }
+}
+
+/// When the socket's keepalive timer fires next, if it is pending with the keepalive callback.
+#[inline(always)]
+pub fn keepalive_expires(sk: u64) -> Option<u64> {
+    let o = offsets();
+    let timer = sk + o.keepalive_timer as u64;
+    let pending = read::<u64>(timer, o.timer_pprev) != 0;
+    if pending && read::<u64>(timer, o.timer_function) == settings().keepalive_timer_fn {
+        Some(read::<u64>(timer, o.timer_expires))
+    } else {
+        None
+    }
+}
+
+/// The keepalive interval in effect for `sk`, in jiffies (`keepalive_intvl_when`).
+#[inline(always)]
+pub fn intvl_jiffies(sk: u64) -> u32 {
+    let o = offsets();
+    match read::<u32>(sk, o.tp_keepalive_intvl) {
+        0 => read::<u32>(read::<u64>(sk, o.skc_net), o.net_keepalive_intvl),
+        v => v,
+    }
+}
+
+#[inline(always)]
 pub fn state(sk: u64) -> u8 {
     read::<u8>(sk, offsets().skc_state)
 }
@@ -113,13 +146,11 @@ pub fn describe(sk: u64, ev: &mut RawEvent) {
     if o.sock_keepopen_bit < 64 && sk_flags & (1u64 << o.sock_keepopen_bit) != 0 {
         ev.flags |= FLAG_KEEPALIVE_ON;
     }
-    let timer = sk + o.keepalive_timer as u64;
-    let pending = read::<u64>(timer, o.timer_pprev) != 0;
-    if pending && read::<u64>(timer, o.timer_function) == settings().keepalive_timer_fn {
+    if let Some(expires) = keepalive_expires(sk) {
         ev.flags |= FLAG_TIMER_PENDING;
-        ev.timer_expires = read::<u64>(timer, o.timer_expires);
+        ev.timer_expires = expires;
     }
-    ev.jiffies = unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() };
+    ev.jiffies = jiffies();
     // The kernel keeps these as the low 32 bits of jiffies; the age is their wrapping
     // difference with now, which stays right for 198 days at HZ=250.
     let now = ev.jiffies as u32;

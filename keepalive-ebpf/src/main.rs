@@ -13,6 +13,7 @@
     allow(internal_features)
 )]
 
+mod classify;
 mod kernel;
 mod nesting;
 mod state;

@@ -13,10 +13,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS, EV_SOCK_CLOSE,
-    EV_SOCK_OPEN, EV_TIMEOUT, FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, RawEvent,
+    EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_PROBE_FAILED, EV_REARMED, EV_RESET, EV_SETTINGS,
+    EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, RawEvent,
 };
 
+use crate::classify::{self, Outcome};
 use crate::kernel::{
     self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
 };
@@ -50,7 +51,13 @@ pub struct TimerRun {
     /// The socket reached CLOSE in this run (keepalive death, or an orphan's FIN_WAIT2
     /// timeout): it may be freed by the time the timer returns, so nothing is read at exit.
     pub closed: u8,
-    pub _pad: [u8; 2],
+    /// `tcp_write_wakeup` returned this positive value for the keepalive mib (fentry/kprobe):
+    /// the probe was counted but not sent.
+    pub wakeup_failed: u8,
+    pub _pad: u8,
+    /// `tcp_sock.segs_out` and `jiffies` at entry (tracepoint rung, see `timer_exit`).
+    pub segs_before: u32,
+    pub entry_jiffies: u64,
 }
 
 /// When the daemon was last woken (`bpf_ktime_get_ns`). One slot for all CPUs: a lost race
@@ -209,7 +216,10 @@ pub fn timer_enter(sk: u64, hook: u8) {
         died: 0,
         hook,
         closed: 0,
-        _pad: [0; 2],
+        wakeup_failed: 0,
+        _pad: 0,
+        segs_before: kernel::segs_out(sk),
+        entry_jiffies: kernel::jiffies(),
     };
     if probes == 0 {
         if let Some(sent) = unsafe { PROBING.get(&sk) } {
@@ -240,17 +250,18 @@ pub fn timer_exit() {
         return;
     }
     let probes = kernel::probes_out(sk);
-    let sent = if kernel::flag(FLAG_PROBE_VIA_WAKEUP) {
-        run.wakeup_probe != 0
+    let outcome = if kernel::flag(FLAG_PROBE_VIA_WAKEUP) {
+        classify::from_wakeup(run)
     } else {
-        // Only the keepalive branch of tcp_keepalive_timer increments icsk_probes_out.
-        probes > run.probes_before
+        classify::from_tracepoints(run, sk, probes)
     };
-    if sent {
-        let _ = PROBING.insert(&sk, &probes, 0);
-        emit(EV_PROBE, run.hook, sk, probes, 0);
-    } else {
-        emit(EV_REARMED, run.hook, sk, probes, 0);
+    match outcome {
+        Outcome::Probe => {
+            let _ = PROBING.insert(&sk, &probes, 0);
+            emit(EV_PROBE, run.hook, sk, probes, 0);
+        }
+        Outcome::Failed(ret) => emit(EV_PROBE_FAILED, run.hook, sk, probes, ret),
+        Outcome::Rearmed => emit(EV_REARMED, run.hook, sk, probes, 0),
     }
 }
 
@@ -258,8 +269,8 @@ pub fn timer_exit() {
 #[inline(always)]
 pub fn wakeup_returned(sk: u64, mib: u32, ret: i32) {
     if let Some(run) = current_for(sk) {
-        if mib == kernel::settings().mib_keepalive && ret <= 0 {
-            run.wakeup_probe = 1;
+        if mib == kernel::settings().mib_keepalive {
+            classify::record_wakeup(run, ret);
         }
     }
 }

@@ -34,6 +34,11 @@ pub struct Event {
     pub previous: Option<KeepaliveCfg>,
     pub cause: Option<String>,
     pub errno: Option<String>,
+    /// `probe_failed` only.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub hook: Option<String>,
 }
 
 impl Event {
@@ -136,6 +141,8 @@ pub struct Metrics {
     pub lost: f64,
     /// Probes the kernel counted that reached no hook (the daemon's own audit).
     pub unseen: f64,
+    /// Probes the kernel counted but could not send, all reasons.
+    pub failed: f64,
 }
 
 pub const CAUSES: [&str; 3] = ["timeout", "reset", "unreachable"];
@@ -169,6 +176,7 @@ impl Metrics {
             dead_unreachable: dead("unreachable"),
             lost: plain("keepalive_events_lost_total")?,
             unseen: plain("keepalive_probes_unseen_total")?,
+            failed: plain("keepalive_probes_failed_total")?,
         })
     }
 

@@ -66,13 +66,18 @@ pub fn connect(ns: &str, dst: SocketAddr, ka: Option<Keepalive>) -> Result<TcpSt
     })?;
     stream.set_nodelay(true)?;
     if let Some(ka) = ka {
-        let fd = stream.as_raw_fd();
-        setopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-        setopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ka.idle)?;
-        setopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, ka.intvl)?;
-        setopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.cnt)?;
+        set_keepalive(&stream, ka)?;
     }
     Ok(stream)
+}
+
+/// SO_KEEPALIVE on, with `ka`'s idle, interval and count.
+pub fn set_keepalive(stream: &TcpStream, ka: Keepalive) -> Result<()> {
+    let fd = stream.as_raw_fd();
+    setopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    setopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ka.idle)?;
+    setopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, ka.intvl)?;
+    setopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.cnt)
 }
 
 fn setopt(fd: i32, level: i32, name: i32, value: u32) -> Result<()> {

@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 pub struct Outcome {
     pub probes: usize,
+    /// `probe_failed` events of the scenario's flows.
+    pub failed: usize,
     pub detect: Option<f64>,
     pub failures: Vec<String>,
     pub notes: Vec<String>,
@@ -22,9 +24,11 @@ pub fn daemon(
     flows: &[Flow],
     inodes: [u64; 3],
     nstat_keepalive: u64,
+    whole_namespace: bool,
 ) -> Result<Outcome> {
     let mut out = Outcome {
         probes: 0,
+        failed: 0,
         detect: None,
         failures: Vec::new(),
         notes: Vec::new(),
@@ -69,11 +73,35 @@ pub fn daemon(
             evs.iter().map(|e| e.brief()).collect::<Vec<_>>().join(" ")
         ));
         out.probes += evs.iter().filter(|e| e.event == "probe").count();
+        out.failed += evs.iter().filter(|e| e.event == "probe_failed").count();
         let detect = check_flow(flow, &evs, inodes[0], &me, &mut out.failures);
         out.detect = out.detect.or(detect);
     }
+    if whole_namespace {
+        let n = |kind: &str| {
+            events
+                .iter()
+                .filter(|e| e.netns == inodes[0] && e.event == kind)
+                .count()
+        };
+        out.probes = n("probe");
+        out.failed = n("probe_failed");
+        out.notes.push(format!(
+            "client namespace: {} probe, {} probe_failed, {} answered events",
+            out.probes,
+            out.failed,
+            n("answered")
+        ));
+        if n("dead") > 0 {
+            out.failures
+                .push(format!("{} dead events in the storm", n("dead")));
+        }
+    }
     for e in &events {
-        if inodes.contains(&e.netns) && !flows.iter().any(|f| e.is_flow(f.local, f.peer)) {
+        if inodes.contains(&e.netns)
+            && !whole_namespace
+            && !flows.iter().any(|f| e.is_flow(f.local, f.peer))
+        {
             out.failures.push(format!(
                 "unexpected event {} {} in a scenario namespace",
                 e.brief(),
@@ -81,18 +109,20 @@ pub fn daemon(
             ));
         }
     }
-    // Every probe the kernel sent is either an event or counted as unseen by the daemon's audit
-    // of the same kernel counter; only one that is neither was lost silently.
+    // Every probe the kernel counted is an event: sent (`probe`) or not (`probe_failed`). The
+    // daemon's audit of the same counter (`unseen`) is the safety net for runs no hook saw; a
+    // probe that is neither event nor unseen was lost silently, one that is unseen is a failure
+    // of the identity all the same, reported with the audit's count.
     let unseen = (end.0.unseen - start.0.unseen) as u64;
     if unseen > 0 {
-        out.notes.push(format!(
+        out.failures.push(format!(
             "daemon counted {unseen} probes that reached no hook (keepalive_probes_unseen_total)"
         ));
     }
-    if out.probes as u64 + unseen != nstat_keepalive {
+    if (out.probes + out.failed) as u64 + unseen != nstat_keepalive {
         out.failures.push(format!(
-            "daemon probe events {} + unseen {unseen} != kernel TCPKeepAlive delta {nstat_keepalive}",
-            out.probes
+            "daemon probe events {} + probe_failed {} + unseen {unseen} != kernel TCPKeepAlive delta {nstat_keepalive}",
+            out.probes, out.failed
         ));
     }
     Ok(out)
@@ -117,6 +147,11 @@ fn check_metrics(events: &[Event], m0: &Metrics, m1: &Metrics, failures: &mut Ve
             m1.answered - m0.answered,
             count("answered", None),
         ),
+        (
+            "keepalive_probes_failed_total",
+            m1.failed - m0.failed,
+            count("probe_failed", None),
+        ),
     ];
     for cause in CAUSES {
         pairs.push((
@@ -126,8 +161,8 @@ fn check_metrics(events: &[Event], m0: &Metrics, m1: &Metrics, failures: &mut Ve
         ));
     }
     for (i, (name, delta, json)) in pairs.into_iter().enumerate() {
-        let label = if i >= 2 {
-            format!("{name}{{cause={}}}", CAUSES[i - 2])
+        let label = if i >= 3 {
+            format!("{name}{{cause={}}}", CAUSES[i - 3])
         } else {
             name.to_owned()
         };
@@ -142,7 +177,10 @@ fn check_metrics(events: &[Event], m0: &Metrics, m1: &Metrics, failures: &mut Ve
         failures.push(format!("keepalive_events_lost_total grew by {lost}"));
     }
     for e in events {
-        if !matches!(e.event.as_str(), "probe" | "answered" | "dead" | "settings") {
+        if !matches!(
+            e.event.as_str(),
+            "probe" | "probe_failed" | "answered" | "dead" | "settings"
+        ) {
             failures.push(format!("unknown event type {:?}", e.event));
         }
     }
@@ -261,6 +299,15 @@ fn check_flow(
                 }
                 run = e.probes.unwrap_or(run + 1);
             }
+            // Not a probe out: carries the run's count unchanged.
+            "probe_failed" => {
+                if e.probes != Some(run) {
+                    fail(format!(
+                        "probe_failed with probes {:?}, but {run} probes were out",
+                        e.probes
+                    ));
+                }
+            }
             "answered" | "dead" => {
                 if e.probes != Some(run) {
                     fail(format!(
@@ -294,6 +341,10 @@ fn check_flow(
                     "expected >= {min_probes} probes, >= {min_answered} answered, no dead; got {probes}/{answered}/{dead}"
                 ));
             }
+            None
+        }
+        Expect::LocalDrop { min_failed } => {
+            drops::check(evs, min_failed, &mut fail);
             None
         }
         Expect::Dead {
@@ -330,5 +381,6 @@ fn check_flow(
     }
 }
 
+mod drops;
 #[cfg(test)]
 mod tests;

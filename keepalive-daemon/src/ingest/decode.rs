@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub use super::activity::Activity;
 
 use keepalive_common::{
-    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_REARMED, EV_RESET, EV_SETTINGS,
-    EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING, HOOK_FENTRY,
-    HOOK_KPROBE, RawEvent,
+    EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_PROBE_FAILED, EV_REARMED, EV_RESET,
+    EV_SETTINGS, EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_KEEPALIVE_ON, FLAG_TIMER_PENDING,
+    HOOK_FENTRY, HOOK_KPROBE, RawEvent,
 };
 
 const AF_INET: u16 = 2;
@@ -15,6 +15,9 @@ const AF_INET6: u16 = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Probe,
+    /// A probe the kernel counted but could not send (`errno`: the positive return value of
+    /// `tcp_write_wakeup` where the hook sees it, else 0).
+    ProbeFailed,
     Answered,
     Timeout,
     Reset,
@@ -106,6 +109,7 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
     let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let kind = match raw.kind {
         EV_PROBE => Kind::Probe,
+        EV_PROBE_FAILED => Kind::ProbeFailed,
         EV_ANSWERED => Kind::Answered,
         EV_TIMEOUT => Kind::Timeout,
         EV_RESET => Kind::Reset,
@@ -344,7 +348,7 @@ mod tests {
 
         /// Records with a known kind and family always decode, and the flow comes back as sent.
         #[test]
-        fn valid_records_round_trip(kind in 1u8..=10, v6 in proptest::bool::ANY, sport: u16, dport: u16,
+        fn valid_records_round_trip(kind in 1u8..=11, v6 in proptest::bool::ANY, sport: u16, dport: u16,
                                     addr: [u8; 16], hz in 1u32..2000, idle: u32, ns_idle: u32) {
             let mut r = raw();
             r.kind = kind;
@@ -361,6 +365,15 @@ mod tests {
                 proptest::prop_assert_eq!(ev.flow.saddr, IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])));
             }
         }
+    }
+
+    #[test]
+    fn a_failed_probe_keeps_its_return_value() {
+        let mut r = raw();
+        r.kind = keepalive_common::EV_PROBE_FAILED;
+        r.errno = 1;
+        let ev = decode(&bytes(&r), 250).unwrap();
+        assert_eq!((ev.kind, ev.errno), (Kind::ProbeFailed, 1));
     }
 
     #[test]

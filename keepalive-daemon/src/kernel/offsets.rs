@@ -70,6 +70,7 @@ pub fn resolve(btf: &Btf) -> Result<Offsets> {
         tp_keepalive_time: need(btf, "tcp_sock", "keepalive_time")?,
         tp_keepalive_intvl: need(btf, "tcp_sock", "keepalive_intvl")?,
         tp_keepalive_probes: need(btf, "tcp_sock", "keepalive_probes")?,
+        tp_segs_out: need(btf, "tcp_sock", "segs_out")?,
         net_inum: need(btf, "net", "ns.inum")?,
         net_keepalive_time: need(btf, "net", "ipv4.sysctl_tcp_keepalive_time")?,
         net_keepalive_intvl: need(btf, "net", "ipv4.sysctl_tcp_keepalive_intvl")?,

@@ -152,7 +152,8 @@ impl LoopState {
                 }
             }
             _ => {
-                if ev.kind == Kind::Probe {
+                // The kernel's TcpExtTCPKeepAlive counts failed sends too (before transmit).
+                if matches!(ev.kind, Kind::Probe | Kind::ProbeFailed) {
                     self.audit.saw_probe(ev.flow.netns);
                 }
                 let (labels, path) = {

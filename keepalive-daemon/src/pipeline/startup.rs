@@ -65,12 +65,13 @@ pub fn read_kernel(opts: &RunArgs) -> Result<KernelFacts> {
         }
         (_, Err(e)) => return Err(e),
     };
+    let hz = sysinfo::hz()?;
     let settings = Settings {
         keepalive_timer_fn: timer_fn,
         mib_keepalive: offsets::mib_keepalive(&btf.index)?,
-        _pad: 0,
+        // TCP_RESOURCE_PROBE_INTERVAL is HZ/2 (include/net/tcp.h), unchanged since 2.6.
+        resource_probe_jiffies: hz / 2,
     };
-    let hz = sysinfo::hz()?;
     info!(
         "kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}",
         offsets.keepalive_timer

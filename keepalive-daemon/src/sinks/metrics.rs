@@ -19,6 +19,8 @@ pub struct Metrics {
     pub workload: WorkloadMetrics,
     /// Probes the namespace's TcpExtTCPKeepAlive counted that no event reported.
     pub probes_unseen: IntCounter,
+    /// `reason`: see [`crate::state::event::FailReason`].
+    pub probes_failed: IntCounterVec,
     /// `stage`: kernel (ring buffer full) | decode (malformed record) | icmp (ICMP queue full).
     pub lost: IntCounterVec,
     pub readers_dropped: IntCounter,
@@ -136,8 +138,22 @@ impl Metrics {
         for c in ["added", "removed"] {
             resync.with_label_values(&[c]);
         }
+        let probes_failed = IntCounterVec::new(
+            Opts::new(
+                "keepalive_probes_failed_total",
+                "Keepalive probes the kernel counted (TcpExtTCPKeepAlive) but could not send; it retries in 0.5 s.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(probes_failed.clone()))
+            .expect("unique metric");
+        for reason in crate::state::event::FailReason::ALL {
+            probes_failed.with_label_values(&[reason.as_str()]);
+        }
         Metrics {
             resync,
+            probes_failed,
             workload,
             settings_changes: counter(
                 &r,

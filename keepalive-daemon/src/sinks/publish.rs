@@ -63,6 +63,14 @@ impl Sinks {
         let w = &self.metrics.workload;
         match out.event {
             EventKind::Probe => w.probe(&out.labels),
+            EventKind::ProbeFailed => {
+                if let Some(reason) = out.reason {
+                    self.metrics
+                        .probes_failed
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                }
+            }
             EventKind::Answered => w.answered(&out.labels),
             EventKind::Dead => {
                 if let Some(cause) = out.cause {

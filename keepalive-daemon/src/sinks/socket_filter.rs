@@ -17,7 +17,14 @@ pub struct WorkloadFilter {
 }
 
 /// The values of an event's `event` field.
-pub const EVENTS: [&str; 5] = ["probe", "answered", "dead", "settings", "path_timeout"];
+pub const EVENTS: [&str; 6] = [
+    "probe",
+    "probe_failed",
+    "answered",
+    "dead",
+    "settings",
+    "path_timeout",
+];
 
 pub const WORKLOAD_KEYS: &str = "process, unit, container, pod, k8s_namespace, role, peer_group";
 
@@ -156,7 +163,7 @@ impl Filter {
 /// `/events?…`: which events a reader gets.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EventFilter {
-    /// The `event` field: probe, answered, dead, settings, path_timeout.
+    /// The `event` field: probe, probe_failed, answered, dead, settings, path_timeout.
     pub event: Option<&'static str>,
     pub cause: Option<Cause>,
     pub workload: WorkloadFilter,

@@ -13,6 +13,9 @@ use crate::{
 pub enum EventKind {
     /// The n-th unanswered probe of the current run went out.
     Probe,
+    /// The kernel counted a probe but could not send it (`reason`); it retries in 0.5 s.
+    #[serde(rename = "probe_failed")]
+    ProbeFailed,
     /// The peer answered after `probes` probes.
     Answered,
     /// Keepalive declared the connection dead.
@@ -40,6 +43,50 @@ impl Cause {
             Cause::Timeout => "timeout",
             Cause::Reset => "reset",
             Cause::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// Why a counted probe did not leave the host. What each hook family can tell apart differs:
+/// fentry and kprobe see `tcp_write_wakeup`'s return value, the tracepoint rung only the
+/// kernel's reaction to it (the timer re-armed at the 0.5 s resource interval with
+/// `icsk_probes_out` unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// `tcp_write_wakeup` returned NET_XMIT_DROP: a qdisc or the device dropped the probe on
+    /// this host (full or zero-length queue, a veth peer whose backlog is full).
+    LocalDrop,
+    /// Another positive return value.
+    XmitError,
+    /// Tracepoint rung: the probe was counted and not sent; which drop it was is not visible.
+    NotSent,
+}
+
+impl FailReason {
+    pub const ALL: [FailReason; 3] = [
+        FailReason::LocalDrop,
+        FailReason::XmitError,
+        FailReason::NotSent,
+    ];
+
+    /// From the event's hook family and the return value it carries (0 when not seen).
+    pub fn classify(hook: &str, ret: i32) -> Self {
+        // NET_XMIT_DROP (include/linux/netdevice.h): the only positive value the IP output path
+        // passes up after net_xmit_eval() has turned NET_XMIT_CN into 0.
+        const NET_XMIT_DROP: i32 = 1;
+        match (hook, ret) {
+            ("tracepoint", _) | (_, 0) => FailReason::NotSent,
+            (_, NET_XMIT_DROP) => FailReason::LocalDrop,
+            _ => FailReason::XmitError,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::LocalDrop => "local_drop",
+            FailReason::XmitError => "xmit_error",
+            FailReason::NotSent => "not_sent",
         }
     }
 }
@@ -92,6 +139,9 @@ pub struct Event {
     pub probes: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
+    /// `probe_failed` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<String>,
     /// ICMP destination-unreachable errors seen for the flow during this run (dead only).
@@ -113,6 +163,7 @@ impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Probe => "probe",
+            EventKind::ProbeFailed => "probe_failed",
             EventKind::Answered => "answered",
             EventKind::Dead => "dead",
             EventKind::Settings => "settings",
@@ -144,6 +195,7 @@ impl Event {
             labels: SocketLabels::default(),
             probes,
             cause: None,
+            reason: None,
             errno: None,
             icmp_unreachable: None,
             keepalive: k.into(),

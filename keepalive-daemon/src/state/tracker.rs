@@ -12,7 +12,7 @@ use crate::{
         decode::{Flow, KernelEvent, Kind},
         icmp::IcmpHit,
     },
-    state::event::{Cause, Event, EventKind, errno_name},
+    state::event::{Cause, Event, EventKind, FailReason, errno_name},
 };
 
 #[derive(Debug)]
@@ -103,6 +103,19 @@ impl Tracker {
                     ev.keepalive,
                     ev.hook,
                 ))
+            }
+            // Not a probe out: the run, its numbering and the answer to come are unchanged.
+            Kind::ProbeFailed => {
+                let mut out = Event::new(
+                    EventKind::ProbeFailed,
+                    ts,
+                    &ev.flow,
+                    ev.probes,
+                    ev.keepalive,
+                    ev.hook,
+                );
+                out.reason = Some(FailReason::classify(ev.hook, ev.errno));
+                Outcome::Publish(out)
             }
             Kind::Answered => {
                 self.sockets.remove(&ev.sk);
@@ -212,6 +225,27 @@ mod tests {
             Outcome::Publish(out) => (out.cause.unwrap(), out.errno.unwrap()),
             Outcome::Nothing => panic!("no event"),
         }
+    }
+
+    #[test]
+    fn a_failed_probe_is_published_with_its_reason_and_leaves_the_run_alone() {
+        let mut t = Tracker::new(0);
+        t.handle(&ev(Kind::Probe, 1000, 1, 0));
+        let reason = |t: &mut Tracker, hook: &'static str, ret: i32| {
+            let mut e = ev(Kind::ProbeFailed, 1500, 1, ret);
+            e.hook = hook;
+            match t.handle(&e) {
+                Outcome::Publish(out) => (out.event, out.reason, out.probes),
+                Outcome::Nothing => panic!("no event"),
+            }
+        };
+        assert_eq!(
+            reason(&mut t, "fentry", 1),
+            (EventKind::ProbeFailed, Some(FailReason::LocalDrop), 1)
+        );
+        assert_eq!(reason(&mut t, "kprobe", 3).1, Some(FailReason::XmitError));
+        assert_eq!(reason(&mut t, "tracepoint", 0).1, Some(FailReason::NotSent));
+        assert_eq!(t.probing(), 1, "the unanswered run is still the same run");
     }
 
     #[test]

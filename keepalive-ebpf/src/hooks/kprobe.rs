@@ -42,9 +42,7 @@ pub fn ka_kretprobe_write_wakeup(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
     if let Some(run) = state::pending_wakeup() {
         run.wakeup_pending = 0;
-        if ret as i32 <= 0 {
-            run.wakeup_probe = 1;
-        }
+        crate::classify::record_wakeup(run, ret as i32);
     }
     0
 }

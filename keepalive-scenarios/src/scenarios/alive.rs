@@ -31,5 +31,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
         conns: vec![conn],
         nstat: vec![("TcpExtTCPKeepAlive", 6)],
         app_detect: None,
+        whole_namespace: false,
     })
 }

@@ -22,6 +22,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
         conns: vec![conn],
         nstat: vec![("TcpExtTCPKeepAlive", 3), ("TcpExtTCPAbortOnTimeout", 1)],
         app_detect: detect,
+        whole_namespace: false,
     })
 }
 

@@ -86,5 +86,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
         conns: vec![victim],
         nstat: vec![("TcpExtTCPKeepAlive", 1 + 4), ("TcpEstabResets", 1)],
         app_detect: detect,
+        whole_namespace: false,
     })
 }

@@ -4,9 +4,11 @@
 mod alive;
 mod crashed;
 mod firewall;
+mod local_drop;
 mod no_keepalive;
 mod rebooted;
 mod rto;
+mod storm;
 mod unreachable;
 
 use crate::daemon::Daemon;
@@ -29,9 +31,11 @@ pub enum Kind {
     FirewallIdleReset,
     ControlNoKeepalive,
     ControlRto,
+    LocalDrop,
+    Storm,
 }
 
-pub const ALL: [Kind; 7] = [
+pub const ALL: [Kind; 9] = [
     Kind::Alive,
     Kind::Crashed,
     Kind::Rebooted,
@@ -39,6 +43,8 @@ pub const ALL: [Kind; 7] = [
     Kind::FirewallIdleReset,
     Kind::ControlNoKeepalive,
     Kind::ControlRto,
+    Kind::LocalDrop,
+    Kind::Storm,
 ];
 
 impl Kind {
@@ -51,6 +57,8 @@ impl Kind {
             Kind::FirewallIdleReset => "firewall-idle-reset",
             Kind::ControlNoKeepalive => "control-no-keepalive",
             Kind::ControlRto => "control-rto",
+            Kind::LocalDrop => "local-drop",
+            Kind::Storm => "storm",
         }
     }
 
@@ -67,6 +75,12 @@ impl Kind {
             }
             Kind::ControlNoKeepalive => "no SO_KEEPALIVE behind a dropping router: no event",
             Kind::ControlRto => "data in flight dies by retransmission timeout: no keepalive event",
+            Kind::Storm => {
+                "500 loopback pairs probing every second: probe + probe_failed events == TcpExtTCPKeepAlive, none unseen"
+            }
+            Kind::LocalDrop => {
+                "client egress drops everything (pfifo limit 0) for 2.7 s: probe_failed every 0.5 s, then the run goes on"
+            }
         }
     }
 
@@ -79,6 +93,8 @@ impl Kind {
             Kind::FirewallIdleReset => firewall::run(ctx),
             Kind::ControlNoKeepalive => no_keepalive::run(ctx),
             Kind::ControlRto => rto::run(ctx),
+            Kind::LocalDrop => local_drop::run(ctx),
+            Kind::Storm => storm::run(ctx),
         }
     }
 }
@@ -113,6 +129,9 @@ pub enum Expect {
     },
     /// No event of any kind.
     Silent,
+    /// The client's egress dropped every packet for a while: at least `min_failed`
+    /// `probe_failed` events 0.5 s apart, then probes again, no death.
+    LocalDrop { min_failed: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +175,9 @@ pub struct Body {
     pub conns: Vec<Conn>,
     pub nstat: Vec<(&'static str, u64)>,
     pub app_detect: Option<f64>,
+    /// Check the identity over every event of the client namespace, not per flow (the storm:
+    /// too many connections to list as flows).
+    pub whole_namespace: bool,
 }
 
 pub struct Ctx<'a> {
@@ -352,7 +374,14 @@ fn measure(
             topo.inode(&topo.router)?,
             topo.inode(&topo.server)?,
         ];
-        let outcome = verify::daemon(d, start, &body.flows, inodes, ka_delta)?;
+        let outcome = verify::daemon(
+            d,
+            start,
+            &body.flows,
+            inodes,
+            ka_delta,
+            body.whole_namespace,
+        )?;
         line.probes = Some(outcome.probes);
         line.detect = outcome.detect;
         ctx.failures.extend(outcome.failures);

@@ -30,5 +30,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
         conns: vec![conn],
         nstat: vec![("TcpExtTCPKeepAlive", 0)],
         app_detect: None,
+        whole_namespace: false,
     })
 }

@@ -42,5 +42,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
         conns: vec![conn],
         nstat: vec![("TcpExtTCPKeepAlive", 1), ("TcpEstabResets", 1)],
         app_detect: detect,
+        whole_namespace: false,
     })
 }

@@ -44,5 +44,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
         conns: vec![conn],
         nstat: vec![("TcpExtTCPKeepAlive", 0), ("TcpExtTCPAbortOnTimeout", 1)],
         app_detect: detect,
+        whole_namespace: false,
     })
 }

@@ -36,5 +36,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
             (icmp, 4),
         ],
         app_detect: detect,
+        whole_namespace: false,
     })
 }

@@ -23,6 +23,8 @@ pub const TOOLS: &[(&str, bool)] = &[
     ("nstat", true),
     // The idle-time checks compare with `ss -tieo` (skipped without it).
     ("ss", false),
+    // The local-drop scenario empties the client's egress queue with it.
+    ("tc", true),
     ("socat", false),
     ("curl", false),
     ("redis-server", false),

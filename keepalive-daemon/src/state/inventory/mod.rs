@@ -171,7 +171,7 @@ impl Inventory {
                 None
             }
             // Probe-path events and re-armed timers refresh what the socket is doing now.
-            Kind::Probe | Kind::Answered | Kind::Rearmed => {
+            Kind::Probe | Kind::ProbeFailed | Kind::Answered | Kind::Rearmed => {
                 let now = self.now_ms();
                 if let Some(e) = self.sockets.get_mut(&ev.sk) {
                     e.next_timer_ms = timer_ms(ev.info.next_timer_ms);

@@ -1,0 +1,60 @@
+//! The accounting identity under load: many loopback connections inside the client namespace,
+//! both ends probing every second, all timers armed together so they fire in the same wheel
+//! buckets. Every probe the namespace's `TcpExtTCPKeepAlive` counts must be a `probe` or
+//! `probe_failed` event, with nothing lost in the ring buffer and nothing left to the daemon's
+//! unseen-probe audit (checked namespace-wide in `verify`).
+
+use super::{Body, Conn, Ctx};
+use crate::sock::{self, Keepalive, Stamp};
+use crate::topology::in_netns;
+use anyhow::{Context as _, Result};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::time::Duration;
+
+/// 500 pairs = 1 000 timer runs a second: a burst the daemon must take in one ring-buffer
+/// drain, small enough for the TCG guest (and the suite's open-file budget).
+const PAIRS: usize = 500;
+/// cnt high enough that no connection can die whatever the scheduling.
+const KA: Keepalive = Keepalive {
+    idle: 1,
+    intvl: 1,
+    cnt: 100,
+};
+const HOLD: Duration = Duration::from_secs(8);
+
+pub fn run(ctx: &mut Ctx) -> Result<Body> {
+    let ns = ctx.topo.client.clone();
+    let lo = match ctx.topo.client_addr() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    let listener = in_netns(&ns, || {
+        TcpListener::bind(SocketAddr::new(lo, 0)).context("storm listener")
+    })?;
+    let dst = listener.local_addr()?;
+    let mut conns = Vec::with_capacity(PAIRS);
+    for _ in 0..PAIRS {
+        let client = sock::connect(&ns, dst, Some(KA))?;
+        let server = sock::accept(&listener, Duration::from_secs(5))?;
+        // The accepted side probes too: both ends of every pair count in this namespace.
+        sock::set_keepalive(&server, KA)?;
+        conns.push(Conn {
+            local: client.local_addr()?,
+            peer: client.peer_addr()?,
+            client,
+            server,
+            ka: Some(KA),
+            last_recv: Stamp::now(),
+        });
+    }
+    ctx.notes
+        .push(format!("storm: {PAIRS} pairs, both ends 1/1/100, {HOLD:?}"));
+    std::thread::sleep(HOLD);
+    Ok(Body {
+        flows: vec![],
+        conns,
+        nstat: vec![],
+        app_detect: None,
+        whole_namespace: true,
+    })
+}
