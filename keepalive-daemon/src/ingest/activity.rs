@@ -72,6 +72,22 @@ impl Activity {
         Some(self.send_ms.min(self.recv_ms).min(self.ack_ms)).filter(|v| *v != Self::UNKNOWN)
     }
 
+    /// The ages now, for a record taken at `ts_ns` (CLOCK_MONOTONIC): a record can wait in
+    /// the ring buffer, and a walk of many namespaces takes seconds on a slow machine, so ages
+    /// are carried forward from the moment the kernel read them, not from when they arrive.
+    pub fn since_record(self, ts_ns: u64) -> Activity {
+        let waited = crate::kernel::clock::monotonic_ns().saturating_sub(ts_ns) / 1_000_000;
+        let age = |ms: u32| match ms {
+            Self::UNKNOWN => Self::UNKNOWN,
+            ms => (u64::from(ms) + waited).min(u64::from(Self::UNKNOWN - 1)) as u32,
+        };
+        Activity {
+            send_ms: age(self.send_ms),
+            recv_ms: age(self.recv_ms),
+            ack_ms: age(self.ack_ms),
+        }
+    }
+
     pub(super) fn from_jiffies(send: u32, recv: u32, ack: u32, hz: u32) -> Activity {
         let ms = |j: u32| match j {
             u32::MAX => Self::UNKNOWN,

@@ -152,7 +152,7 @@ impl Inventory {
                     e.next_timer_ms = timer_ms(ev.info.next_timer_ms);
                     e.probes_out = ev.info.probes_out;
                     e.state = ev.info.state;
-                    e.activity = ev.info.activity;
+                    e.activity = ev.info.activity.since_record(ev.ts_ns);
                     e.seen_ms = now;
                 }
                 None
@@ -226,7 +226,7 @@ impl Inventory {
                     cgroup: ev.info.cgroup,
                     seen_ms: self.now_ms(),
                     next_timer_ms: timer_ms(ev.info.next_timer_ms),
-                    activity: ev.info.activity,
+                    activity: ev.info.activity.since_record(ev.ts_ns),
                     pid,
                     state: ev.info.state,
                     probes_out: ev.info.probes_out,

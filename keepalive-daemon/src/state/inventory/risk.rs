@@ -111,7 +111,7 @@ impl Inventory {
         let now = self.now_ms();
         for ev in walked {
             if let Some(e) = self.sockets.get_mut(&ev.sk).filter(|e| e.flow == ev.flow) {
-                e.activity = ev.info.activity;
+                e.activity = ev.info.activity.since_record(ev.ts_ns);
                 e.next_timer_ms = super::timer_ms(ev.info.next_timer_ms);
                 e.probes_out = ev.info.probes_out;
                 e.state = ev.info.state;
