@@ -96,6 +96,8 @@ pub struct Inventory {
     pub idle_budget: Duration,
     pub peers: Peers,
     pub paths: PathLearner,
+    /// A socket joined since the last activity walk (`risk::refresh`).
+    pub unwalked: bool,
 }
 
 impl Inventory {
@@ -112,6 +114,7 @@ impl Inventory {
             idle_budget,
             peers: Peers::new(idle_budget.as_secs().try_into().unwrap_or(u32::MAX), &[]),
             paths: PathLearner::default(),
+            unwalked: false,
         }
     }
 
@@ -212,6 +215,7 @@ impl Inventory {
                     _ => {
                         self.remove(ev.sk);
                         *self.members.entry(ev.flow.netns).or_default() += 1;
+                        self.unwalked = true;
                         0
                     }
                 };

@@ -109,6 +109,7 @@ impl Inventory {
     /// the inventory does not hold are left to the re-walk's reconciliation.
     pub fn refresh(&mut self, walked: &[KernelEvent]) {
         let now = self.now_ms();
+        self.unwalked = false;
         for ev in walked {
             if let Some(e) = self.sockets.get_mut(&ev.sk).filter(|e| e.flow == ev.flow) {
                 e.activity = ev.info.activity.since_record(ev.ts_ns);
