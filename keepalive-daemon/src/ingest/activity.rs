@@ -34,10 +34,12 @@ impl ActivityWalk {
     }
 
     /// Every socket's record from a new walk, or `None` when one ran within `MIN_INTERVAL`
-    /// (or the walk failed, or the programs are detached).
-    pub async fn fresh(&self) -> Option<Vec<KernelEvent>> {
+    /// (or the walk failed, or the programs are detached). `unwalked`: sockets opened since the
+    /// last walk, whose ages the kernel had not stamped yet when they were reported; they are
+    /// walked at once.
+    pub async fn fresh(&self, unwalked: bool) -> Option<Vec<KernelEvent>> {
         let mut last = self.last.lock().await;
-        if last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
+        if !unwalked && last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
             return None;
         }
         let walked = super::rewalk::walk(&self.attached, self.hz).await;
@@ -72,15 +74,35 @@ impl Activity {
         Some(self.send_ms.min(self.recv_ms).min(self.ack_ms)).filter(|v| *v != Self::UNKNOWN)
     }
 
-    pub(super) fn from_jiffies(send: u32, recv: u32, ack: u32, hz: u32) -> Activity {
+    /// The ages now, for a record taken at `ts_ns` (CLOCK_MONOTONIC): a record can wait in
+    /// the ring buffer, and a walk of many namespaces takes seconds on a slow machine, so ages
+    /// are carried forward from the moment the kernel read them, not from when they arrive.
+    pub fn since_record(self, ts_ns: u64) -> Activity {
+        let waited = crate::kernel::clock::monotonic_ns().saturating_sub(ts_ns) / 1_000_000;
+        let age = |ms: u32| match ms {
+            Self::UNKNOWN => Self::UNKNOWN,
+            ms => (u64::from(ms) + waited).min(u64::from(Self::UNKNOWN - 1)) as u32,
+        };
+        Activity {
+            send_ms: age(self.send_ms),
+            recv_ms: age(self.recv_ms),
+            ack_ms: age(self.ack_ms),
+        }
+    }
+
+    /// From the programs' ages in jiffies. An age equal to `now` means the kernel's stamp was
+    /// still 0: not yet set (a socket reported as it became ESTABLISHED, before
+    /// `tcp_finish_connect` stamps it), shown as unknown rather than as "since boot".
+    pub(super) fn from_jiffies(ages: [u32; 3], now: u32, hz: u32) -> Activity {
         let ms = |j: u32| match j {
             u32::MAX => Self::UNKNOWN,
+            j if j == now => Self::UNKNOWN,
             j => (u64::from(j) * 1000 / u64::from(hz)).min(u64::from(Self::UNKNOWN - 1)) as u32,
         };
         Activity {
-            send_ms: ms(send),
-            recv_ms: ms(recv),
-            ack_ms: ms(ack),
+            send_ms: ms(ages[0]),
+            recv_ms: ms(ages[1]),
+            ack_ms: ms(ages[2]),
         }
     }
 }

@@ -171,7 +171,11 @@ pub fn decode(bytes: &[u8], hz: u32) -> Result<KernelEvent, DecodeError> {
                     / hz as u64
             }),
             cgroup: raw.cgroup,
-            activity: Activity::from_jiffies(raw.since_send, raw.since_recv, raw.since_ack, hz),
+            activity: Activity::from_jiffies(
+                [raw.since_send, raw.since_recv, raw.since_ack],
+                raw.jiffies as u32,
+                hz,
+            ),
         },
         task: (raw.pid != 0).then(|| {
             let end = raw
@@ -320,6 +324,11 @@ mod tests {
         );
         assert_eq!(ev.info.activity.ack_ms, Activity::UNKNOWN);
         assert_eq!(ev.info.activity.path_idle_ms(), Some(1000));
+        // A stamp the kernel had not set yet (0) reads as an age of `jiffies`: unknown.
+        let mut r = raw();
+        r.since_recv = r.jiffies as u32;
+        let ev = decode(&bytes(&r), 250).unwrap();
+        assert_eq!(ev.info.activity.recv_ms, Activity::UNKNOWN);
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl Web {
     /// Refreshes every socket's activity from the kernel (at most once a second, see
     /// `ingest::activity`) before a reader looks at idle times or risk.
     pub async fn fresh_activity(&self) {
-        if let Some(walked) = self.activity.fresh().await {
+        let unwalked = lock(&self.inventory).unwalked;
+        if let Some(walked) = self.activity.fresh(unwalked).await {
             lock(&self.inventory).refresh(&walked);
         }
     }

@@ -112,6 +112,8 @@ pub struct Inventory {
     recent: recent::Recent,
     pub peers: Peers,
     pub paths: PathLearner,
+    /// A socket joined since the last activity walk (`risk::refresh`).
+    pub unwalked: bool,
 }
 
 impl Inventory {
@@ -131,6 +133,7 @@ impl Inventory {
             recent: recent::Recent::default(),
             peers: Peers::new(idle_budget.as_secs().try_into().unwrap_or(u32::MAX), &[]),
             paths: PathLearner::default(),
+            unwalked: false,
         }
     }
 
@@ -177,7 +180,7 @@ impl Inventory {
                     e.next_timer_ms = timer_ms(ev.info.next_timer_ms);
                     e.probes_out = ev.info.probes_out;
                     e.state = ev.info.state;
-                    e.activity = ev.info.activity;
+                    e.activity = ev.info.activity.since_record(ev.ts_ns);
                     e.seen_ms = now;
                 }
                 None
@@ -237,6 +240,7 @@ impl Inventory {
                     _ => {
                         self.remove(ev.sk);
                         *self.members.entry(ev.flow.netns).or_default() += 1;
+                        self.unwalked = true;
                         0
                     }
                 };
@@ -251,7 +255,7 @@ impl Inventory {
                     cgroup: ev.info.cgroup,
                     seen_ms: self.now_ms(),
                     next_timer_ms: timer_ms(ev.info.next_timer_ms),
-                    activity: ev.info.activity,
+                    activity: ev.info.activity.since_record(ev.ts_ns),
                     pid,
                     state: ev.info.state,
                     probes_out: ev.info.probes_out,

@@ -109,9 +109,10 @@ impl Inventory {
     /// the inventory does not hold are left to the re-walk's reconciliation.
     pub fn refresh(&mut self, walked: &[KernelEvent]) {
         let now = self.now_ms();
+        self.unwalked = false;
         for ev in walked {
             if let Some(e) = self.sockets.get_mut(&ev.sk).filter(|e| e.flow == ev.flow) {
-                e.activity = ev.info.activity;
+                e.activity = ev.info.activity.since_record(ev.ts_ns);
                 e.next_timer_ms = super::timer_ms(ev.info.next_timer_ms);
                 e.probes_out = ev.info.probes_out;
                 e.state = ev.info.state;
