@@ -5,7 +5,9 @@
 //! detached again before anything else is attached.
 //!
 //! TP_PROTO(struct timer_list *timer, unsigned long expires, unsigned int flags), the same on
-//! 5.10, 6.1, 6.12 and 6.18. Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12 (QEMU).
+//! 5.10, 6.1, 6.12, 6.18, 7.2 and 7.3. Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12, 7.2, 7.3
+//! (QEMU, x86_64) and 6.12 (QEMU, arm64): the callback address is a plain function pointer on
+//! arm64 as well (Debian builds with gcc: no CFI jump-table address to tell apart).
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint},

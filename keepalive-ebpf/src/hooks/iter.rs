@@ -1,5 +1,5 @@
 //! `iter/tcp` (5.9+): the startup inventory of every TCP socket in every namespace.
-//! Tested on: 6.18.44 (host), Debian 6.1, 6.12 (QEMU).
+//! Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12, 7.2, 7.3 (QEMU, x86_64), 6.12 (QEMU, arm64).
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_seq_write},
     macros::map,

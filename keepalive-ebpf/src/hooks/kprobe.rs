@@ -1,6 +1,12 @@
 //! kprobe/kretprobe family: for kernels with kprobes but no BTF trampolines (or where fentry is
-//! refused). Same prototypes as the fentry family. Tested on: Debian 5.10, 6.1, 6.12 (QEMU).
-//! The 6.18 lockdown host is built without CONFIG_KPROBES.
+//! refused). Same prototypes as the fentry family. Tested on: Debian 5.10, 6.1, 6.12, 7.2, 7.3
+//! (QEMU, x86_64) and 6.12 (QEMU, arm64). The 6.18 lockdown host is built without
+//! CONFIG_KPROBES.
+//!
+//! arm64: arguments and return values are read from `pt_regs` through aya-ebpf's
+//! `ProbeContext::arg`/`RetProbeContext::ret`, which aya-build compiles for the daemon's target
+//! (`bpf_target_arch`): `regs[0..7]` and `regs[0]` (x0) there, like libbpf's `PT_REGS_PARM*`;
+//! nothing here reads `pt_regs` by hand.
 use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},

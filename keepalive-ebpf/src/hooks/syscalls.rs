@@ -3,7 +3,10 @@
 //! TCP_KEEPINTVL, TCP_KEEPCNT and TCP_USER_TIMEOUT are set inline in `do_tcp_setsockopt` before
 //! 6.6, so no kernel function marks them on every kernel; the setsockopt syscall does, once per
 //! call. Field offsets come from the tracepoints' `format` files (see the daemon's tracefs.rs).
-//! Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12 (QEMU).
+//! Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12, 7.2, 7.3 (QEMU, x86_64) and 6.12 (QEMU,
+//! arm64): arm64's syscall records have the same layout (`struct syscall_trace_enter/exit`),
+//! and its generic syscall table has accept, accept4 and setsockopt, so the same four
+//! tracepoints exist there.
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task},

@@ -2,7 +2,8 @@
 //! kprobes whose fentry loads fail (the 6.18 development host).
 //!
 //! Raw tracepoints: arguments are the `TP_PROTO` arguments, so no per-kernel parsing of the
-//! `format` files is needed. Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12 (QEMU).
+//! `format` files is needed. Tested on: 6.18.44 (host), Debian 5.10, 6.1, 6.12, 7.2, 7.3 (QEMU,
+//! x86_64) and 6.12 (QEMU, arm64).
 //!
 //! The timer hooks come twice. `timer_expire_entry` fires for every timer-wheel expiry on the
 //! machine, so its filter is most of what the daemon costs a quiet host: as a BTF tracepoint
