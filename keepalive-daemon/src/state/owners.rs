@@ -59,19 +59,23 @@ impl Owners {
     }
 
     /// The owner named by a syscall the process made: `pid` is its thread group, `thread` the
-    /// calling thread's name as the kernel gave it. The process's name is read from /proc
-    /// (once per process while it holds sockets); a process already gone keeps the thread's.
+    /// calling thread's name as the kernel gave it. The process's name is read from /proc at
+    /// each call (settings and accepts are rare next to probes): a name cached by an earlier
+    /// /proc scan can be the parent's, taken between its fork and the child's exec. A process
+    /// already gone keeps the name cached, else the thread's.
     pub fn from_task(&mut self, pid: u32, thread: &str) -> Owner {
-        let comm = match self.comms.get(&pid) {
-            Some(c) => c.to_string(),
-            None => match fs::read_to_string(format!("/proc/{pid}/comm")) {
-                Ok(name) => {
-                    let name = name.trim_end().to_string();
+        let comm = match fs::read_to_string(format!("/proc/{pid}/comm")) {
+            Ok(name) => {
+                let name = name.trim_end().to_string();
+                if self.comms.get(&pid).is_none_or(|c| **c != *name) {
                     self.comms.insert(pid, name.as_str().into());
-                    name
                 }
-                Err(_) => thread.to_string(),
-            },
+                name
+            }
+            Err(_) => self
+                .comms
+                .get(&pid)
+                .map_or_else(|| thread.to_string(), |c| c.to_string()),
         };
         Owner {
             pid,

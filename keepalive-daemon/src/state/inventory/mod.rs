@@ -458,7 +458,7 @@ impl Inventory {
     }
 
     /// After a /proc rescan: every socket whose holder is now another process (or that had
-    /// none) takes the one `owners` names. Returns how many changed hands.
+    /// none, or whose name changed) takes the one `owners` names. Returns how many changed.
     pub fn reconcile_owners(&mut self, owners: &Owners) -> usize {
         let moved: Vec<(u64, Owner)> = self
             .sockets
@@ -466,7 +466,9 @@ impl Inventory {
             .filter(|(_, e)| e.ino != 0)
             .filter_map(|(sk, e)| {
                 let now = owners.cached(e.ino)?;
-                (now.pid != e.pid).then_some((*sk, now))
+                // Another holder, or the same one under a new name (it exec'd since).
+                let renamed = self.procs.get(&e.pid).is_some_and(|p| *p.comm != *now.comm);
+                (now.pid != e.pid || renamed).then_some((*sk, now))
             })
             .collect();
         let n = moved.len();
