@@ -4,6 +4,7 @@
 //! what they set.
 
 mod attribution;
+mod cgroups;
 mod clients;
 mod idle;
 mod lifecycle;

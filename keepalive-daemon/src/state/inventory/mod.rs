@@ -3,24 +3,19 @@
 //! by a periodic re-walk where events were lost.
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::{
     ingest::decode::{Activity, Flow, Keepalive, KernelEvent, Kind},
-    state::{
-        labels::{Attribution, Role, SocketLabels},
-        owners::{Owner, Owners},
-        paths::PathLearner,
-        peers::Peers,
-    },
+    state::{labels::Attribution, owners::Owner, paths::PathLearner, peers::Peers},
 };
 
 mod recent;
 pub mod resync;
 mod risk;
 mod view;
+mod who;
 
 pub use crate::ingest::sysctl::NsDefaults;
 pub use risk::{Risk, config_at_risk};
@@ -293,53 +288,6 @@ impl Inventory {
         }
     }
 
-    fn index(&mut self, e: &Entry) {
-        if e.state == LISTEN {
-            *self
-                .listeners
-                .entry((e.flow.netns, e.flow.sport))
-                .or_default() += 1;
-        }
-        self.attribution.hold(e.cgroup);
-    }
-
-    fn unindex(&mut self, e: &Entry) {
-        if e.state == LISTEN
-            && let Some(n) = self.listeners.get_mut(&(e.flow.netns, e.flow.sport))
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.listeners.remove(&(e.flow.netns, e.flow.sport));
-            }
-        }
-        self.attribution.release(e.cgroup);
-    }
-
-    /// Who the socket belongs to (see `state::labels`).
-    pub fn labels(&self, e: &Entry) -> SocketLabels {
-        let (role, port) = match e.state {
-            LISTEN => (None, None),
-            _ if self.listeners.contains_key(&(e.flow.netns, e.flow.sport)) => {
-                (Some(Role::Server), Some(e.flow.sport))
-            }
-            _ => (Some(Role::Client), None),
-        };
-        let process = self.procs.get(&e.pid).map(|p| p.comm.clone());
-        // A listener has no peer.
-        let peer_group =
-            (e.state != LISTEN).then(|| Arc::from(&*self.peers.classify(e.flow.daddr).name));
-        self.attribution
-            .labels(e.cgroup, process, role, port, peer_group)
-    }
-
-    /// The labels of a socket in the inventory, or closed in the last seconds.
-    pub fn labels_of(&self, sk: u64) -> Option<SocketLabels> {
-        match self.sockets.get(&sk) {
-            Some(e) => Some(self.labels(e)),
-            None => self.recent.get(sk),
-        }
-    }
-
     /// Records a namespace's sysctl values; returns the sockets whose effective config changed.
     pub fn set_defaults(&mut self, netns: u32, d: NsDefaults) -> Vec<(u64, Effective, Effective)> {
         // A poll that raced the namespace's last close must not leave defaults behind for a
@@ -372,116 +320,6 @@ impl Inventory {
                 self.defaults.remove(&netns);
             }
         }
-    }
-
-    /// Counts one more socket for the process; a pid reused by another program takes the
-    /// new name.
-    fn adopt(&mut self, o: &Owner) -> u32 {
-        let p = self.procs.entry(o.pid).or_insert_with(|| Proc {
-            comm: o.comm.as_str().into(),
-            sockets: 0,
-        });
-        if *p.comm != *o.comm {
-            p.comm = o.comm.as_str().into();
-        }
-        p.sockets += 1;
-        o.pid
-    }
-
-    fn disown(&mut self, pid: u32) {
-        if let Some(p) = self.procs.get_mut(&pid) {
-            p.sockets -= 1;
-            if p.sockets == 0 {
-                self.procs.remove(&pid);
-            }
-        }
-    }
-
-    /// Sockets with a file but no known owner yet: (socket, inode).
-    pub fn unowned(&mut self) -> Vec<(u64, u64)> {
-        // Looked up at polls 1, 2, 4, 8 and 16 after the socket appeared (0.5 to 8 s): each miss
-        // is a scan of every descriptor of every process, tens of ms with 10 k sockets open,
-        // which was most of a quiet daemon's CPU while it went on to poll 64. Accepted sockets
-        // get their owner from the accept hook, connecting ones from their setsockopt; a socket
-        // no process shows within 8 s is a kernel socket or a listener's backlog.
-        const LAST_POLL: u8 = 16;
-        let mut out = Vec::new();
-        let sockets = &mut self.sockets;
-        self.ownerless.retain(|sk| {
-            let Some(e) = sockets
-                .get_mut(sk)
-                .filter(|e| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL)
-            else {
-                return false;
-            };
-            e.owner_tries += 1;
-            if e.owner_tries.is_power_of_two() {
-                out.push((*sk, e.ino));
-            }
-            true
-        });
-        if self.ownerless.capacity() > 4 * self.ownerless.len().max(64) {
-            self.ownerless.shrink_to_fit();
-        }
-        out
-    }
-
-    pub fn set_owner(&mut self, sk: u64, owner: Owner) {
-        let Some((old, cgroup)) = self.sockets.get(&sk).map(|e| (e.pid, e.cgroup)) else {
-            return;
-        };
-        self.disown(old);
-        let pid = self.adopt(&owner);
-        // Without the socket's own cgroup (kernels before 5.15), the owner's stands in.
-        let cgroup = match cgroup {
-            0 => {
-                let c = self.attribution.cgroup_of(pid);
-                self.attribution.hold(c);
-                c
-            }
-            c => c,
-        };
-        if let Some(e) = self.sockets.get_mut(&sk) {
-            e.pid = pid;
-            e.cgroup = cgroup;
-        }
-    }
-
-    /// Resolves again workloads that were not known yet (see `Attribution::refresh`).
-    pub fn refresh_attribution(&mut self) {
-        self.attribution.refresh();
-    }
-
-    /// Processes on record as owners: the owner check looks whether any has exited.
-    pub fn owner_pids(&self) -> Vec<u32> {
-        self.procs.keys().copied().collect()
-    }
-
-    /// After a /proc rescan: every socket whose holder is now another process (or that had
-    /// none, or whose name changed) takes the one `owners` names. Returns how many changed.
-    pub fn reconcile_owners(&mut self, owners: &Owners) -> usize {
-        let moved: Vec<(u64, Owner)> = self
-            .sockets
-            .iter()
-            .filter(|(_, e)| e.ino != 0)
-            .filter_map(|(sk, e)| {
-                let now = owners.cached(e.ino)?;
-                // Another holder, or the same one under a new name (it exec'd since).
-                let renamed = self.procs.get(&e.pid).is_some_and(|p| *p.comm != *now.comm);
-                (now.pid != e.pid || renamed).then_some((*sk, now))
-            })
-            .collect();
-        let n = moved.len();
-        for (sk, owner) in moved {
-            self.set_owner(sk, owner);
-        }
-        n
-    }
-
-    /// The process holding the socket, when known.
-    pub fn owner(&self, e: &Entry) -> Option<Owner> {
-        let p = self.procs.get(&e.pid)?;
-        Some(Owner::new(e.pid, p.comm.to_string()))
     }
 
     pub fn get(&self, sk: u64) -> Option<&Entry> {
