@@ -1,7 +1,33 @@
 //! What one keepalive timer run did: sent a probe, counted one it could not send, or only
 //! re-armed. fentry/kprobe see `tcp_write_wakeup`'s return value; the tracepoint rung has only
 //! what it can read around the callback.
-use crate::{kernel, state::TimerRun};
+use crate::kernel;
+
+/// One keepalive timer run on a CPU, from entry to exit: what the hooks saw of it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TimerRun {
+    /// Socket whose keepalive timer is running on this CPU, 0 when none.
+    pub sk: u64,
+    pub probes_before: u8,
+    /// `tcp_write_wakeup` entered for the keepalive mib (kprobe mode: awaiting its return).
+    pub wakeup_pending: u8,
+    /// `tcp_write_wakeup` sent a keepalive probe (returned <= 0).
+    pub wakeup_probe: u8,
+    /// The socket died in this run; the death was already reported.
+    pub died: u8,
+    pub hook: u8,
+    /// The socket reached CLOSE in this run (keepalive death, or an orphan's FIN_WAIT2
+    /// timeout): it may be freed by the time the timer returns, so nothing is read at exit.
+    pub closed: u8,
+    /// `tcp_write_wakeup` returned this positive value for the keepalive mib (fentry/kprobe):
+    /// the probe was counted but not sent.
+    pub wakeup_failed: u8,
+    pub _pad: u8,
+    /// `tcp_sock.segs_out` and `jiffies` at entry (tracepoint rung, see `timer_exit`).
+    pub segs_before: u32,
+    pub entry_jiffies: u64,
+}
 
 pub enum Outcome {
     Probe,

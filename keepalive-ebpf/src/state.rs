@@ -17,7 +17,7 @@ use keepalive_common::{
     EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, RawEvent,
 };
 
-use crate::classify::{self, Outcome};
+use crate::classify::{self, Outcome, TimerRun};
 use crate::kernel::{
     self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
 };
@@ -34,31 +34,6 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// being probed are here, so the map stays small; LRU so a missed close cannot fill it.
 #[map]
 static PROBING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TimerRun {
-    /// Socket whose keepalive timer is running on this CPU, 0 when none.
-    pub sk: u64,
-    pub probes_before: u8,
-    /// `tcp_write_wakeup` entered for the keepalive mib (kprobe mode: awaiting its return).
-    pub wakeup_pending: u8,
-    /// `tcp_write_wakeup` sent a keepalive probe (returned <= 0).
-    pub wakeup_probe: u8,
-    /// The socket died in this run; the death was already reported.
-    pub died: u8,
-    pub hook: u8,
-    /// The socket reached CLOSE in this run (keepalive death, or an orphan's FIN_WAIT2
-    /// timeout): it may be freed by the time the timer returns, so nothing is read at exit.
-    pub closed: u8,
-    /// `tcp_write_wakeup` returned this positive value for the keepalive mib (fentry/kprobe):
-    /// the probe was counted but not sent.
-    pub wakeup_failed: u8,
-    pub _pad: u8,
-    /// `tcp_sock.segs_out` and `jiffies` at entry (tracepoint rung, see `timer_exit`).
-    pub segs_before: u32,
-    pub entry_jiffies: u64,
-}
 
 /// When the daemon was last woken (`bpf_ktime_get_ns`). One slot for all CPUs: a lost race
 /// costs one extra or one skipped wake-up, and the daemon's drain tick covers the latter.

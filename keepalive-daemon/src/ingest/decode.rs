@@ -1,7 +1,7 @@
 //! Ring-buffer records → typed kernel events.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use super::activity::Activity;
+pub use super::ages::Activity;
 
 use keepalive_common::{
     EV_ANSWERED, EV_CLOSED, EV_INVENTORY, EV_PROBE, EV_PROBE_FAILED, EV_REARMED, EV_RESET,

@@ -3,6 +3,7 @@
 //! keepalive sysctls and the kernel's probe count (`sysctl`, audited by `unseen`), and the
 //! inventory re-walk (`rewalk`) and the on-demand walk for fresh idle times (`activity`).
 pub mod activity;
+pub mod ages;
 pub mod decode;
 pub mod icmp;
 pub mod rewalk;

@@ -5,6 +5,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf};
 
 use std::time::Duration;
 
+pub use crate::service::duration::parse_duration;
 use clap::{
     ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
     error::{ContextKind, ContextValue, ErrorKind},
@@ -289,27 +290,6 @@ pub fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
             "{s:?} is not one of error, warn, info, debug, trace"
         )),
     }
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.trim().len()),
-    );
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 350s, 5m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unit must be s, m or h")),
-    };
-    if secs == 0 {
-        return Err("must be greater than zero".into());
-    }
-    Ok(Duration::from_secs(secs))
 }
 
 pub fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -4,6 +4,7 @@
 pub mod caps;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod heap;
 pub mod logging;
 pub mod metric_labels;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Deserialize;
 
-use crate::service::cli;
+use crate::service::duration;
 
 /// Configured groups at most: each is a `peer_group` label value.
 pub const MAX_GROUPS: usize = 32;
@@ -118,7 +118,7 @@ pub fn parse_budget(text: &str) -> Result<u32, String> {
     if let Some((_, s)) = PRESETS.iter().find(|(n, _)| *n == text) {
         return Ok(*s);
     }
-    let d = cli::parse_duration(text).map_err(|e| {
+    let d = duration::parse_duration(text).map_err(|e| {
         let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
         format!("{e}; or one of the presets {}", names.join(", "))
     })?;

@@ -37,12 +37,7 @@ pub struct Metrics {
     pub resync: IntCounterVec,
 }
 
-/// Bucket bounds shared by the time histograms: the keepalive settings operators use, and the
-/// middlebox idle timeouts they must stay under (350 s AWS, 240 s Azure, 600 s GCE).
-pub const TIME_BUCKETS: &[f64] = &[
-    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0,
-    7875.0, 14400.0,
-];
+pub use super::workload_metrics::TIME_BUCKETS;
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");

@@ -11,12 +11,16 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::{
     service::metric_labels::MetricLabel,
-    sinks::{
-        metrics::TIME_BUCKETS,
-        series::{self, Book, Key},
-    },
+    sinks::series::{self, Book, Key},
     state::{event::Cause, labels::SocketLabels},
 };
+
+/// Bucket bounds shared by the time histograms: the keepalive settings operators use, and the
+/// middlebox idle timeouts they must stay under (350 s AWS, 240 s Azure, 600 s GCE).
+pub const TIME_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0,
+    7875.0, 14400.0,
+];
 
 /// The families, in `keepalive_series_overflow_total{family}`'s words.
 pub const FAMILIES: [&str; 5] = [
