@@ -19,15 +19,6 @@ use netns::{Netns, set_keepalive};
 const WORKLOADS: usize = 2000;
 const CAP: usize = 50;
 
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    })
-}
-
 /// The units' cgroups; the test process is moved back and the tree removed on drop.
 struct Units {
     mount: PathBuf,
@@ -68,7 +59,8 @@ fn series<'a>(page: &'a str, family: &str) -> Vec<&'a str> {
 fn two_thousand_workloads_stay_within_the_cap_and_leave() {
     require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mount) = cgroup2_mount() else {
+    let Some(mount) = keepalive_daemon::state::workload::Cgroup2Mount::detect().map(|m| m.path)
+    else {
         eprintln!("no cgroup2 mount: nothing to test");
         return;
     };

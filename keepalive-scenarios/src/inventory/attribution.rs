@@ -96,25 +96,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     };
     let from = ctx.main.received_len();
     let addr = SocketAddr::new(ctx.topo.server_addr(), REDIS_PORT);
-    let redis_args = [
-        "--port",
-        "6379",
-        "--bind",
-        &addr.ip().to_string(),
-        "--tcp-keepalive",
-        "1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-        "--daemonize",
-        "no",
-        "--logfile",
-        "",
-    ]
-    .map(String::from);
+    let redis_args = super::redis::server_args(addr, 1);
     let mut redis = Proc::spawn_in(&ctx.topo.server, Some(&service), &redis_bin, &redis_args)?;
     wait_listening(ctx, &mut redis, addr)?;
     let target = match addr {

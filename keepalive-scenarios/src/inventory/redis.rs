@@ -16,17 +16,16 @@ use std::time::{Duration, Instant};
 /// The namespace is the scenario's own, so redis's well-known port is free there.
 const PORT: u16 = 6379;
 
-pub fn run(ctx: &mut Ctx) -> Result<()> {
-    let obs = ctx.main_obs();
-    let addr = SocketAddr::new(ctx.topo.server_addr(), PORT);
+/// A foreground redis-server on `addr` with `--tcp-keepalive keepalive_s`, saving nothing.
+pub fn server_args(addr: SocketAddr, keepalive_s: u32) -> Vec<String> {
     let dir = std::env::temp_dir().to_string_lossy().into_owned();
-    let args = [
+    [
         "--port",
-        &PORT.to_string(),
+        &addr.port().to_string(),
         "--bind",
         &addr.ip().to_string(),
         "--tcp-keepalive",
-        "7",
+        &keepalive_s.to_string(),
         "--save",
         "",
         "--appendonly",
@@ -40,7 +39,14 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         "--logfile",
         "",
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec()
+}
+
+pub fn run(ctx: &mut Ctx) -> Result<()> {
+    let obs = ctx.main_obs();
+    let addr = SocketAddr::new(ctx.topo.server_addr(), PORT);
+    let args = server_args(addr, 7);
     let mut redis = Proc::spawn(&ctx.topo.server, &ctx.tool, &args)?;
     let from = ctx.main.received_len();
     let mut client = connect_when_ready(ctx, &mut redis, addr)?;
