@@ -28,6 +28,7 @@ const FIXED_WIDTHS: &[(&str, &str, u32)] = &[
     ("tcp_sock", "keepalive_time", 4),
     ("tcp_sock", "keepalive_intvl", 4),
     ("tcp_sock", "keepalive_probes", 1),
+    ("tcp_sock", "segs_out", 4),
     ("net", "ns.inum", 4),
     ("net", "ipv4.sysctl_tcp_keepalive_time", 4),
     ("net", "ipv4.sysctl_tcp_keepalive_intvl", 4),

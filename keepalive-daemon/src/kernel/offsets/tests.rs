@@ -156,6 +156,7 @@ fn offsets_match_bpftool() {
         tp_keepalive_time: need("tcp_sock", "keepalive_time"),
         tp_keepalive_intvl: need("tcp_sock", "keepalive_intvl"),
         tp_keepalive_probes: need("tcp_sock", "keepalive_probes"),
+        tp_segs_out: need("tcp_sock", "segs_out"),
         net_inum: need("net", "ns.inum"),
         net_keepalive_time: need("net", "ipv4.sysctl_tcp_keepalive_time"),
         net_keepalive_intvl: need("net", "ipv4.sysctl_tcp_keepalive_intvl"),
