@@ -223,7 +223,8 @@ pub struct RawEvent {
     pub ns_cnt: u8,
     /// Network namespace inode.
     pub netns: u32,
-    /// Positive errno for deaths, 0 otherwise.
+    /// Positive errno for deaths; for `EV_PROBE_FAILED` the positive return value of
+    /// `tcp_write_wakeup` (0 when the hook cannot see it); 0 otherwise.
     pub errno: i32,
     /// Per-socket `keepalive_time` in jiffies (0 = namespace default).
     pub idle_jiffies: u32,

@@ -28,7 +28,8 @@ pub fn ka_fexit_keepalive_timer(_ctx: FExitContext) -> u32 {
 }
 
 /// `int tcp_write_wakeup(struct sock *sk, int mib)` — shared by keepalive and zero-window
-/// probes; only `LINUX_MIB_TCPKEEPALIVE` with a return <= 0 is a keepalive probe that counts.
+/// probes; for `LINUX_MIB_TCPKEEPALIVE` a return <= 0 is a probe out, > 0 a probe the kernel
+/// counted but could not send (`probe_failed`).
 #[fexit(function = "tcp_write_wakeup")]
 pub fn ka_fexit_write_wakeup(ctx: FExitContext) -> u32 {
     let sk: u64 = ctx.arg(0);
