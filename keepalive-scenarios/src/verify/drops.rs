@@ -5,8 +5,9 @@
 use crate::event::Event;
 
 /// `TCP_RESOURCE_PROBE_INTERVAL` (0.5 s), with the timer wheel's slack (8-jiffy buckets at
-/// HZ=250 for 0.5 s timers: up to 32 ms late) and scheduling noise under TCG.
-const RETRY: (f64, f64) = (0.4, 0.7);
+/// HZ=250 for 0.5 s timers: up to 32 ms late) and scheduling noise under TCG (0.701 s seen once
+/// in the 6.1 guest); a gap of a whole probe interval (1 s) is still told apart.
+const RETRY: (f64, f64) = (0.4, 0.8);
 
 pub fn check(evs: &[&Event], min_failed: usize, fail: &mut impl FnMut(String)) {
     let failed: Vec<&&Event> = evs.iter().filter(|e| e.event == "probe_failed").collect();
