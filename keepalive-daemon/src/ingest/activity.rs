@@ -1,9 +1,9 @@
 //! Fresh activity (`ages::Activity`: the ages of a socket's last segments) on demand: when
 //! `/sockets`, `/advice` or the metrics are read, the iterator walks every namespace's TCP table (the same walk as `rewalk`) so that each socket's idle time
 //! is the kernel's own, not an extrapolation. No per-packet hook: a walk costs what the
-//! re-walk costs (tens of ms at 100 k sockets), so it runs at most once per `MIN_INTERVAL`;
-//! readers within that window get the last walk's values aged by the clock (exact while the
-//! socket stays silent, which is what risk is about).
+//! re-walk costs (tens of ms at 100 k sockets), so it runs at most once per `MIN_INTERVAL`
+//! unless a socket opened since the last walk; readers within that window get the last walk's
+//! values aged by the clock (exact while the socket stays silent, which is what risk is about).
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
