@@ -109,6 +109,9 @@ mod tests {
     /// On the real kernel (tracefs mounted): every field is found.
     #[test]
     fn host_tracefs_has_the_syscall_fields() {
+        // A freshly booted host has nothing at /sys/kernel/tracing until someone mounts it;
+        // the daemon does so at start, and so does this test.
+        ensure_mounted();
         let mut o = Offsets::default();
         fill(&mut o).expect("syscall tracepoints");
         assert!(o.tp_setsockopt_fd >= 8 && o.tp_setsockopt_ret >= 8);

@@ -158,6 +158,9 @@ pub fn run_kernels(
     Ok((outcomes, ok))
 }
 
+/// Boots of one kernel tried when each one panics before the guest's init starts.
+const EARLY_PANIC_BOOTS: u32 = 3;
+
 fn boot_kernel(
     kernel: &'static Kernel,
     modes: &[String],
@@ -238,7 +241,7 @@ fn boot_kernel(
     }
     let timeout = Duration::from_secs(opts.timeout.unwrap_or(180 + 600 * modes.len() as u64));
     let log = work.join("logs").join(format!("{}.log", kernel.name));
-    let console = qemu::boot(&qemu::Boot {
+    let boot = qemu::Boot {
         label: kernel.name,
         arch: kernel.arch,
         vmlinuz: &image.vmlinuz,
@@ -247,7 +250,26 @@ fn boot_kernel(
         timeout,
         log: &log,
         verbose: opts.verbose,
-    })?;
+    };
+    let mut console = qemu::boot(&boot)?;
+    // Multi-threaded TCG occasionally loses a race with the guest's own code patching while it
+    // boots ("Oops: int3" in sched_clock_tick, seen on 6.12 before init ran): nothing of ours
+    // has run yet, so that boot is repeated, its console kept beside the log and the retry said.
+    for attempt in 2..=EARLY_PANIC_BOOTS {
+        let Some(panic) = qemu::panic_before_init(&console) else {
+            break;
+        };
+        let kept = work
+            .join("logs")
+            .join(format!("{}.panic{}.log", kernel.name, attempt - 1));
+        fs::rename(&log, &kept)?;
+        eprintln!(
+            "vm: {} panicked before init ({panic}); console kept in {}; boot {attempt} of {EARLY_PANIC_BOOTS}",
+            kernel.name,
+            kept.display()
+        );
+        console = qemu::boot(&boot)?;
+    }
 
     let mut outcome = Outcome {
         kernel: kernel.name.to_owned(),

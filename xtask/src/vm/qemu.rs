@@ -132,6 +132,19 @@ pub fn boot(b: &Boot) -> Result<Console> {
     Ok(console)
 }
 
+/// The guest kernel's first panic or oops line when it died before vminit wrote anything:
+/// a boot that failed in the emulator or the kernel, not in anything the suite runs.
+pub fn panic_before_init(console: &Console) -> Option<String> {
+    if console.boot.is_some() || console.timed_out {
+        return None;
+    }
+    console
+        .lines
+        .iter()
+        .find(|l| l.contains("Kernel panic") || l.contains("Oops:"))
+        .map(|l| l.trim_start_matches(|c: char| c != 'K' && c != 'O').to_owned())
+}
+
 fn spawn_reader(
     pipe: impl Read + Send + 'static,
     tx: mpsc::Sender<String>,
@@ -150,4 +163,30 @@ fn spawn_reader(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(lines: &[&str], boot: bool) -> Console {
+        Console {
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+            timed_out: false,
+            boot: boot.then_some(Duration::from_secs(3)),
+            wall: Duration::from_secs(7),
+        }
+    }
+
+    #[test]
+    fn only_a_panic_before_init_is_a_failed_boot() {
+        let oops = ["SeaBIOS", "[    2.921321] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"];
+        assert_eq!(
+            panic_before_init(&console(&oops, false)).as_deref(),
+            Some("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI")
+        );
+        // Once vminit has spoken, a panic is the suite's finding and is not retried.
+        assert_eq!(panic_before_init(&console(&oops, true)), None);
+        assert_eq!(panic_before_init(&console(&["SeaBIOS", "reboot: Power down"], false)), None);
+    }
 }
