@@ -8,6 +8,7 @@ mod cleanup;
 mod cmd;
 mod daemon;
 mod event;
+mod flow;
 mod http;
 mod inventory;
 mod nft;

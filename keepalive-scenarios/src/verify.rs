@@ -3,7 +3,7 @@
 
 use crate::daemon::Daemon;
 use crate::event::{CAUSES, Event, Metrics};
-use crate::scenarios::{Expect, Flow};
+use crate::flow::{Expect, Flow};
 use anyhow::Result;
 use std::time::SystemTime;
 

@@ -18,6 +18,7 @@ use crate::report::Line;
 use crate::sock::{self, Keepalive, Outcome, Stamp};
 use crate::topology::{Family, Topology};
 use crate::verify;
+pub use crate::flow::{Expect, Flow};
 use anyhow::{Context, Result};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -112,37 +113,6 @@ pub struct Env {
     pub daemon_bin: Option<std::path::PathBuf>,
     pub daemon_args: Vec<String>,
     pub hook_mode: String,
-}
-
-/// What the daemon must report for one connection.
-#[derive(Clone, Copy, Debug)]
-pub enum Expect {
-    Alive {
-        min_probes: usize,
-        min_answered: usize,
-    },
-    Dead {
-        probes: u32,
-        cause: &'static str,
-        errno: &'static str,
-        detect: (f64, f64),
-    },
-    /// No event of any kind.
-    Silent,
-    /// The client's egress dropped every packet for a while: at least `min_failed`
-    /// `probe_failed` events 0.5 s apart, then probes again, no death.
-    LocalDrop { min_failed: usize },
-}
-
-#[derive(Clone, Debug)]
-pub struct Flow {
-    pub label: &'static str,
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
-    pub ka: Option<Keepalive>,
-    /// When the client last received a packet: the start of its keepalive idle clock.
-    pub last_recv: Stamp,
-    pub expect: Expect,
 }
 
 /// An open client/server connection; the harness closes it once the scenario is over.

@@ -3,7 +3,7 @@
 
 use super::{Me, check_flow, check_metrics};
 use crate::event::{Event, Metrics};
-use crate::scenarios::{Expect, Flow};
+use crate::flow::{Expect, Flow};
 use crate::sock::{FAST, Stamp};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
