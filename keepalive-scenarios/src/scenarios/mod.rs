@@ -12,13 +12,13 @@ mod storm;
 mod unreachable;
 
 use crate::daemon::Daemon;
+pub use crate::flow::{Expect, Flow};
 use crate::nft::Nft;
 use crate::nstat::Counters;
 use crate::report::Line;
 use crate::sock::{self, Keepalive, Outcome, Stamp};
 use crate::topology::{Family, Topology};
 use crate::verify;
-pub use crate::flow::{Expect, Flow};
 use anyhow::{Context, Result};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;

@@ -142,7 +142,10 @@ pub fn panic_before_init(console: &Console) -> Option<String> {
         .lines
         .iter()
         .find(|l| l.contains("Kernel panic") || l.contains("Oops:"))
-        .map(|l| l.trim_start_matches(|c: char| c != 'K' && c != 'O').to_owned())
+        .map(|l| {
+            l.trim_start_matches(|c: char| c != 'K' && c != 'O')
+                .to_owned()
+        })
 }
 
 fn spawn_reader(
@@ -180,13 +183,19 @@ mod tests {
 
     #[test]
     fn only_a_panic_before_init_is_a_failed_boot() {
-        let oops = ["SeaBIOS", "[    2.921321] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"];
+        let oops = [
+            "SeaBIOS",
+            "[    2.921321] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+        ];
         assert_eq!(
             panic_before_init(&console(&oops, false)).as_deref(),
             Some("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI")
         );
         // Once vminit has spoken, a panic is the suite's finding and is not retried.
         assert_eq!(panic_before_init(&console(&oops, true)), None);
-        assert_eq!(panic_before_init(&console(&["SeaBIOS", "reboot: Power down"], false)), None);
+        assert_eq!(
+            panic_before_init(&console(&["SeaBIOS", "reboot: Power down"], false)),
+            None
+        );
     }
 }
