@@ -25,6 +25,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The arm64 guest (TCG) and the cross toolchain for its static binaries.
     ("qemu-system-aarch64", "qemu-system-arm"),
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    // Its C library headers (a recommendation only, so not pulled in with the compiler):
+    // ring's C parts include <stdint.h>, which needs the target's bits/ headers.
+    (
+        "/usr/aarch64-linux-gnu/include/bits/libc-header-start.h",
+        "libc6-dev-arm64-cross",
+    ),
     ("promtool", "prometheus"),
     // Third-party clients whose keepalive settings the suite checks (host and VM alike).
     ("socat", "socat"),
