@@ -264,7 +264,9 @@ fn loadable(t: ProgramType, can_load: bool) -> Result<(), String> {
     }
 }
 
-fn mode_fentry(btf: &Btf, can_load: bool) -> Result<String, String> {
+/// Both function-hook modes need the traced functions in BTF; a missing optional one is
+/// named in the mode's note.
+fn traced_functions(btf: &Btf) -> Result<String, String> {
     let mut note = String::new();
     for (f, required) in FUNCTIONS {
         if !btf.has_func(f) {
@@ -274,6 +276,11 @@ fn mode_fentry(btf: &Btf, can_load: bool) -> Result<String, String> {
             note = format!(" (no {f}: deaths seen by the state-change hook)");
         }
     }
+    Ok(note)
+}
+
+fn mode_fentry(btf: &Btf, can_load: bool) -> Result<String, String> {
+    let note = traced_functions(btf)?;
     loadable(ProgramType::Tracing, can_load)?;
     Ok(note)
 }
@@ -281,15 +288,7 @@ fn mode_fentry(btf: &Btf, can_load: bool) -> Result<String, String> {
 /// Functions are looked up in BTF, not /proc/kallsyms (which the unit hides): a function the
 /// BTF lists was not inlined away, so a kprobe can find it.
 fn mode_kprobe(btf: &Btf, can_load: bool) -> Result<String, String> {
-    let mut note = String::new();
-    for (f, required) in FUNCTIONS {
-        if !btf.has_func(f) {
-            if *required {
-                return Err(format!("{f} is not in the kernel BTF"));
-            }
-            note = format!(" (no {f}: deaths seen by the state-change hook)");
-        }
-    }
+    let note = traced_functions(btf)?;
     if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
         return Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe/type)".into());
     }
