@@ -139,6 +139,8 @@ pub struct Metrics {
     pub dead_reset: f64,
     pub dead_unreachable: f64,
     pub lost: f64,
+    /// The part of `lost` that is hook runs the kernel skipped (`stage="nested"`).
+    pub lost_nested: f64,
     /// Probes the kernel counted that reached no hook (the daemon's own audit).
     pub unseen: f64,
     /// Probes the kernel counted but could not send, all reasons.
@@ -175,6 +177,12 @@ impl Metrics {
             dead_reset: dead("reset"),
             dead_unreachable: dead("unreachable"),
             lost: plain("keepalive_events_lost_total")?,
+            lost_nested: samples
+                .iter()
+                .filter(|s| s.name == "keepalive_events_lost_total")
+                .filter(|s| s.labels.iter().any(|(k, v)| k == "stage" && v == "nested"))
+                .map(|s| s.value)
+                .sum(),
             unseen: plain("keepalive_probes_unseen_total")?,
             failed: plain("keepalive_probes_failed_total")?,
         })
