@@ -80,6 +80,11 @@ pub fn set_keepalive(stream: &TcpStream, ka: Keepalive) -> Result<()> {
     setopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.cnt)
 }
 
+/// SO_KEEPALIVE off: the kernel deletes the socket's keepalive timer.
+pub fn keepalive_off(stream: &TcpStream) -> Result<()> {
+    setopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0)
+}
+
 fn setopt(fd: i32, level: i32, name: i32, value: u32) -> Result<()> {
     let v = value as libc::c_int;
     // SAFETY: valid fd, pointer to a live c_int and its exact size.

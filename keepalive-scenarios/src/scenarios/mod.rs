@@ -351,6 +351,8 @@ fn measure(
             inodes,
             ka_delta,
             body.whole_namespace,
+            // The kprobe rung's runs can be skipped by the kernel (docs/unseen-probes.md).
+            body.whole_namespace && env.hook_mode == "kprobe",
         )?;
         line.probes = Some(outcome.probes);
         line.detect = outcome.detect;

@@ -23,6 +23,7 @@ const KA: Keepalive = Keepalive {
     cnt: 100,
 };
 const HOLD: Duration = Duration::from_secs(8);
+const SETTLE: Duration = Duration::from_millis(1500);
 
 pub fn run(ctx: &mut Ctx) -> Result<Body> {
     let ns = ctx.topo.client.clone();
@@ -67,6 +68,14 @@ pub fn run(ctx: &mut Ctx) -> Result<Body> {
         armed.elapsed().as_secs_f64()
     ));
     std::thread::sleep(HOLD);
+    // Stop every timer, then give the daemon's unseen audit (a 0.5 s poll that lags one poll)
+    // time to compare the final count while the namespace still holds our sockets: once they
+    // close, the audit forgets the namespace.
+    for c in &conns {
+        sock::keepalive_off(&c.client)?;
+        sock::keepalive_off(&c.server)?;
+    }
+    std::thread::sleep(SETTLE);
     Ok(Body {
         flows: vec![],
         conns,
