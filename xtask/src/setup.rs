@@ -168,10 +168,18 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// A binary on PATH, or a file named by its absolute path (a header proves a -dev package).
+fn present(what: &str) -> bool {
+    if what.starts_with('/') {
+        return Path::new(what).is_file();
+    }
+    find_binary(what).is_some()
+}
+
 pub fn debian_packages() -> Result<()> {
     let mut missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(bin, _)| find_binary(bin).is_none())
+        .filter(|(bin, _)| !present(bin))
         .map(|&(_, pkg)| pkg)
         .collect();
     missing.dedup();
