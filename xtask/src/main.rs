@@ -1,3 +1,4 @@
+mod bed;
 mod bench;
 mod build;
 mod deploy_checks;
@@ -29,6 +30,9 @@ enum Command {
     Test(test::Options),
     /// Boot Debian kernels in QEMU and run the scenario suite in each hook mode.
     Vm(vm::Options),
+    /// Boot a Debian system with systemd in QEMU, install the .deb as an operator would and
+    /// check the running service.
+    Bed(bed::Options),
     /// Build the Debian package (target/debian/) and check its contents.
     Package(package::Options),
     /// Measure the daemon's costs next to an empty program, ss polling and bpftrace; writes
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(opts),
         Command::Vm(opts) => vm::run(opts),
+        Command::Bed(opts) => bed::run(opts),
         Command::Package(opts) => package::run(opts),
         Command::Bench(opts) => bench::run(opts),
     }

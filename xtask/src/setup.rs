@@ -42,6 +42,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("pg_ctlcluster", "postgresql"),
     ("psql", "postgresql-client"),
     ("dpkg-deb", "dpkg"),
+    // The systemd test bed (cargo xtask bed): its Debian root file system, packed into an ext4
+    // image and read back without a loop mount.
+    ("mmdebstrap", "mmdebstrap"),
+    ("mke2fs", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
     // The service tests and deploy checks: unit analysis, TLS clients, syscall tracing,
     // capability juggling, package metadata.
     ("systemd-analyze", "systemd"),

@@ -21,7 +21,8 @@ const FAILED_HEADER: &str = "failed scenarios:";
 
 #[derive(clap::Parser)]
 pub struct Options {
-    /// Run the VM stage on every known kernel instead of the default one (6.12) only.
+    /// Run the VM stage on every known kernel instead of the default one (6.12) only, and the
+    /// systemd test bed on 6.1 and 6.12.
     #[arg(long)]
     pub all_kernels: bool,
     /// Skip the VM stage.
@@ -97,6 +98,28 @@ pub fn run(opts: Options) -> Result<()> {
                 notes.push(flaky);
                 Ok(())
             });
+            // The package under a real systemd (xtask/src/bed): the CI kernel's Debian release,
+            // both releases with --all-kernels.
+            let bed_kernels: Vec<String> = if opts.all_kernels {
+                crate::bed::BED_KERNELS
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect()
+            } else {
+                vec![crate::bed::DEFAULT_BED_KERNEL.to_owned()]
+            };
+            stage(
+                &format!("systemd test bed ({})", bed_kernels.join(", ")),
+                &mut || {
+                    crate::bed::run(crate::bed::Options {
+                        kernels: bed_kernels.clone(),
+                        all: false,
+                        deb: None,
+                        refresh: false,
+                        verbose: false,
+                    })
+                },
+            );
         }
         if opts.soak {
             stage("churn soak (1 M connections, 10 min)", &mut || {

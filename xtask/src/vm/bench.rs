@@ -77,6 +77,9 @@ pub fn run() -> Result<PathBuf> {
         timeout: Duration::from_secs(420),
         log: &log,
         verbose: false,
+        marker: "kat: ",
+        memory_mib: 1024,
+        drives: &[],
     })?;
 
     let mut out = format!(

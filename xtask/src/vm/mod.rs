@@ -2,13 +2,14 @@
 //! daemon and scenario suite, one boot per kernel running every requested hook mode.
 
 mod apt;
+pub use apt::sources_for;
 pub mod bench;
 mod initramfs;
 pub mod kernels;
 mod matrix;
 mod mirrors;
 mod modules;
-mod qemu;
+pub mod qemu;
 mod replay;
 pub mod report;
 mod sysroot;
@@ -250,6 +251,9 @@ fn boot_kernel(
         timeout,
         log: &log,
         verbose: opts.verbose,
+        marker: "kat: ",
+        memory_mib: 1024,
+        drives: &[],
     };
     let mut console = qemu::boot(&boot)?;
     // Multi-threaded TCG occasionally loses a race with the guest's own code patching while it

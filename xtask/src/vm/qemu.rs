@@ -24,14 +24,22 @@ pub struct Boot<'a> {
     pub append: String,
     pub timeout: Duration,
     pub log: &'a Path,
-    /// Echo every console line, not only the harness's own `kat:` lines.
+    /// Echo every console line, not only the guest's own lines (those holding `marker`).
     pub verbose: bool,
+    /// What the guest's own console lines start with: `kat: ` (vminit and the suite) or
+    /// `bed: ` (the systemd test bed's script). The first one ends the boot time.
+    pub marker: &'a str,
+    pub memory_mib: u32,
+    /// Raw disk images, attached as virtio disks in order (/dev/vda, /dev/vdb, …); `true`
+    /// attaches one with `snapshot=on`, so the guest's writes never reach the file.
+    pub drives: &'a [(&'a Path, bool)],
 }
 
 pub struct Console {
     pub lines: Vec<String>,
     pub timed_out: bool,
-    /// From starting QEMU to vminit's first line: kernel boot plus module loading.
+    /// From starting QEMU to the guest's first marked line: kernel boot plus module loading
+    /// (or, in the systemd test bed, the whole boot to multi-user.target).
     pub boot: Option<Duration>,
     pub wall: Duration,
 }
@@ -53,7 +61,8 @@ pub fn boot(b: &Boot) -> Result<Console> {
     let mut cmd = Command::new(program);
     // KVM hangs on these machines (and cannot run arm64 on x86 anyway), so always TCG; -cpu max
     // gives the guest the newest CPU features TCG emulates.
-    cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2"]);
+    cmd.args(["-accel", "tcg", "-smp", "2", "-m"])
+        .arg(b.memory_mib.to_string());
     match b.arch {
         Arch::X86_64 => cmd.args(["-cpu", "max"]),
         // `virt` is QEMU's generic arm64 board (PL011 console, GIC, PSCI poweroff).
@@ -67,8 +76,17 @@ pub fn boot(b: &Boot) -> Result<Console> {
         .arg(b.initrd)
         .arg("-append")
         .arg(&b.append)
-        .args(["-nographic", "-no-reboot"])
-        .stdin(Stdio::null())
+        .args(["-nographic", "-no-reboot"]);
+    for (disk, snapshot) in b.drives {
+        let mut spec = std::ffi::OsString::from("file=");
+        spec.push(disk);
+        spec.push(",format=raw,if=virtio");
+        if *snapshot {
+            spec.push(",snapshot=on");
+        }
+        cmd.arg("-drive").arg(spec);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     eprintln!("+ {}", display(&cmd));
@@ -96,7 +114,7 @@ pub fn boot(b: &Boot) -> Result<Console> {
                 // Host-side timestamps: the guest's own lines rarely carry any, and they show
                 // where a slow TCG run spends its time.
                 writeln!(log, "[{:8.3}] {line}", start.elapsed().as_secs_f64())?;
-                let kat = line.find("kat: ").map(|i| &line[i..]);
+                let kat = line.find(b.marker).map(|i| &line[i..]);
                 if kat.is_some() && console.boot.is_none() {
                     console.boot = Some(start.elapsed());
                 }
