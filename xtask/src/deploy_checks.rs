@@ -181,17 +181,8 @@ fn security() -> Result<()> {
         "--no-pager",
         UNIT,
     ]))?;
-    let line = out
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .context("no overall exposure line")?;
+    let (score, line) = exposure(&out)?;
     eprintln!("{line}");
-    let score: f64 = line
-        .split(':')
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("cannot read the score in {line:?}"))?;
     ensure!(
         score <= MAX_EXPOSURE,
         "exposure {score} is above {MAX_EXPOSURE}: {line}"
@@ -199,7 +190,21 @@ fn security() -> Result<()> {
     Ok(())
 }
 
-/// The scrape config names the installed rules path; check it against the repository's copy.
+/// The score and line of `systemd-analyze security`'s "Overall exposure level for …: 2.5 OK".
+pub fn exposure(report: &str) -> Result<(f64, String)> {
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .context("no overall exposure line")?;
+    let score: f64 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("cannot read the score in {line:?}"))?;
+    Ok((score, line.trim().to_owned()))
+}
+
 fn scrape_config() -> Result<()> {
     let dir = scratch("scrape")?;
     let rules = fs::canonicalize(RULES)?;

@@ -6,24 +6,15 @@ use std::fs;
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{Records, tail};
-use crate::deploy_checks::MAX_EXPOSURE;
+use crate::deploy_checks::{MAX_EXPOSURE, exposure as exposure_of};
 
 const UNIT_FILE: &str = "deploy/systemd/keepalive-daemon.service";
 const OPERATIONS: &str = "docs/operations.md";
 
 pub(super) fn exposure(r: &Records, ev: &mut Vec<String>) -> Result<()> {
     let text = r.text("security");
-    let line = text
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .with_context(|| format!("no exposure line: {}", tail(&text)))?;
-    let score: f64 = line
-        .split(": ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("unreadable score in {line:?}"))?;
-    ev.push(line.trim().to_owned());
+    let (score, line) = exposure_of(&text).with_context(|| tail(&text))?;
+    ev.push(line.clone());
     ensure!(
         score <= MAX_EXPOSURE,
         "{score} is above {MAX_EXPOSURE}: {line}"
