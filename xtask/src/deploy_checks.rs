@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
-    exec::{exec, find_binary, is_root, output, privileged},
+    exec::{exec, is_root, output},
     package,
 };
 
@@ -98,22 +98,7 @@ pub fn run_checks() -> Result<()> {
 }
 
 fn tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(bin, _)| find_binary(bin).is_none())
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("deploy checks: installing {}", missing.join(" "));
-    exec(privileged("apt-get").args(["update", "-q"]))?;
-    exec(
-        privileged("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::setup::install_missing("deploy checks", TOOLS)
 }
 
 fn promtool(args: &[&str]) -> Result<()> {
