@@ -2,6 +2,7 @@ mod bench;
 mod build;
 mod deploy_checks;
 mod exec;
+mod kube;
 mod package;
 mod run;
 mod setup;
@@ -31,6 +32,9 @@ enum Command {
     Vm(vm::Options),
     /// Build the Debian package (target/debian/) and check its contents.
     Package(package::Options),
+    /// Check deploy/kubernetes: kubernetes-validate --strict against the oldest and newest
+    /// supported Kubernetes, the ServiceMonitor/PodMonitor fields, the manifests' agreement.
+    Kube(kube::Options),
     /// Measure the daemon's costs next to an empty program, ss polling and bpftrace; writes
     /// BENCHMARKS.md.
     Bench(bench::Options),
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(opts) => test::run(opts),
         Command::Vm(opts) => vm::run(opts),
         Command::Package(opts) => package::run(opts),
+        Command::Kube(opts) => kube::run(opts),
         Command::Bench(opts) => bench::run(opts),
     }
 }
