@@ -2,6 +2,7 @@ mod bench;
 mod build;
 mod deploy_checks;
 mod exec;
+mod image;
 mod kube;
 mod package;
 mod run;
@@ -32,6 +33,9 @@ enum Command {
     Vm(vm::Options),
     /// Build the Debian package (target/debian/) and check its contents.
     Package(package::Options),
+    /// Write the OCI image (target/oci/keepalive-daemon) without a container daemon, check it
+    /// with skopeo and, with --run, run it under podman as the Kubernetes DaemonSet would.
+    Image(image::Options),
     /// Check deploy/kubernetes: kubernetes-validate --strict against the oldest and newest
     /// supported Kubernetes, the ServiceMonitor/PodMonitor fields, the manifests' agreement.
     Kube(kube::Options),
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(opts) => test::run(opts),
         Command::Vm(opts) => vm::run(opts),
         Command::Package(opts) => package::run(opts),
+        Command::Image(opts) => image::run(opts),
         Command::Kube(opts) => kube::run(opts),
         Command::Bench(opts) => bench::run(opts),
     }
