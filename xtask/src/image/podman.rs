@@ -111,6 +111,8 @@ pub fn check(b: &Built, w: &Written) -> Result<Outcome> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
     let stopped = container.stop_and_check_detached(result.as_ref().ok().map(|r| &r.held));
+    // vfs keeps a full copy per image: do not let every build's accumulate under target/.
+    let _ = podman.cmd().args(["rmi", "--force", &id]).output();
     match (result, stopped) {
         (Ok(r), Ok(())) => Ok(Outcome::Passed(r.summary)),
         (Err(e), _) | (Ok(_), Err(e)) => {
