@@ -1,7 +1,8 @@
 //! The deploy/ directory checked by the ecosystem's own tools: `systemd-analyze verify` and
 //! `security` on the unit as the package installs it, `promtool check rules`/`test rules`/
 //! `check config`, `promtool check metrics` on a live scrape, the dashboard's metric names
-//! against that scrape, the shipped config through `--config.check`, and the package contents.
+//! against that scrape, the shipped config through `--config.check`, the package contents, and
+//! the Kubernetes manifests (xtask/src/kube).
 //! Every check runs; the error lists all that failed.
 use std::{
     fs,
@@ -12,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
-    exec::{exec, find_binary, is_root, output, privileged},
+    exec::{exec, is_root, output},
     package,
 };
 
@@ -83,6 +84,10 @@ pub fn run_checks() -> Result<()> {
     });
     check("promtool check config (scrape config)", &mut scrape_config);
     check("shipped config passes --config.check", &mut shipped_config);
+    check(
+        "deploy/kubernetes (kubernetes-validate --strict, monitors, cross-checks)",
+        &mut crate::kube::check,
+    );
     // promtool check metrics on a live scrape, and "the dashboard and rules name only exported
     // metrics", are daemon tests (keepalive-daemon/tests/service.rs, dashboard.rs) run by the
     // unit-test stage of the same `cargo xtask test`.
@@ -98,22 +103,7 @@ pub fn run_checks() -> Result<()> {
 }
 
 fn tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(bin, _)| find_binary(bin).is_none())
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("deploy checks: installing {}", missing.join(" "));
-    exec(privileged("apt-get").args(["update", "-q"]))?;
-    exec(
-        privileged("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::setup::install_missing("deploy checks", TOOLS)
 }
 
 fn promtool(args: &[&str]) -> Result<()> {

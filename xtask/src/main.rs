@@ -3,6 +3,8 @@ mod bench;
 mod build;
 mod deploy_checks;
 mod exec;
+mod image;
+mod kube;
 mod package;
 mod run;
 mod setup;
@@ -35,6 +37,12 @@ enum Command {
     Bed(bed::Options),
     /// Build the Debian package (target/debian/) and check its contents.
     Package(package::Options),
+    /// Write the OCI image (target/oci/keepalive-daemon) without a container daemon, check it
+    /// with skopeo and, with --run, run it under podman as the Kubernetes DaemonSet would.
+    Image(image::Options),
+    /// Check deploy/kubernetes: kubernetes-validate --strict against the oldest and newest
+    /// supported Kubernetes, the ServiceMonitor/PodMonitor fields, the manifests' agreement.
+    Kube(kube::Options),
     /// Measure the daemon's costs next to an empty program, ss polling and bpftrace; writes
     /// BENCHMARKS.md.
     Bench(bench::Options),
@@ -52,6 +60,8 @@ fn main() -> anyhow::Result<()> {
         Command::Vm(opts) => vm::run(opts),
         Command::Bed(opts) => bed::run(opts),
         Command::Package(opts) => package::run(opts),
+        Command::Image(opts) => image::run(opts),
+        Command::Kube(opts) => kube::run(opts),
         Command::Bench(opts) => bench::run(opts),
     }
 }

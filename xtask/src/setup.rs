@@ -59,7 +59,21 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // rustls) need musl's own headers and wrapper for the static build.
     ("cc", "gcc"),
     ("musl-gcc", "musl-tools"),
+    // The container image (cargo xtask image): read back with skopeo, run with podman. runc
+    // rather than podman's default crun: crun refuses hosts whose cgroup v2 hierarchy has a
+    // controller while v1 is mounted too ("cgroups in hybrid mode not supported"), like the
+    // development host. nsenter reaches the container's own network namespace for the scrape.
+    ("skopeo", "skopeo"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("nsenter", "util-linux"),
 ];
+
+/// The Kubernetes schema validator, pinned: its bundled schemas (1.25 to 1.37 for 1.37.0) are
+/// what deploy/kubernetes is checked against. Installed into a venv of Debian's python3 under
+/// target/, never into a system or user site.
+pub const KUBERNETES_VALIDATE: &str = "1.37.0";
+pub const VENV: &str = "target/python";
 
 #[derive(clap::Parser)]
 pub struct Options {
@@ -72,6 +86,7 @@ pub fn run(opts: Options) -> Result<()> {
     toolchain()?;
     if !opts.toolchain_only {
         debian_packages()?;
+        kubernetes_validate()?;
     }
     Ok(())
 }
@@ -182,16 +197,23 @@ fn present(what: &str) -> bool {
 }
 
 pub fn debian_packages() -> Result<()> {
-    let mut missing: Vec<&str> = DEBIAN_PACKAGES
+    install_missing("setup", DEBIAN_PACKAGES)
+}
+
+/// Installs the packages of `table` whose proving binary or file is missing; `who` names the
+/// task in the log line.
+pub fn install_missing(who: &str, table: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = table
         .iter()
         .filter(|(bin, _)| !present(bin))
         .map(|&(_, pkg)| pkg)
         .collect();
+    missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    eprintln!("{who}: installing Debian packages: {}", missing.join(" "));
     exec(privileged("apt-get").arg("update").arg("-q"))?;
     exec(
         privileged("apt-get")
@@ -199,4 +221,50 @@ pub fn debian_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The venv's kubernetes-validate, at the pinned version; returns its path. A second run only
+/// asks the installed one for its version.
+pub fn kubernetes_validate() -> Result<std::path::PathBuf> {
+    let bin = Path::new(VENV).join("bin/kubernetes-validate");
+    let installed = output(Command::new(&bin).arg("--version")).unwrap_or_default();
+    if installed.trim() == KUBERNETES_VALIDATE {
+        return Ok(bin);
+    }
+    install_missing("setup", &[("/usr/bin/python3", "python3")])?;
+    // Debian splits the venv module's pip bootstrap (ensurepip) into python3-venv; no file
+    // path proves it across Python versions, importing it does.
+    if !succeeds(Command::new("/usr/bin/python3").args(["-c", "import ensurepip, venv"])) {
+        eprintln!("setup: installing python3-venv (Debian's python3 has no ensurepip)");
+        exec(privileged("apt-get").arg("update").arg("-q"))?;
+        exec(
+            privileged("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "python3-venv",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    eprintln!("setup: installing kubernetes-validate {KUBERNETES_VALIDATE} into {VENV}");
+    // Debian's interpreter by absolute path: a pyenv shim first on PATH would make a venv of
+    // another Python that a fresh machine does not have.
+    exec(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear", VENV]))?;
+    exec(
+        Command::new(Path::new(VENV).join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")),
+    )?;
+    let got = output(Command::new(&bin).arg("--version"))?;
+    if got.trim() != KUBERNETES_VALIDATE {
+        bail!(
+            "{} reports version {:?}, not {KUBERNETES_VALIDATE}",
+            bin.display(),
+            got.trim()
+        );
+    }
+    Ok(bin)
 }

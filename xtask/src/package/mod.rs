@@ -20,6 +20,7 @@ use crate::{
 mod parts;
 mod verify;
 
+pub use parts::workspace_field;
 use parts::{
     POSTINST, POSTRM, PRERM, changelog, copyright, depends, du_kib, gzip, md5sums, set_dir_modes,
     version,

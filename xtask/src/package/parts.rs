@@ -4,19 +4,26 @@ use super::*;
 
 /// The daemon crate's version (the workspace's).
 pub(super) fn version() -> Result<String> {
+    workspace_field("version")
+}
+
+/// A string key of the root Cargo.toml's `[workspace.package]` (version, repository, license).
+pub fn workspace_field(key: &str) -> Result<String> {
     let text = fs::read_to_string("Cargo.toml")?;
     let in_package = text
         .split("[workspace.package]")
         .nth(1)
         .context("no [workspace.package] in Cargo.toml")?;
+    let in_package = in_package.split("\n[").next().unwrap_or(in_package);
+    let prefix = format!("{key} = \"");
     in_package
         .lines()
         .find_map(|l| {
-            l.strip_prefix("version = \"")?
+            l.strip_prefix(&prefix)?
                 .strip_suffix('"')
                 .map(str::to_string)
         })
-        .context("no version in [workspace.package]")
+        .with_context(|| format!("no {key} in [workspace.package]"))
 }
 
 /// Shared-library dependencies as Debian computes them.
