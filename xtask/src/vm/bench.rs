@@ -80,6 +80,7 @@ pub fn run() -> Result<PathBuf> {
         marker: "kat: ",
         memory_mib: 1024,
         drives: &[],
+        single_thread_tcg: false,
     })?;
 
     let mut out = format!(

@@ -254,6 +254,7 @@ fn boot_kernel(
         marker: "kat: ",
         memory_mib: 1024,
         drives: &[],
+        single_thread_tcg: false,
     };
     let mut console = qemu::boot(&boot)?;
     // Multi-threaded TCG occasionally loses a race with the guest's own code patching while it

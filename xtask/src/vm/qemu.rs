@@ -33,6 +33,11 @@ pub struct Boot<'a> {
     /// Raw disk images, attached as virtio disks in order (/dev/vda, /dev/vdb, …); `true`
     /// attaches one with `snapshot=on`, so the guest's writes never reach the file.
     pub drives: &'a [(&'a Path, bool)],
+    /// Emulate both vCPUs on one host thread. Multi-threaded TCG sometimes loses a race with
+    /// the guest kernel's own code patching (an int3 left in the text while another vCPU runs
+    /// it: "Oops: int3" in sched_clock_tick at boot, in enqueue_timer as a tracepoint is
+    /// detached); one thread cannot race with itself.
+    pub single_thread_tcg: bool,
 }
 
 pub struct Console {
@@ -61,7 +66,13 @@ pub fn boot(b: &Boot) -> Result<Console> {
     let mut cmd = Command::new(program);
     // KVM hangs on these machines (and cannot run arm64 on x86 anyway), so always TCG; -cpu max
     // gives the guest the newest CPU features TCG emulates.
-    cmd.args(["-accel", "tcg", "-smp", "2", "-m"])
+    cmd.arg("-accel")
+        .arg(if b.single_thread_tcg {
+            "tcg,thread=single"
+        } else {
+            "tcg"
+        })
+        .args(["-smp", "2", "-m"])
         .arg(b.memory_mib.to_string());
     match b.arch {
         Arch::X86_64 => cmd.args(["-cpu", "max"]),
