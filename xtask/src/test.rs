@@ -120,26 +120,21 @@ pub fn run(opts: Options) -> Result<()> {
             });
             // The package under a real systemd (xtask/src/bed): the CI kernel's Debian release,
             // both releases with --all-kernels.
-            let bed_kernels: Vec<String> = if opts.all_kernels {
-                crate::bed::BED_KERNELS
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect()
-            } else {
-                vec![crate::bed::DEFAULT_BED_KERNEL.to_owned()]
+            let bed = crate::bed::Options {
+                kernels: Vec::new(),
+                all: opts.all_kernels,
+                deb: None,
+                refresh: false,
+                verbose: false,
             };
-            stage(
-                &format!("systemd test bed ({})", bed_kernels.join(", ")),
-                &mut || {
-                    crate::bed::run(crate::bed::Options {
-                        kernels: bed_kernels.clone(),
-                        all: false,
-                        deb: None,
-                        refresh: false,
-                        verbose: false,
-                    })
-                },
-            );
+            let kernels = if bed.all {
+                crate::bed::BED_KERNELS.join(", ")
+            } else {
+                crate::bed::DEFAULT_BED_KERNEL.to_owned()
+            };
+            stage(&format!("systemd test bed ({kernels})"), &mut || {
+                crate::bed::boot(&bed)
+            });
         }
         if opts.soak {
             stage("churn soak (1 M connections, 10 min)", &mut || {

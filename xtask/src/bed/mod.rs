@@ -57,6 +57,12 @@ pub fn run(opts: Options) -> Result<()> {
     setup::run(setup::Options {
         toolchain_only: false,
     })?;
+    boot(&opts)
+}
+
+/// The bed on the chosen kernels, once `cargo xtask setup` has run (`cargo xtask test` runs
+/// it as its first stage).
+pub fn boot(opts: &Options) -> Result<()> {
     let names: Vec<String> = if opts.all {
         BED_KERNELS.iter().map(|k| k.to_string()).collect()
     } else if opts.kernels.is_empty() {
@@ -82,7 +88,7 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let mut failed = Vec::new();
     for name in &names {
-        if let Err(e) = run_kernel(name, &deb, &opts) {
+        if let Err(e) = run_kernel(name, &deb, opts) {
             eprintln!("bed {name}: FAILED: {e:#}");
             failed.push(format!("{name}: {e:#}"));
         }
