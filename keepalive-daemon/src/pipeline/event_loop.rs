@@ -56,14 +56,30 @@ pub(super) async fn event_loop(
     loop {
         tokio::select! {
             () = &mut tick => {
-                empty_ticks = if st.drain(ring.get_mut()) > 0 { 0 } else { empty_ticks + 1 };
-                let next = if empty_ticks < 3 { DRAIN_TICK } else { DRAIN_SLOW };
+                let n = st.drain(ring.get_mut());
+                empty_ticks = if n > 0 { 0 } else { empty_ticks + 1 };
+                let next = match (n, empty_ticks) {
+                    (MAX_DRAIN.., _) => std::time::Duration::ZERO,
+                    (_, 0..3) => DRAIN_TICK,
+                    _ => DRAIN_SLOW,
+                };
                 tick.as_mut().reset(tokio::time::Instant::now() + next);
+                if n >= MAX_DRAIN {
+                    tokio::task::yield_now().await;
+                }
             }
             ready = ring.readable_mut() => {
                 let Ok(mut guard) = ready else { return };
-                st.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                let n = st.drain(guard.get_inner_mut());
+                // A drain cut short leaves the ring readable: the next turn of the loop comes
+                // back for the rest, after the other inputs had their chance.
+                if n < MAX_DRAIN {
+                    guard.clear_ready();
+                }
+                drop(guard);
+                if n >= MAX_DRAIN {
+                    tokio::task::yield_now().await;
+                }
                 empty_ticks = 0;
                 // An earlier deadline stays: at high rates wake-ups come every millisecond and
                 // must not keep postponing the drain of the last burst's tail.
@@ -86,14 +102,20 @@ pub(super) async fn event_loop(
 
 /// How long an event written without a wake-up waits in the ring buffer at most.
 const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(2);
+/// Records dispatched per drain at most: a drain that never ends (a partition's probes, a
+/// re-walk's records, a slow owner lookup) would starve signals, scrapes and the other inputs.
+/// 16 384 records take a few ms.
+const MAX_DRAIN: usize = 16_384;
 /// The drain tick when no event came for a few ticks.
 const DRAIN_SLOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl LoopState {
-    /// Dispatches every record in the ring; returns how many there were.
+    /// Dispatches the records in the ring, `MAX_DRAIN` at most; returns how many there were.
     fn drain(&mut self, rb: &mut RingBuf<MapData>) -> usize {
         let mut n = 0;
-        while let Some(item) = rb.next() {
+        while n < MAX_DRAIN
+            && let Some(item) = rb.next()
+        {
             n += 1;
             match decode::decode(&item, self.hz) {
                 Ok(ev) => self.dispatch(&ev),

@@ -2,8 +2,11 @@
 //!
 //! Keepalive timers fire in softirq context, where "the current process" is whoever was
 //! interrupted, so the kernel side reports the socket's inode instead and this table names the
-//! owner. A miss triggers a rescan of /proc, at most every `MIN_RESCAN`; sockets shared by
-//! several processes are attributed to the lowest pid (usually the parent).
+//! owner. A miss triggers a rescan of /proc, at most every `MIN_RESCAN` and never sooner than
+//! `RESCAN_SPACING` times the last scan's cost after it: with a few hundred thousand sockets a
+//! scan takes seconds, and misses rescanning back to back starved the event loop (it never
+//! caught up, and SIGTERM waited minutes). Sockets shared by several processes are attributed
+//! to the lowest pid (usually the parent).
 //!
 //! The name is the process's (`/proc/<pid>/comm`, the thread-group leader's), never a thread's:
 //! a tokio, Go or Java server sets its sockets' options from worker threads named
@@ -15,6 +18,9 @@ use std::{
 };
 
 const MIN_RESCAN: Duration = Duration::from_millis(100);
+/// A miss-triggered scan waits this many times the last scan's cost: misses then cost at most
+/// 5 % of one CPU, however many sockets the host holds.
+const RESCAN_SPACING: u32 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -42,7 +48,9 @@ impl Owner {
 pub struct Owners {
     by_inode: HashMap<u64, u32>,
     comms: HashMap<u32, Box<str>>,
-    last_scan: Option<Instant>,
+    /// When a miss may scan /proc again (see `RESCAN_SPACING`).
+    next_scan: Option<Instant>,
+    scans: u64,
 }
 
 impl Owners {
@@ -87,9 +95,12 @@ impl Owners {
     /// Rescans /proc now, whatever the rate limit says, and returns how long it took: the
     /// periodic check of who holds each socket now (see `OwnerCheck`).
     pub fn rescan_now(&mut self) -> Duration {
-        let started = Instant::now();
-        self.rescan();
-        started.elapsed()
+        self.rescan()
+    }
+
+    /// How many /proc scans ran since start (misses and periodic checks).
+    pub fn scans(&self) -> u64 {
+        self.scans
     }
 
     pub fn lookup(&mut self, ino: u64) -> Option<Owner> {
@@ -99,7 +110,7 @@ impl Owners {
         if let Some(o) = self.cached(ino) {
             return Some(o);
         }
-        if self.last_scan.is_some_and(|t| t.elapsed() < MIN_RESCAN) {
+        if self.next_scan.is_some_and(|t| Instant::now() < t) {
             return None;
         }
         self.rescan();
@@ -113,8 +124,18 @@ impl Owners {
         found
     }
 
-    fn rescan(&mut self) {
-        self.last_scan = Some(Instant::now());
+    /// Rescans /proc and returns how long it took; the next miss-triggered scan waits for
+    /// `RESCAN_SPACING` times that.
+    fn rescan(&mut self) -> Duration {
+        let started = Instant::now();
+        self.scan();
+        let took = started.elapsed();
+        self.scans += 1;
+        self.next_scan = Some(Instant::now() + (took * RESCAN_SPACING).max(MIN_RESCAN));
+        took
+    }
+
+    fn scan(&mut self) {
         // The old tables go first: the rebuilt ones must not double the peak.
         self.by_inode = HashMap::new();
         self.comms = HashMap::new();
@@ -215,10 +236,35 @@ mod tests {
         ))
         .unwrap()
         .ino();
-        let owner = Owners::default().lookup(ino).expect("owner found");
+        let mut owners = Owners::default();
+        let owner = owners.lookup(ino).expect("owner found");
         assert_eq!(owner.pid, std::process::id());
         assert!(!owner.comm.is_empty());
         assert_eq!(Owners::default().lookup(0), None);
+        // A miss right after a scan does not scan again: the spacing follows the scan's cost.
+        let scans = owners.scans();
+        assert_eq!(owners.lookup(u64::MAX), None);
+        assert_eq!(owners.scans(), scans);
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_ino = fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&other)
+        ))
+        .unwrap()
+        .ino();
+        assert_eq!(
+            owners.lookup(other_ino),
+            None,
+            "rate-limited, not rescanned"
+        );
+        assert_eq!(owners.scans(), scans);
+        // Once the spacing has passed (not waited for: a busy host's scan takes seconds).
+        owners.next_scan = Some(Instant::now());
+        assert_eq!(
+            owners.lookup(other_ino).map(|o| o.pid),
+            Some(std::process::id())
+        );
+        assert_eq!(owners.scans(), scans + 1);
     }
 
     /// A thread with a name of its own sets an option: the owner is the process, by name.
