@@ -75,6 +75,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         inventory: inventory.clone(),
         events_buffer: opts.events_buffer as usize,
         activity: Arc::new(ActivityWalk::new(attached.clone(), hz)),
+        settle: Default::default(),
     });
     let scheme = match web_config.as_ref().is_some_and(|w| w.tls_at_start) {
         true => "https",

@@ -111,6 +111,13 @@ pub struct SocketsArgs {
     /// them: the path has probably forgotten them.
     #[arg(long)]
     pub exposed: bool,
+    /// Highest risk first: exposed, at risk, covered, then the rest; the longest silent first
+    /// within each (the daemon keeps only the riskiest `--limit` while sorting).
+    #[arg(long, value_parser = ["risk"])]
+    pub sort: Option<String>,
+    /// At most this many sockets (1 or more).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
     /// Group exposed and at-risk sockets by workload and peer group and say what would cover
     /// them (the /advice document).
     #[arg(long, conflicts_with_all = ["at_risk", "exposed", "port", "comm", "netns", "keepalive"])]

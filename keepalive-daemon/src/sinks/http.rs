@@ -35,7 +35,9 @@ use crate::{
         inventory_metrics,
         metrics::Metrics,
         publish::Published,
+        settle::{self, Settle},
         socket_filter::{EventFilter, Filter},
+        sockets_stream,
     },
     state::{advice, inventory::Inventory},
 };
@@ -56,6 +58,8 @@ pub struct Web {
     pub events_buffer: usize,
     /// The rate-limited walk that refreshes idle times before they are shown.
     pub activity: Arc<crate::ingest::activity::ActivityWalk>,
+    /// The work a scrape leaves for after it.
+    pub settle: Settle,
 }
 
 impl Web {
@@ -64,8 +68,15 @@ impl Web {
     pub async fn fresh_activity(&self) {
         let unwalked = lock(&self.inventory).unwalked;
         if let Some(walked) = self.activity.fresh(unwalked).await {
-            lock(&self.inventory).refresh(&walked);
+            // In chunks: a million sockets under one hold of the lock would stall events.
+            for chunk in walked.chunks(settle::CHUNK) {
+                lock(&self.inventory).refresh(chunk);
+            }
         }
+    }
+
+    pub fn lock_inventory(&self) -> std::sync::MutexGuard<'_, Inventory> {
+        lock(&self.inventory)
     }
 }
 
@@ -101,20 +112,19 @@ async fn metrics(State(web): State<Arc<Web>>) -> Response {
     if let Ok(mut lost) = web.kernel_lost.lock() {
         web.metrics.add_kernel_lost(lost.refresh());
     }
-    web.fresh_activity().await;
+    let mut text = web.metrics.render();
+    text.push_str(&inventory_metrics::render(
+        &web.lock_inventory(),
+        &web.metrics.workload,
+    ));
+    // Idle times and classes that only time changed are settled for the next scrape.
+    Settle::after_scrape(&web);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        {
-            let mut text = web.metrics.render();
-            text.push_str(&inventory_metrics::render(
-                &web.inventory.lock().unwrap_or_else(|e| e.into_inner()),
-                &web.metrics.workload,
-            ));
-            text
-        },
+        text,
     )
         .into_response()
 }
@@ -128,16 +138,7 @@ async fn sockets(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     web.fresh_activity().await;
-    let inv = web.inventory.lock().unwrap_or_else(|e| e.into_inner());
-    let mut list: Vec<_> = inv
-        .entries()
-        .map(|e| inv.view(e))
-        .filter(|v| filter.matches(v))
-        .collect();
-    drop(inv);
-    list.sort_by_key(|v| (v.netns, v.sport, v.dport));
-    let body = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    sockets_stream::respond(web, filter)
 }
 
 /// Exposed and at-risk sockets grouped by workload, with what would cover them (`advice`).

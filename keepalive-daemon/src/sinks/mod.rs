@@ -7,6 +7,8 @@ pub mod inventory_metrics;
 pub mod metrics;
 pub mod publish;
 pub mod series;
+pub mod settle;
 pub mod socket_filter;
 pub mod sockets_cmd;
+pub mod sockets_stream;
 pub mod workload_metrics;

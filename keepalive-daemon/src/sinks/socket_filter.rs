@@ -92,6 +92,11 @@ pub struct Filter {
     /// One risk class: exposed, at_risk, covered, listener, local, none.
     pub risk: Option<String>,
     pub workload: WorkloadFilter,
+    /// `sort=risk`: highest risk first (exposed, then at risk, covered, the rest; the longest
+    /// silent first within a class). Without it, by namespace and ports.
+    pub by_risk: bool,
+    /// `limit=N`: the first N matching sockets in that order.
+    pub limit: Option<usize>,
 }
 
 const RISKS: [&str; 6] = ["exposed", "at_risk", "covered", "listener", "local", "none"];
@@ -111,10 +116,20 @@ impl Filter {
                 "at_risk" => f.at_risk = Some(flag(v).ok_or_else(bad)?),
                 "risk" if RISKS.contains(&v) => f.risk = Some(v.to_string()),
                 "risk" => return Err(format!("{} (one of {})", bad(), RISKS.join(", "))),
+                "sort" if v == "risk" => f.by_risk = true,
+                "sort" => return Err(format!("{} (risk is the one order)", bad())),
+                "limit" => {
+                    f.limit = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| format!("{} (a count of sockets, 1 or more)", bad()))?,
+                    )
+                }
                 _ if f.workload.take(k, v) => {}
                 _ => {
                     return Err(format!(
-                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, risk, {WORKLOAD_KEYS})"
+                        "unknown filter {k:?} (port, comm, netns, keepalive, at_risk, risk, sort, limit, {WORKLOAD_KEYS})"
                     ));
                 }
             }
@@ -143,6 +158,12 @@ impl Filter {
             q.push(format!("risk={r}"));
         }
         self.workload.to_query(&mut q);
+        if self.by_risk {
+            q.push("sort=risk".into());
+        }
+        if let Some(n) = self.limit {
+            q.push(format!("limit={n}"));
+        }
         q.join("&")
     }
 
@@ -241,6 +262,17 @@ mod tests {
         assert_eq!(Filter::parse(&f.to_query()).unwrap(), f);
         assert!(Filter::parse("colour=red").is_err());
         assert!(Filter::parse("port=http").is_err());
+        let f = Filter::parse("sort=risk&limit=10&risk=exposed").unwrap();
+        assert!(f.by_risk);
+        assert_eq!(f.limit, Some(10));
+        assert_eq!(Filter::parse(&f.to_query()).unwrap(), f);
+        for bad in ["sort=age", "limit=0", "limit=-1", "limit=ten", "sort="] {
+            let e = Filter::parse(bad).unwrap_err();
+            assert!(
+                !e.contains('\n') && e.starts_with("bad value"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

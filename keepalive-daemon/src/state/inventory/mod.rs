@@ -14,11 +14,13 @@ use crate::{
 mod recent;
 pub mod resync;
 mod risk;
+mod tally;
 mod view;
 mod who;
 
 pub use crate::ingest::sysctl::NsDefaults;
 pub use risk::{Risk, config_at_risk};
+pub use tally::{Class, Tally};
 pub use view::{SocketView, time_to_detect};
 
 /// Linux's own defaults, for a namespace whose values were never read.
@@ -55,6 +57,8 @@ pub struct Entry {
     /// no process holds (listener backlogs, kernel sockets) do not cost a /proc scan every
     /// poll forever.
     owner_tries: u8,
+    /// What the metric families count it under (`tally`).
+    class: u32,
 }
 
 const NOT_ARMED: u32 = u32::MAX;
@@ -109,6 +113,7 @@ pub struct Inventory {
     pub paths: PathLearner,
     /// A socket joined since the last activity walk (`risk::refresh`).
     pub unwalked: bool,
+    tally: Tally,
 }
 
 impl Inventory {
@@ -129,6 +134,7 @@ impl Inventory {
             peers: Peers::new(idle_budget.as_secs().try_into().unwrap_or(u32::MAX), &[]),
             paths: PathLearner::default(),
             unwalked: false,
+            tally: Tally::default(),
         }
     }
 
@@ -178,6 +184,7 @@ impl Inventory {
                     e.activity = ev.info.activity.since_record(ev.ts_ns);
                     e.seen_ms = now;
                 }
+                self.reclass(ev.sk);
                 None
             }
             // Sockets not connected yet (options set before connect) or already closed join
@@ -256,6 +263,7 @@ impl Inventory {
                     probes_out: ev.info.probes_out,
                     keepalive_on: ev.info.keepalive_on,
                     owner_tries: 0,
+                    class: tally::UNCOUNTED,
                 };
                 let mut new = new;
                 if new.cgroup == 0 && new.pid != 0 {
@@ -268,7 +276,9 @@ impl Inventory {
                 self.index(&new);
                 if let Some(old) = self.sockets.insert(ev.sk, new) {
                     self.unindex(&old);
+                    self.uncount(&old);
                 }
+                self.reclass(ev.sk);
                 match before {
                     Some(b) if b != after && ev.kind == Kind::Settings => Some((b, after)),
                     _ => None,
@@ -283,6 +293,7 @@ impl Inventory {
             let labels = self.labels(&gone);
             self.recent.keep(sk, labels);
             self.unindex(&gone);
+            self.uncount(&gone);
             self.disown(gone.pid);
             self.leave(gone.flow.netns);
         }
@@ -309,6 +320,9 @@ impl Inventory {
                 changed.push((*sk, before, after));
             }
         }
+        for (sk, _, _) in &changed {
+            self.reclass(*sk);
+        }
         changed
     }
 
@@ -331,6 +345,12 @@ impl Inventory {
             e,
             self.defaults.get(&e.flow.netns).unwrap_or(&LINUX_DEFAULTS),
         )
+    }
+
+    /// Where the socket goes in `/sockets`' default order: namespace, local port, remote port.
+    pub fn place(&self, sk: u64) -> Option<u64> {
+        let f = &self.sockets.get(&sk)?.flow;
+        Some((u64::from(f.netns) << 32) | (u64::from(f.sport) << 16) | u64::from(f.dport))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {

@@ -117,6 +117,7 @@ impl Inventory {
                 e.probes_out = ev.info.probes_out;
                 e.state = ev.info.state;
                 e.seen_ms = now;
+                self.reclass(ev.sk);
             }
         }
     }

@@ -128,6 +128,7 @@ impl Inventory {
             e.pid = pid;
             e.cgroup = cgroup;
         }
+        self.reclass(sk);
     }
 
     /// Resolves again workloads that were not known yet (see `Attribution::refresh`).
