@@ -154,9 +154,9 @@ impl LoopState {
                 if let Some((before, after)) = inv.apply(ev, owner) {
                     let entry = inv
                         .get(ev.sk)
-                        .map(|e| (e.clone(), inv.owner(e), inv.labels(e)));
+                        .map(|e| (e.clone(), inv.flow(e), inv.owner(e), inv.labels(e)));
                     drop(inv);
-                    if let Some((e, mut owner, labels)) = entry {
+                    if let Some((e, flow, mut owner, labels)) = entry {
                         if let (Some(o), Some((pid, t))) = (&mut owner, thread)
                             && o.pid == pid
                         {
@@ -164,6 +164,7 @@ impl LoopState {
                         }
                         self.sinks.settings(
                             &e,
+                            &flow,
                             owner,
                             labels,
                             before,
@@ -178,12 +179,13 @@ impl LoopState {
                 if matches!(ev.kind, Kind::Probe | Kind::ProbeFailed) {
                     self.audit.saw_probe(ev.flow.netns);
                 }
-                let (labels, path) = {
+                let (labels, owner, path) = {
                     let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
                     inv.apply(ev, None);
                     let group = inv.peers.classify(ev.flow.daddr).clone();
                     let ts = self.tracker.wall_clock(ev.ts_ns);
-                    (inv.labels_of(ev.sk), inv.paths.observe(ev, &group, &ts))
+                    let owner = inv.get(ev.sk).and_then(|e| inv.owner(e));
+                    (inv.labels_of(ev.sk), owner, inv.paths.observe(ev, &group, &ts))
                 };
                 if let Some(change) = path {
                     self.sinks.path_timeout(&change);
@@ -193,7 +195,7 @@ impl LoopState {
                     .metrics
                     .probing_sockets
                     .set(self.tracker.probing() as i64);
-                self.sinks.publish(out, ev.ino, labels);
+                self.sinks.publish_owned(out, ev.ino, labels, owner);
             }
         }
     }

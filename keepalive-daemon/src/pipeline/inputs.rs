@@ -35,13 +35,13 @@ impl LoopState {
                 .iter()
                 .filter_map(|(sk, b, a)| {
                     let e = inv.get(*sk)?;
-                    Some((e.clone(), inv.owner(e), inv.labels(e), *b, *a))
+                    Some((e.clone(), inv.flow(e), inv.owner(e), inv.labels(e), *b, *a))
                 })
                 .collect();
             drop(inv);
-            for (e, owner, labels, before, after) in entries {
+            for (e, flow, owner, labels, before, after) in entries {
                 self.sinks
-                    .settings(&e, owner, labels, before, after, now.clone());
+                    .settings(&e, &flow, owner, labels, before, after, now.clone());
             }
         }
     }

@@ -5,6 +5,7 @@ use log::{error, warn};
 use tokio::sync::broadcast;
 
 use crate::{
+    ingest::decode::Flow,
     sinks::metrics::Metrics,
     state::event::{Cause, Event, EventKind},
     state::inventory::{Effective, Entry},
@@ -51,11 +52,23 @@ impl Sinks {
     /// owner table, never from the task the hook ran in (softirq and timers run in whatever
     /// task they interrupted).
     pub fn publish(&mut self, out: Outcome, ino: u64, labels: Option<SocketLabels>) {
+        self.publish_owned(out, ino, labels, None);
+    }
+
+    /// `publish`, with the owner the inventory knows when it knows one: the owner table is
+    /// then not asked (a binary search of every socket on the host).
+    pub fn publish_owned(
+        &mut self,
+        out: Outcome,
+        ino: u64,
+        labels: Option<SocketLabels>,
+        owner: Option<Owner>,
+    ) {
         let Outcome::Publish(mut out) = out else {
             return;
         };
         out.labels = labels.unwrap_or_default();
-        if let Some(owner) = self.owners.lookup(ino) {
+        if let Some(owner) = owner.or_else(|| self.owners.lookup(ino)) {
             out.labels.process = Some(owner.comm.as_str().into());
             out.pid = Some(owner.pid);
             out.comm = Some(owner.comm);
@@ -86,6 +99,7 @@ impl Sinks {
     pub fn settings(
         &mut self,
         e: &Entry,
+        flow: &Flow,
         owner: Option<Owner>,
         labels: SocketLabels,
         before: Effective,
@@ -95,9 +109,9 @@ impl Sinks {
         let mut out = Event::new(
             EventKind::Settings,
             ts,
-            &e.flow,
+            flow,
             e.probes_out,
-            e.own,
+            e.own(),
             "tracepoint",
         );
         out.keepalive = after.into();

@@ -89,7 +89,7 @@ pub fn advise(inv: &Inventory) -> Advice {
         let idle = inv.activity_now(e).path_idle_ms().unwrap_or(0);
         a.max_idle_ms = a.max_idle_ms.max(idle);
         a.subnets
-            .insert(peers::subnet(e.flow.daddr).to_string() + subnet_suffix(e.flow.daddr));
+            .insert(peers::subnet(e.daddr()).to_string() + subnet_suffix(e.daddr()));
         a.budget_s = group.budget_s.unwrap_or(0);
     }
     let items = acc

@@ -43,10 +43,13 @@ impl Owner {
 }
 
 /// Every socket of every process is listed (not only TCP ones: /proc does not say), so the
-/// table holds a pid per inode and each process's name once.
+/// table holds a pid per inode and each process's name once. The pairs are a sorted vector (8
+/// bytes a socket; a `HashMap` took 34 at a million): lookups are rare, since the inventory
+/// keeps each socket's owner once found.
 #[derive(Default)]
 pub struct Owners {
-    by_inode: HashMap<u64, u32>,
+    /// (inode, pid), by inode: socket inodes are 32-bit (sockfs's get_next_ino).
+    by_inode: Vec<(u32, u32)>,
     comms: HashMap<u32, Box<str>>,
     /// When a miss may scan /proc again (see `RESCAN_SPACING`).
     next_scan: Option<Instant>,
@@ -57,7 +60,9 @@ impl Owners {
     /// The owner if already known, without scanning /proc: for the high-volume inventory
     /// events, whose misses are resolved in batches off the hot path.
     pub fn cached(&self, ino: u64) -> Option<Owner> {
-        let pid = *self.by_inode.get(&ino)?;
+        let ino = u32::try_from(ino).ok()?;
+        let at = self.by_inode.binary_search_by_key(&ino, |p| p.0).ok()?;
+        let pid = self.by_inode[at].1;
         Some(Owner::new(
             pid,
             self.comms
@@ -137,9 +142,9 @@ impl Owners {
 
     fn scan(&mut self) {
         // The old tables go first: the rebuilt ones must not double the peak.
-        self.by_inode = HashMap::new();
+        self.by_inode = Vec::new();
         self.comms = HashMap::new();
-        let (mut map, mut comms) = (HashMap::new(), HashMap::new());
+        let (mut map, mut comms) = (Vec::new(), HashMap::new());
         let Ok(procs) = fs::read_dir("/proc") else {
             return;
         };
@@ -159,17 +164,17 @@ impl Owners {
                 else {
                     continue;
                 };
-                if map.contains_key(&ino) {
-                    continue;
-                }
                 if !named {
                     let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     named = true;
                     comms.insert(pid, name.trim_end().into());
                 }
-                map.insert(ino, pid);
+                map.push((ino, pid));
             }
         }
+        // By inode, then pid: the first of each inode is its lowest pid (usually the parent).
+        map.sort_unstable();
+        map.dedup_by_key(|p| p.0);
         map.shrink_to_fit();
         comms.shrink_to_fit();
         self.by_inode = map;
@@ -214,7 +219,7 @@ impl Default for OwnerCheck {
     }
 }
 
-fn socket_inode(link: &str) -> Option<u64> {
+fn socket_inode(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?
         .strip_suffix(']')?
         .parse()

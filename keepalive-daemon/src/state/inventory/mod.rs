@@ -14,6 +14,7 @@ use crate::{
 mod recent;
 pub mod resync;
 mod risk;
+mod table;
 mod tally;
 mod view;
 mod who;
@@ -30,35 +31,88 @@ const LINUX_DEFAULTS: NsDefaults = NsDefaults {
     cnt: 9,
 };
 
-/// One socket. Kept small on purpose (about 100 bytes): a host holds hundreds of thousands of
-/// sockets and the table is most of the daemon's memory. The owner's name is kept once per
-/// process in `Inventory::procs`.
+/// One socket, in 88 bytes: a host holds up to a million sockets and the table is most of
+/// the daemon's memory (the budget is 128 bytes a socket, index and owner table included).
+/// What many sockets share is kept once elsewhere: the owner's name per process in
+/// `Inventory::procs`, the local address in `Inventory::addrs`, the label strings per cgroup
+/// in the attribution.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub flow: Flow,
-    /// Socket file inode, 0 until the socket has a file (accepted sockets get one at accept).
-    pub ino: u64,
-    /// Values set on the socket itself (0 = use the namespace default), from the kernel.
-    pub own: Keepalive,
+    pub sk: u64,
     pub cgroup: u64,
+    /// Socket file inode (sockfs numbers them with 32 bits), 0 until the socket has a file
+    /// (accepted sockets get one at accept).
+    pub ino: u32,
     /// When the entry was last refreshed, in ms since `Inventory::epoch`: ages
     /// `next_timer_ms` at query time.
-    seen_ms: u64,
-    /// Keepalive timer due this many ms after `seen_ms`; `NOT_ARMED` when not pending.
-    next_timer_ms: u32,
+    seen_ms: u32,
+    /// The local address, by its number in `Inventory::addrs`.
+    saddr: u32,
+    pub netns: u32,
+    /// The peer's address: IPv4 in the first 4 bytes, or IPv6 (see `V6`).
+    daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
     /// Ages of the last segments at `seen_ms` (see `risk`).
     activity: Activity,
+    /// Keepalive timer due this many ms after `seen_ms`; `NOT_ARMED` when not pending.
+    next_timer_ms: u32,
+    /// Values set on the socket itself (0 = use the namespace default), from the kernel: the
+    /// kernel caps idle and interval at 32 767 s and the count at 127.
+    user_timeout_ms: u32,
+    own_idle_s: u16,
+    own_intvl_s: u16,
     /// Owning process, 0 while unknown.
     pub pid: u32,
-    pub state: u8,
-    pub probes_out: u8,
-    pub keepalive_on: bool,
-    /// Polls since the socket appeared without an owner; lookups back off and stop so sockets
-    /// no process holds (listener backlogs, kernel sockets) do not cost a /proc scan every
-    /// poll forever.
-    owner_tries: u8,
     /// What the metric families count it under (`tally`).
     class: u32,
+    own_cnt: u8,
+    pub state: u8,
+    pub probes_out: u8,
+    /// `ON`, `V6`, and above them the polls since the socket appeared without an owner
+    /// (lookups back off and stop so sockets no process holds, listener backlogs and kernel
+    /// sockets, do not cost a /proc scan every poll forever).
+    flags: u8,
+}
+
+/// `Entry::flags`: SO_KEEPALIVE is on.
+const ON: u8 = 1;
+/// `Entry::flags`: the addresses are IPv6.
+const V6: u8 = 2;
+/// `Entry::flags`: owner lookups so far, counted from this bit up.
+const TRIES: u8 = 4;
+
+impl Entry {
+    pub fn keepalive_on(&self) -> bool {
+        self.flags & ON != 0
+    }
+
+    pub fn daddr(&self) -> std::net::IpAddr {
+        if self.flags & V6 != 0 {
+            self.daddr.into()
+        } else {
+            let [a, b, c, d, ..] = self.daddr;
+            [a, b, c, d].into()
+        }
+    }
+
+    /// The values set on the socket itself (0 = the namespace's default).
+    pub fn own(&self) -> Keepalive {
+        Keepalive {
+            idle_s: self.own_idle_s.into(),
+            intvl_s: self.own_intvl_s.into(),
+            cnt: self.own_cnt,
+            user_timeout_ms: self.user_timeout_ms,
+        }
+    }
+
+    fn owner_tries(&self) -> u8 {
+        self.flags / TRIES
+    }
+
+    fn set_owner_tries(&mut self, n: u8) {
+        self.flags = (self.flags % TRIES) | (n.min(u8::MAX / TRIES) * TRIES);
+    }
 }
 
 const NOT_ARMED: u32 = u32::MAX;
@@ -87,7 +141,8 @@ struct Proc {
 }
 
 pub struct Inventory {
-    sockets: HashMap<u64, Entry>,
+    sockets: table::Table,
+    addrs: table::Addrs,
     defaults: HashMap<u32, NsDefaults>,
     /// Sockets per namespace: a namespace's defaults are forgotten with its last socket, since
     /// the kernel reuses a dead namespace's inode number for a new one.
@@ -119,7 +174,8 @@ pub struct Inventory {
 impl Inventory {
     pub fn new(idle_budget: Duration) -> Self {
         Inventory {
-            sockets: HashMap::new(),
+            sockets: table::Table::default(),
+            addrs: table::Addrs::default(),
             defaults: HashMap::new(),
             members: HashMap::new(),
             procs: HashMap::new(),
@@ -146,6 +202,37 @@ impl Inventory {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// `now_ms` as entries keep it, in 32 bits: the epoch moves forward before it overflows.
+    fn seen_now(&self) -> u32 {
+        self.now_ms().min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Moves the epoch 2^30 ms (12 days) forward once 2^31 ms have passed, so that `seen_ms`
+    /// fits in 32 bits however long the daemon runs. An entry nothing refreshed for 12 days
+    /// then looks refreshed at the new epoch: its ages and timer read low by the difference
+    /// until the next activity walk.
+    fn rebase(&mut self) {
+        const SHIFT: u32 = 1 << 30;
+        if self.now_ms() < 1 << 31 {
+            return;
+        }
+        self.epoch += Duration::from_millis(SHIFT.into());
+        for e in self.sockets.iter_mut() {
+            e.seen_ms = e.seen_ms.saturating_sub(SHIFT);
+        }
+    }
+
+    /// The socket's addresses and ports.
+    pub fn flow(&self, e: &Entry) -> Flow {
+        Flow {
+            netns: e.netns,
+            saddr: self.addrs.get(e.saddr),
+            sport: e.sport,
+            daddr: e.daddr(),
+            dport: e.dport,
+        }
     }
 
     pub fn namespaces(&self) -> Vec<u32> {
@@ -176,8 +263,8 @@ impl Inventory {
             }
             // Probe-path events and re-armed timers refresh what the socket is doing now.
             Kind::Probe | Kind::ProbeFailed | Kind::Answered | Kind::Rearmed => {
-                let now = self.now_ms();
-                if let Some(e) = self.sockets.get_mut(&ev.sk) {
+                let now = self.seen_now();
+                if let Some(e) = self.sockets.get_mut(ev.sk) {
                     e.next_timer_ms = timer_ms(ev.info.next_timer_ms);
                     e.probes_out = ev.info.probes_out;
                     e.state = ev.info.state;
@@ -192,7 +279,7 @@ impl Inventory {
             // caller of setsockopt is the owner, which the later state change (softirq: no
             // caller) cannot tell: kept until then, so no /proc scan is needed to name it.
             Kind::Settings
-                if !self.sockets.contains_key(&ev.sk) && !tracked_state(ev.info.state) =>
+                if !self.sockets.contains_key(ev.sk) && !tracked_state(ev.info.state) =>
             {
                 if let Some(o) = owner.filter(|_| self.pending.len() < MAX_PENDING) {
                     self.pending.insert(ev.sk, o);
@@ -212,28 +299,10 @@ impl Inventory {
                 } else {
                     self.defaults.insert(ev.flow.netns, fresh);
                 }
-                let own = Keepalive {
-                    idle_s: if ev.info.sources.idle {
-                        ev.keepalive.idle_s
-                    } else {
-                        0
-                    },
-                    intvl_s: if ev.info.sources.intvl {
-                        ev.keepalive.intvl_s
-                    } else {
-                        0
-                    },
-                    cnt: if ev.info.sources.cnt {
-                        ev.keepalive.cnt
-                    } else {
-                        0
-                    },
-                    user_timeout_ms: ev.keepalive.user_timeout_ms,
-                };
                 let old = self
                     .sockets
-                    .get(&ev.sk)
-                    .map(|e| (self.effective(e), e.flow.netns, e.pid));
+                    .get(ev.sk)
+                    .map(|e| (self.effective(e), e.netns, e.pid));
                 let before = old.map(|(eff, _, _)| eff);
                 // Same socket (same address, same namespace): it keeps its owner unless the
                 // event names one. Otherwise the address was reused and the close was lost.
@@ -250,20 +319,41 @@ impl Inventory {
                     self.disown(pid);
                     pid = self.adopt(&o);
                 }
+                let pick = |set: bool, v: u32| if set { v.min(u32::from(u16::MAX)) as u16 } else { 0 };
+                let (k, src) = (&ev.keepalive, &ev.info.sources);
+                let mut daddr = [0u8; 16];
+                let v6 = match ev.flow.daddr {
+                    std::net::IpAddr::V4(a) => {
+                        daddr[..4].copy_from_slice(&a.octets());
+                        false
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        daddr = a.octets();
+                        true
+                    }
+                };
                 let new = Entry {
-                    flow: ev.flow,
-                    ino: ev.ino,
-                    own,
+                    sk: ev.sk,
                     cgroup: ev.info.cgroup,
-                    seen_ms: self.now_ms(),
-                    next_timer_ms: timer_ms(ev.info.next_timer_ms),
+                    // Socket inodes are 32-bit (sockfs's get_next_ino).
+                    ino: u32::try_from(ev.ino).unwrap_or(0),
+                    seen_ms: self.seen_now(),
+                    saddr: self.addrs.hold(ev.flow.saddr),
+                    netns: ev.flow.netns,
+                    daddr,
+                    sport: ev.flow.sport,
+                    dport: ev.flow.dport,
                     activity: ev.info.activity.since_record(ev.ts_ns),
+                    next_timer_ms: timer_ms(ev.info.next_timer_ms),
+                    user_timeout_ms: k.user_timeout_ms,
+                    own_idle_s: pick(src.idle, k.idle_s),
+                    own_intvl_s: pick(src.intvl, k.intvl_s),
                     pid,
+                    class: tally::UNCOUNTED,
+                    own_cnt: if src.cnt { k.cnt } else { 0 },
                     state: ev.info.state,
                     probes_out: ev.info.probes_out,
-                    keepalive_on: ev.info.keepalive_on,
-                    owner_tries: 0,
-                    class: tally::UNCOUNTED,
+                    flags: if ev.info.keepalive_on { ON } else { 0 } | if v6 { V6 } else { 0 },
                 };
                 let mut new = new;
                 if new.cgroup == 0 && new.pid != 0 {
@@ -274,7 +364,7 @@ impl Inventory {
                     self.ownerless.insert(ev.sk);
                 }
                 self.index(&new);
-                if let Some(old) = self.sockets.insert(ev.sk, new) {
+                if let Some(old) = self.sockets.insert(new) {
                     self.unindex(&old);
                     self.uncount(&old);
                 }
@@ -289,13 +379,13 @@ impl Inventory {
     }
 
     fn remove(&mut self, sk: u64) {
-        if let Some(gone) = self.sockets.remove(&sk) {
+        if let Some(gone) = self.sockets.remove(sk) {
             let labels = self.labels(&gone);
             self.recent.keep(sk, labels);
             self.unindex(&gone);
             self.uncount(&gone);
             self.disown(gone.pid);
-            self.leave(gone.flow.netns);
+            self.leave(gone.netns);
         }
     }
 
@@ -313,11 +403,11 @@ impl Inventory {
             return Vec::new();
         }
         let mut changed = Vec::new();
-        for (sk, e) in self.sockets.iter().filter(|(_, e)| e.flow.netns == netns) {
+        for e in self.sockets.iter().filter(|e| e.netns == netns) {
             let after = self.effective(e);
             let before = effective_with(e, &old);
             if before != after {
-                changed.push((*sk, before, after));
+                changed.push((e.sk, before, after));
             }
         }
         for (sk, _, _) in &changed {
@@ -337,24 +427,24 @@ impl Inventory {
     }
 
     pub fn get(&self, sk: u64) -> Option<&Entry> {
-        self.sockets.get(&sk)
+        self.sockets.get(sk)
     }
 
     pub fn effective(&self, e: &Entry) -> Effective {
         effective_with(
             e,
-            self.defaults.get(&e.flow.netns).unwrap_or(&LINUX_DEFAULTS),
+            self.defaults.get(&e.netns).unwrap_or(&LINUX_DEFAULTS),
         )
     }
 
     /// Where the socket goes in `/sockets`' default order: namespace, local port, remote port.
     pub fn place(&self, sk: u64) -> Option<u64> {
-        let f = &self.sockets.get(&sk)?.flow;
-        Some((u64::from(f.netns) << 32) | (u64::from(f.sport) << 16) | u64::from(f.dport))
+        let e = self.sockets.get(sk)?;
+        Some((u64::from(e.netns) << 32) | (u64::from(e.sport) << 16) | u64::from(e.dport))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.sockets.values()
+        self.sockets.iter()
     }
 }
 
@@ -365,11 +455,11 @@ fn timer_ms(ms: Option<u64>) -> u32 {
 fn effective_with(e: &Entry, d: &NsDefaults) -> Effective {
     let pick = |own: u32, def: u32| if own != 0 { own } else { def };
     Effective {
-        on: e.keepalive_on,
-        idle_s: pick(e.own.idle_s, d.idle_s),
-        intvl_s: pick(e.own.intvl_s, d.intvl_s),
-        cnt: if e.own.cnt != 0 { e.own.cnt } else { d.cnt },
-        user_timeout_ms: e.own.user_timeout_ms,
+        on: e.keepalive_on(),
+        idle_s: pick(e.own_idle_s.into(), d.idle_s),
+        intvl_s: pick(e.own_intvl_s.into(), d.intvl_s),
+        cnt: if e.own_cnt != 0 { e.own_cnt } else { d.cnt },
+        user_timeout_ms: e.user_timeout_ms,
     }
 }
 

@@ -49,12 +49,12 @@ impl Inventory {
         let stale: Vec<u64> = self
             .sockets
             .iter()
-            .filter(|(sk, e)| {
-                walked.namespaces.contains(&e.flow.netns)
-                    && !alive.contains(sk)
-                    && e.seen_ms < walk.started_ms
+            .filter(|e| {
+                walked.namespaces.contains(&e.netns)
+                    && !alive.contains(&e.sk)
+                    && u64::from(e.seen_ms) < walk.started_ms
             })
-            .map(|(sk, _)| *sk)
+            .map(|e| e.sk)
             .collect();
         for sk in &stale {
             self.remove(*sk);
@@ -65,7 +65,7 @@ impl Inventory {
         self.pending.retain(|sk, _| alive.contains(sk));
         let mut added = 0;
         for ev in &walked.events {
-            if !self.sockets.contains_key(&ev.sk) && !walk.gone.contains(&ev.sk) {
+            if !self.sockets.contains_key(ev.sk) && !walk.gone.contains(&ev.sk) {
                 self.apply(ev, owner(ev.ino));
                 added += 1;
             }
@@ -95,7 +95,7 @@ mod tests {
     }
 
     fn listed(inv: &Inventory) -> Vec<u64> {
-        let mut v: Vec<u64> = inv.sockets.keys().copied().collect();
+        let mut v: Vec<u64> = inv.sockets.keys().collect();
         v.sort_unstable();
         v
     }

@@ -65,7 +65,7 @@ impl Inventory {
 
     /// The socket's activity ages as of now.
     pub fn activity_now(&self, e: &Entry) -> Activity {
-        let elapsed = self.now_ms().saturating_sub(e.seen_ms);
+        let elapsed = self.now_ms().saturating_sub(e.seen_ms.into());
         let age = |ms: u32| match ms {
             Activity::UNKNOWN => Activity::UNKNOWN,
             ms => (u64::from(ms) + elapsed).min(u64::from(Activity::UNKNOWN - 1)) as u32,
@@ -79,7 +79,7 @@ impl Inventory {
 
     /// The peer group of the socket's remote address.
     pub fn peer_group(&self, e: &Entry) -> &Group {
-        self.peers.classify(e.flow.daddr)
+        self.peers.classify(e.daddr())
     }
 
     pub fn risk(&self, e: &Entry, eff: &Effective) -> Risk {
@@ -92,7 +92,7 @@ impl Inventory {
         let group = self.peer_group(e);
         let Some(budget) = group
             .budget_s
-            .filter(|_| &*group.name != LOOPBACK && e.flow.daddr != e.flow.saddr)
+            .filter(|_| &*group.name != LOOPBACK && e.daddr() != self.addrs.get(e.saddr))
         else {
             return Risk::Local;
         };
@@ -108,10 +108,14 @@ impl Inventory {
     /// Takes the activity (and timer) of every listed socket from a walk's records; sockets
     /// the inventory does not hold are left to the re-walk's reconciliation.
     pub fn refresh(&mut self, walked: &[KernelEvent]) {
-        let now = self.now_ms();
+        let now = self.seen_now();
         self.unwalked = false;
         for ev in walked {
-            if let Some(e) = self.sockets.get_mut(&ev.sk).filter(|e| e.flow == ev.flow) {
+            let flow = self.sockets.get(ev.sk).map(|e| self.flow(e));
+            if flow != Some(ev.flow) {
+                continue;
+            }
+            if let Some(e) = self.sockets.get_mut(ev.sk) {
                 e.activity = ev.info.activity.since_record(ev.ts_ns);
                 e.next_timer_ms = super::timer_ms(ev.info.next_timer_ms);
                 e.probes_out = ev.info.probes_out;

@@ -104,7 +104,7 @@ impl Inventory {
 
     /// Moves the socket to the class it counts under now, if that changed.
     pub(super) fn reclass(&mut self, sk: u64) {
-        let Some(e) = self.sockets.get(&sk) else {
+        let Some(e) = self.sockets.get(sk) else {
             return;
         };
         let class = self.class_of(e);
@@ -117,7 +117,7 @@ impl Inventory {
             self.tally.sub(old);
         }
         let id = self.tally.add(class);
-        if let Some(e) = self.sockets.get_mut(&sk) {
+        if let Some(e) = self.sockets.get_mut(sk) {
             e.class = id;
         }
     }
@@ -133,7 +133,7 @@ impl Inventory {
 
     /// Every socket, for a re-tally in chunks.
     pub fn socket_ids(&self) -> Vec<u64> {
-        self.sockets.keys().copied().collect()
+        self.sockets.keys().collect()
     }
 
     pub fn tally(&self) -> &Tally {

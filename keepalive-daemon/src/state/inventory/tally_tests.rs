@@ -62,8 +62,8 @@ fn run(inv: &mut Inventory, op: &Op) {
         }
         Op::Refresh(sk, state) => {
             if let Some(e) = inv.get(sk) {
-                let mut w = ev(Kind::Walked, sk, e.flow.netns);
-                w.flow = e.flow;
+                let mut w = ev(Kind::Walked, sk, e.netns);
+                w.flow = inv.flow(e);
                 w.info.state = [1, 8, 4][state as usize];
                 inv.refresh(&[w]);
             }

@@ -52,7 +52,7 @@ impl Inventory {
         let eff = self.effective(e);
         let from = |own: bool| if own { "socket" } else { "sysctl" };
         let ttd = time_to_detect(&eff);
-        let elapsed = self.now_ms().saturating_sub(e.seen_ms);
+        let elapsed = self.now_ms().saturating_sub(e.seen_ms.into());
         let risk = self.risk(e, &eff);
         // A listener never sends or receives: its ages would count from boot.
         let act = match risk {
@@ -62,28 +62,28 @@ impl Inventory {
         let secs = |ms: u32| (ms != Activity::UNKNOWN).then(|| f64::from(ms) / 1000.0);
         let group = (risk != Risk::Listener).then(|| self.peer_group(e));
         SocketView {
-            family: if e.flow.saddr.is_ipv4() {
+            family: if e.daddr().is_ipv4() {
                 "ipv4"
             } else {
                 "ipv6"
             },
             state: state_name(e.state),
-            saddr: e.flow.saddr,
-            sport: e.flow.sport,
-            daddr: e.flow.daddr,
-            dport: e.flow.dport,
-            netns: e.flow.netns,
+            saddr: self.addrs.get(e.saddr),
+            sport: e.sport,
+            daddr: e.daddr(),
+            dport: e.dport,
+            netns: e.netns,
             pid: (e.pid != 0).then_some(e.pid),
             comm: self.procs.get(&e.pid).map(|p| p.comm.to_string()),
             cgroup: (e.cgroup != 0).then_some(e.cgroup),
             labels: self.labels(e),
             keepalive: eff.on,
             idle_s: eff.idle_s,
-            idle_from: from(e.own.idle_s != 0),
+            idle_from: from(e.own_idle_s != 0),
             intvl_s: eff.intvl_s,
-            intvl_from: from(e.own.intvl_s != 0),
+            intvl_from: from(e.own_intvl_s != 0),
             cnt: eff.cnt,
-            cnt_from: from(e.own.cnt != 0),
+            cnt_from: from(e.own_cnt != 0),
             user_timeout_ms: eff.user_timeout_ms,
             probes_out: e.probes_out,
             next_probe_ms: self.next_probe_ms(e, &eff, elapsed),

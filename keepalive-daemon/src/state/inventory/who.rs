@@ -14,7 +14,7 @@ impl Inventory {
         if e.state == LISTEN {
             *self
                 .listeners
-                .entry((e.flow.netns, e.flow.sport))
+                .entry((e.netns, e.sport))
                 .or_default() += 1;
         }
         self.attribution.hold(e.cgroup);
@@ -22,36 +22,37 @@ impl Inventory {
 
     pub(super) fn unindex(&mut self, e: &Entry) {
         if e.state == LISTEN
-            && let Some(n) = self.listeners.get_mut(&(e.flow.netns, e.flow.sport))
+            && let Some(n) = self.listeners.get_mut(&(e.netns, e.sport))
         {
             *n -= 1;
             if *n == 0 {
-                self.listeners.remove(&(e.flow.netns, e.flow.sport));
+                self.listeners.remove(&(e.netns, e.sport));
             }
         }
         self.attribution.release(e.cgroup);
+        self.addrs.release(e.saddr);
     }
 
     /// Who the socket belongs to (see `state::labels`).
     pub fn labels(&self, e: &Entry) -> SocketLabels {
         let (role, port) = match e.state {
             LISTEN => (None, None),
-            _ if self.listeners.contains_key(&(e.flow.netns, e.flow.sport)) => {
-                (Some(Role::Server), Some(e.flow.sport))
+            _ if self.listeners.contains_key(&(e.netns, e.sport)) => {
+                (Some(Role::Server), Some(e.sport))
             }
             _ => (Some(Role::Client), None),
         };
         let process = self.procs.get(&e.pid).map(|p| p.comm.clone());
         // A listener has no peer.
         let peer_group =
-            (e.state != LISTEN).then(|| Arc::from(&*self.peers.classify(e.flow.daddr).name));
+            (e.state != LISTEN).then(|| Arc::from(&*self.peers.classify(e.daddr()).name));
         self.attribution
             .labels(e.cgroup, process, role, port, peer_group)
     }
 
     /// The labels of a socket in the inventory, or closed in the last seconds.
     pub fn labels_of(&self, sk: u64) -> Option<SocketLabels> {
-        match self.sockets.get(&sk) {
+        match self.sockets.get(sk) {
             Some(e) => Some(self.labels(e)),
             None => self.recent.get(sk),
         }
@@ -82,6 +83,8 @@ impl Inventory {
 
     /// Sockets with a file but no known owner yet: (socket, inode).
     pub fn unowned(&mut self) -> Vec<(u64, u64)> {
+        // Here because it runs with every poll: the 32-bit timestamps' epoch moves on.
+        self.rebase();
         // Looked up at polls 1, 2, 4, 8 and 16 after the socket appeared (0.5 to 8 s): each miss
         // is a scan of every descriptor of every process, tens of ms with 10 k sockets open,
         // which was most of a quiet daemon's CPU while it went on to poll 64. Accepted sockets
@@ -92,14 +95,15 @@ impl Inventory {
         let sockets = &mut self.sockets;
         self.ownerless.retain(|sk| {
             let Some(e) = sockets
-                .get_mut(sk)
-                .filter(|e| e.pid == 0 && e.ino != 0 && e.owner_tries < LAST_POLL)
+                .get_mut(*sk)
+                .filter(|e| e.pid == 0 && e.ino != 0 && e.owner_tries() < LAST_POLL)
             else {
                 return false;
             };
-            e.owner_tries += 1;
-            if e.owner_tries.is_power_of_two() {
-                out.push((*sk, e.ino));
+            let tries = e.owner_tries() + 1;
+            e.set_owner_tries(tries);
+            if tries.is_power_of_two() {
+                out.push((*sk, e.ino.into()));
             }
             true
         });
@@ -110,7 +114,7 @@ impl Inventory {
     }
 
     pub fn set_owner(&mut self, sk: u64, owner: Owner) {
-        let Some((old, cgroup)) = self.sockets.get(&sk).map(|e| (e.pid, e.cgroup)) else {
+        let Some((old, cgroup)) = self.sockets.get(sk).map(|e| (e.pid, e.cgroup)) else {
             return;
         };
         self.disown(old);
@@ -124,7 +128,7 @@ impl Inventory {
             }
             c => c,
         };
-        if let Some(e) = self.sockets.get_mut(&sk) {
+        if let Some(e) = self.sockets.get_mut(sk) {
             e.pid = pid;
             e.cgroup = cgroup;
         }
@@ -147,12 +151,12 @@ impl Inventory {
         let moved: Vec<(u64, Owner)> = self
             .sockets
             .iter()
-            .filter(|(_, e)| e.ino != 0)
-            .filter_map(|(sk, e)| {
-                let now = owners.cached(e.ino)?;
+            .filter(|e| e.ino != 0)
+            .filter_map(|e| {
+                let now = owners.cached(e.ino.into())?;
                 // Another holder, or the same one under a new name (it exec'd since).
                 let renamed = self.procs.get(&e.pid).is_some_and(|p| *p.comm != *now.comm);
-                (now.pid != e.pid || renamed).then_some((*sk, now))
+                (now.pid != e.pid || renamed).then_some((e.sk, now))
             })
             .collect();
         let n = moved.len();
