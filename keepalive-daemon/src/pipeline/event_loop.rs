@@ -185,7 +185,11 @@ impl LoopState {
                     let group = inv.peers.classify(ev.flow.daddr).clone();
                     let ts = self.tracker.wall_clock(ev.ts_ns);
                     let owner = inv.get(ev.sk).and_then(|e| inv.owner(e));
-                    (inv.labels_of(ev.sk), owner, inv.paths.observe(ev, &group, &ts))
+                    (
+                        inv.labels_of(ev.sk),
+                        owner,
+                        inv.paths.observe(ev, &group, &ts),
+                    )
                 };
                 if let Some(change) = path {
                     self.sinks.path_timeout(&change);

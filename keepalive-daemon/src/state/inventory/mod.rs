@@ -1,10 +1,10 @@
 //! Every TCP socket's keepalive configuration, live: seeded by the `iter/tcp` walk at startup,
 //! kept current by open/close/settings events and by namespace sysctl changes, and corrected
 //! by a periodic re-walk where events were lost.
-use std::{
-    collections::{HashMap, HashSet},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+// foldhash rather than SipHash: the keys are the kernel's and ours, not an attacker's.
+use hashbrown::{HashMap, HashSet};
 
 use crate::{
     ingest::decode::{Activity, Flow, Keepalive, KernelEvent, Kind},
@@ -319,7 +319,13 @@ impl Inventory {
                     self.disown(pid);
                     pid = self.adopt(&o);
                 }
-                let pick = |set: bool, v: u32| if set { v.min(u32::from(u16::MAX)) as u16 } else { 0 };
+                let pick = |set: bool, v: u32| {
+                    if set {
+                        v.min(u32::from(u16::MAX)) as u16
+                    } else {
+                        0
+                    }
+                };
                 let (k, src) = (&ev.keepalive, &ev.info.sources);
                 let mut daddr = [0u8; 16];
                 let v6 = match ev.flow.daddr {
@@ -426,15 +432,17 @@ impl Inventory {
         }
     }
 
+    /// Room for `n` more sockets at once (the startup walk knows how many).
+    pub fn reserve(&mut self, n: usize) {
+        self.sockets.reserve(n);
+    }
+
     pub fn get(&self, sk: u64) -> Option<&Entry> {
         self.sockets.get(sk)
     }
 
     pub fn effective(&self, e: &Entry) -> Effective {
-        effective_with(
-            e,
-            self.defaults.get(&e.netns).unwrap_or(&LINUX_DEFAULTS),
-        )
+        effective_with(e, self.defaults.get(&e.netns).unwrap_or(&LINUX_DEFAULTS))
     }
 
     /// Where the socket goes in `/sockets`' default order: namespace, local port, remote port.

@@ -3,7 +3,7 @@
 //! would stay listed forever and a new one would be missing until its next event. Every
 //! `INTERVAL` the iterator walks every namespace again and the kernel's own list wins.
 //! The walk itself runs in `crate::ingest::rewalk`, which sends its `Walked`; this is what the inventory does with its result.
-use std::collections::HashSet;
+use hashbrown::HashSet;
 
 use super::Inventory;
 use crate::{ingest::rewalk::Walked, state::owners::Owner};

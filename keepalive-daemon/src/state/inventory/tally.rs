@@ -7,7 +7,7 @@
 //! passage of time or a neighbour changes (a silent socket crossing its idle budget, a listener
 //! appearing that makes accepted sockets servers, a workload learned late) is settled by
 //! `retally`, which the web server runs in chunks after scrapes, off the scrape path.
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use super::{Entry, Inventory, Risk, time_to_detect};
 use crate::state::labels::SocketLabels;
@@ -77,9 +77,13 @@ impl Tally {
             .filter_map(|(c, n)| Some((c.as_ref()?, *n)))
     }
 
-    /// Whether `id` counts `class` now.
+    /// Whether `id` counts `class` now: compared in place, without hashing the labels (most
+    /// events leave a socket in its class).
     fn holds(&self, id: u32, class: &Class) -> bool {
-        self.ids.get(class) == Some(&id)
+        self.classes
+            .get(id as usize)
+            .and_then(|(c, _)| c.as_ref())
+            .is_some_and(|c| c == class)
     }
 }
 

@@ -62,11 +62,7 @@ impl Inventory {
         let secs = |ms: u32| (ms != Activity::UNKNOWN).then(|| f64::from(ms) / 1000.0);
         let group = (risk != Risk::Listener).then(|| self.peer_group(e));
         SocketView {
-            family: if e.daddr().is_ipv4() {
-                "ipv4"
-            } else {
-                "ipv6"
-            },
+            family: if e.daddr().is_ipv4() { "ipv4" } else { "ipv6" },
             state: state_name(e.state),
             saddr: self.addrs.get(e.saddr),
             sport: e.sport,

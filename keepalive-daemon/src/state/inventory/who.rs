@@ -12,10 +12,7 @@ use crate::state::{
 impl Inventory {
     pub(super) fn index(&mut self, e: &Entry) {
         if e.state == LISTEN {
-            *self
-                .listeners
-                .entry((e.netns, e.sport))
-                .or_default() += 1;
+            *self.listeners.entry((e.netns, e.sport)).or_default() += 1;
         }
         self.attribution.hold(e.cgroup);
     }
