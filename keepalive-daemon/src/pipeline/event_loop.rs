@@ -31,6 +31,8 @@ pub(super) struct LoopState {
     pub(super) namespaces: HashSet<u32>,
     pub(super) audit: ProbeAudit,
     pub(super) owner_check: OwnerCheck,
+    /// A re-walk's records whose activity is still to be taken, and how far it got.
+    pub(super) refreshing: Option<(Vec<KernelEvent>, usize)>,
 }
 
 pub(super) async fn event_loop(
@@ -57,8 +59,10 @@ pub(super) async fn event_loop(
         tokio::select! {
             () = &mut tick => {
                 let n = st.drain(ring.get_mut());
+                let more = st.refresh_some();
                 empty_ticks = if n > 0 { 0 } else { empty_ticks + 1 };
                 let next = match (n, empty_ticks) {
+                    _ if more => DRAIN_TICK,
                     (MAX_DRAIN.., _) => std::time::Duration::ZERO,
                     (_, 0..3) => DRAIN_TICK,
                     _ => DRAIN_SLOW,
@@ -110,6 +114,26 @@ const MAX_DRAIN: usize = 16_384;
 const DRAIN_SLOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl LoopState {
+    /// Takes the activity of the next `MAX_DRAIN` sockets of a re-walk; whether more remain.
+    fn refresh_some(&mut self) -> bool {
+        let Some((events, done)) = &mut self.refreshing else {
+            return false;
+        };
+        let end = (*done + MAX_DRAIN).min(events.len());
+        self.inventory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refresh(&events[*done..end]);
+        *done = end;
+        if end < events.len() {
+            return true;
+        }
+        self.refreshing = None;
+        // Once the walk's own buffers are gone too.
+        crate::service::heap::release_freed();
+        false
+    }
+
     /// Dispatches the records in the ring, `MAX_DRAIN` at most; returns how many there were.
     fn drain(&mut self, rb: &mut RingBuf<MapData>) -> usize {
         let mut n = 0;
@@ -163,8 +187,7 @@ impl LoopState {
                             o.thread = Some(t);
                         }
                         self.sinks.settings(
-                            &e,
-                            &flow,
+                            (&e, &flow),
                             owner,
                             labels,
                             before,

@@ -8,7 +8,6 @@ use super::event_loop::LoopState;
 use crate::{
     ingest::{rewalk::Walked, sysctl::NsDefaults},
     kernel::clock::monotonic_ns,
-    service::heap,
 };
 
 impl LoopState {
@@ -41,7 +40,7 @@ impl LoopState {
             drop(inv);
             for (e, flow, owner, labels, before, after) in entries {
                 self.sinks
-                    .settings(&e, &flow, owner, labels, before, after, now.clone());
+                    .settings((&e, &flow), owner, labels, before, after, now.clone());
             }
         }
     }
@@ -62,11 +61,11 @@ impl LoopState {
         let owners = &self.sinks.owners;
         let c = {
             let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());
-            let c = inv.reconcile(&walked, |ino| owners.cached(ino));
-            // The walk read every socket's activity too.
-            inv.refresh(&walked.events);
-            c
+            inv.reconcile(&walked, |ino| owners.cached(ino))
         };
+        // The walk read every socket's activity too: taken in chunks between drains (see
+        // `refresh_some`), since a million sockets under one hold stalled events for seconds.
+        self.refreshing = Some((walked.events, 0));
         if c.added + c.removed > 0 {
             info!(
                 "inventory re-walk: {} sockets added, {} removed (their events were lost)",
@@ -83,9 +82,6 @@ impl LoopState {
                 .with_label_values(&["removed"])
                 .inc_by(c.removed as u64);
         }
-        // Once the walk's own buffers are gone too.
-        drop(walked);
-        heap::release_freed();
     }
 
     /// Who holds each socket now (see `OwnerCheck`): a socket handed to a forked worker or over

@@ -93,6 +93,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         namespaces: HashSet::new(),
         audit: ProbeAudit::default(),
         owner_check: OwnerCheck::new(),
+        refreshing: None,
     };
     let events = tokio::spawn(event_loop::event_loop(maps.ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);

@@ -95,11 +95,11 @@ impl Sinks {
         self.write(&out);
     }
 
-    /// A `settings` event for a socket whose effective configuration changed.
+    /// A `settings` event for a socket whose effective configuration changed: the entry and
+    /// its addresses (`Inventory::flow`).
     pub fn settings(
         &mut self,
-        e: &Entry,
-        flow: &Flow,
+        (e, flow): (&Entry, &Flow),
         owner: Option<Owner>,
         labels: SocketLabels,
         before: Effective,

@@ -153,14 +153,15 @@ impl Owners {
             .collect();
         pids.sort_unstable();
         for pid in pids {
-            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            let dir = format!("/proc/{pid}/fd");
+            let (Ok(fds), Ok(dirfd)) = (fs::read_dir(&dir), fs::File::open(&dir)) else {
                 continue;
             };
             let mut named = false;
+            let mut link = [0u8; 64];
             for fd in fds.flatten() {
-                let Some(ino) = fs::read_link(fd.path())
-                    .ok()
-                    .and_then(|l| socket_inode(l.to_str()?))
+                let Some(ino) = read_link_at(&dirfd, &fd.file_name(), &mut link)
+                    .and_then(|l| socket_inode(std::str::from_utf8(l).ok()?))
                 else {
                     continue;
                 };
@@ -217,6 +218,24 @@ impl Default for OwnerCheck {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `readlinkat` on the process's fd directory: each link is read without resolving
+/// `/proc/<pid>/fd/<n>` from the root again (a million of them at a million sockets). Only
+/// short targets matter (`socket:[N]`); longer ones come back truncated, and do not parse.
+fn read_link_at<'a>(dir: &fs::File, name: &std::ffi::OsStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    use std::os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _};
+    let name = std::ffi::CString::new(name.as_bytes()).ok()?;
+    // SAFETY: valid directory fd, NUL-terminated name, and a buffer of the length given.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    buf.get(..usize::try_from(n).ok()?)
 }
 
 fn socket_inode(link: &str) -> Option<u32> {
