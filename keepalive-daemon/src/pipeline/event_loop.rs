@@ -19,7 +19,11 @@ use crate::{
         unseen::ProbeAudit,
     },
     sinks::publish::Sinks,
-    state::{inventory::Inventory, owners::OwnerCheck, tracker::Tracker},
+    state::{
+        inventory::Inventory,
+        owners::{OwnerCheck, Owners},
+        tracker::Tracker,
+    },
 };
 
 pub(super) struct LoopState {
@@ -33,6 +37,8 @@ pub(super) struct LoopState {
     pub(super) owner_check: OwnerCheck,
     /// A re-walk's records whose activity is still to be taken, and how far it got.
     pub(super) refreshing: Option<(Vec<KernelEvent>, usize)>,
+    /// A /proc scan too slow for the event loop is wanted (see `Owners::inline`).
+    pub(super) scan_wanted: bool,
 }
 
 pub(super) async fn event_loop(
@@ -55,8 +61,20 @@ pub(super) async fn event_loop(
     let tick = tokio::time::sleep(DRAIN_TICK);
     tokio::pin!(tick);
     let mut empty_ticks = 0u32;
+    let mut owner_scan: Option<tokio::task::JoinHandle<Owners>> = None;
     loop {
+        st.scan_wanted |= st.sinks.owners.take_wanted();
+        if owner_scan.is_none() && std::mem::take(&mut st.scan_wanted) {
+            owner_scan = Some(tokio::task::spawn_blocking(Owners::scanned));
+        }
         tokio::select! {
+            scanned = async { owner_scan.as_mut().expect("guarded").await }, if owner_scan.is_some() => {
+                owner_scan = None;
+                if let Ok(table) = scanned {
+                    let took = st.sinks.owners.install(table);
+                    st.owners_scanned(took);
+                }
+            }
             () = &mut tick => {
                 let n = st.drain(ring.get_mut());
                 let more = st.refresh_some();

@@ -95,7 +95,18 @@ impl LoopState {
         if !self.owner_check.due(&pids) {
             return;
         }
+        if !self.sinks.owners.inline() {
+            // Seconds at a few hundred thousand sockets: on a blocking thread instead.
+            self.scan_wanted = true;
+            return;
+        }
         let took = self.sinks.owners.rescan_now();
+        self.owners_scanned(took);
+    }
+
+    /// After a /proc scan, here or on a blocking thread: the next check, and every socket
+    /// that changed hands (or had no owner) takes the one the scan names.
+    pub(super) fn owners_scanned(&mut self, took: std::time::Duration) {
         self.owner_check.done(took);
         let moved = self
             .inventory

@@ -94,6 +94,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         audit: ProbeAudit::default(),
         owner_check: OwnerCheck::new(),
         refreshing: None,
+        scan_wanted: false,
     };
     let events = tokio::spawn(event_loop::event_loop(maps.ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);

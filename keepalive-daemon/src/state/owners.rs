@@ -21,6 +21,9 @@ const MIN_RESCAN: Duration = Duration::from_millis(100);
 /// A miss-triggered scan waits this many times the last scan's cost: misses then cost at most
 /// 5 % of one CPU, however many sockets the host holds.
 const RESCAN_SPACING: u32 = 20;
+/// A scan that took longer than this runs on a blocking thread next time (see `wanted`): the
+/// event loop cannot wait seconds for one at a few hundred thousand sockets.
+pub const INLINE_MAX: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -54,6 +57,10 @@ pub struct Owners {
     /// When a miss may scan /proc again (see `RESCAN_SPACING`).
     next_scan: Option<Instant>,
     scans: u64,
+    last_took: Duration,
+    /// A miss wants a scan that is too slow to run inline: the event loop starts it on a
+    /// blocking thread and installs its table (`install`).
+    wanted: bool,
 }
 
 impl Owners {
@@ -103,6 +110,30 @@ impl Owners {
         self.rescan()
     }
 
+    /// Whether a miss asked for a scan to run off the event loop; asking clears it.
+    pub fn take_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.wanted)
+    }
+
+    /// Whether the last scan was quick enough to run on the event loop.
+    pub fn inline(&self) -> bool {
+        self.last_took <= INLINE_MAX
+    }
+
+    /// A table from a new scan, for a blocking thread; `install` it afterwards.
+    pub fn scanned() -> Owners {
+        let mut o = Owners::default();
+        o.rescan();
+        o
+    }
+
+    /// Takes the table of a scan made elsewhere (`scanned`); returns how long it took.
+    pub fn install(&mut self, new: Owners) -> Duration {
+        let scans = self.scans + new.scans;
+        *self = Owners { scans, ..new };
+        self.last_took
+    }
+
     /// How many /proc scans ran since start (misses and periodic checks).
     pub fn scans(&self) -> u64 {
         self.scans
@@ -116,6 +147,10 @@ impl Owners {
             return Some(o);
         }
         if self.next_scan.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        if self.last_took > INLINE_MAX {
+            self.wanted = true;
             return None;
         }
         self.rescan();
@@ -136,6 +171,7 @@ impl Owners {
         self.scan();
         let took = started.elapsed();
         self.scans += 1;
+        self.last_took = took;
         self.next_scan = Some(Instant::now() + (took * RESCAN_SPACING).max(MIN_RESCAN));
         took
     }
@@ -282,13 +318,35 @@ mod tests {
             "rate-limited, not rescanned"
         );
         assert_eq!(owners.scans(), scans);
-        // Once the spacing has passed (not waited for: a busy host's scan takes seconds).
+        // Once the spacing has passed (not waited for: a busy host's scan takes seconds), a
+        // slow scan is wanted off the event loop rather than run in the lookup…
         owners.next_scan = Some(Instant::now());
+        owners.last_took = INLINE_MAX * 2;
+        assert_eq!(owners.lookup(other_ino), None);
+        assert!(owners.take_wanted() && !owners.take_wanted());
+        assert_eq!(owners.scans(), scans);
+        let took = owners.install(Owners::scanned());
+        assert_eq!(owners.scans(), scans + 1);
+        assert_eq!(owners.last_took, took);
         assert_eq!(
-            owners.lookup(other_ino).map(|o| o.pid),
+            owners.cached(other_ino).map(|o| o.pid),
             Some(std::process::id())
         );
-        assert_eq!(owners.scans(), scans + 1);
+        // …and a quick one runs in it.
+        let third = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let third_ino = fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&third)
+        ))
+        .unwrap()
+        .ino();
+        owners.next_scan = Some(Instant::now());
+        owners.last_took = Duration::ZERO;
+        assert_eq!(
+            owners.lookup(third_ino).map(|o| o.pid),
+            Some(std::process::id())
+        );
+        assert_eq!(owners.scans(), scans + 2);
     }
 
     /// A thread with a name of its own sets an option: the owner is the process, by name.
