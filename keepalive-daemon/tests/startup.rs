@@ -103,6 +103,14 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
 
     let out = run_to_exit(&["--hook-mode", "sideways"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let out = run_to_exit(&["--ring-buffer-bytes", "1000"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    for bad in ["1000", "Auto", "64MiB"] {
+        let out = run_to_exit(&["--ring-buffer-bytes", bad]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let line = last_line(&out);
+        assert!(
+            line.contains("--ring-buffer-bytes") && line.contains("`auto` or a power of two")
+                || line.contains("not a number or `auto`"),
+            "{line}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::debug;
 use keepalive_common::{
@@ -30,10 +30,27 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Sockets with keepalive probes outstanding → probes sent in the current run. Only sockets
-/// being probed are here, so the map stays small; LRU so a missed close cannot fill it.
+/// Sockets with keepalive probes outstanding → probes sent in the current run. A plain
+/// (preallocated) hash whose size the daemon sets at load from the TCP sockets there are
+/// (kernel/sizing.rs): an LRU evicted sockets in the middle of their run when a partition made
+/// more of them probe at once than it held, and their answers and closes went unreported. An
+/// insert that finds it full is counted in `UNTRACKED` instead; updating a socket already in
+/// it never fails (the kernel swaps in a per-CPU spare element).
+///
+/// Entries do not outlive their run: every way a run ends removes the socket — an answer
+/// (`timer_enter`), keepalive giving up (`dying`), a RST (`reset_received`), and any state
+/// change out of the keepalive states, which every socket passes through before it is freed
+/// (`state_changed`: FIN_WAIT1, LAST_ACK, CLOSE …). The one miss is a state change the kernel
+/// skipped (counted as `keepalive_events_lost_total{stage="nested"}`), and that entry is
+/// dropped when a later socket reuses the address and its keepalive timer finds no probes out.
 #[map]
-static PROBING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+static PROBING: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Probe runs `PROBING` had no room for (map full). Exported as
+/// `keepalive_events_lost_total{stage="tracking"}`: the answer, RST or close that ends such a
+/// run is not reported.
+#[map]
+static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// When the daemon was last woken (`bpf_ktime_get_ns`). One slot for all CPUs: a lost race
 /// costs one extra or one skipped wake-up, and the daemon's drain tick covers the latter.
@@ -232,7 +249,11 @@ pub fn timer_exit() {
     };
     match outcome {
         Outcome::Probe => {
-            let _ = PROBING.insert(&sk, &probes, 0);
+            if PROBING.insert(&sk, &probes, 0).is_err() {
+                if let Some(n) = UNTRACKED.get_ptr_mut(0) {
+                    unsafe { *n += 1 };
+                }
+            }
             emit(EV_PROBE, run.hook, sk, probes, 0);
         }
         Outcome::Failed(ret) => emit(EV_PROBE_FAILED, run.hook, sk, probes, ret),
