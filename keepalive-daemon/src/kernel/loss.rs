@@ -71,8 +71,7 @@ impl KernelLoss {
                 .ok_or_else(|| format!("map {name} missing"))?;
             PerCpuArray::try_from(map).map_err(|e| e.to_string())
         };
-        let (ring, recovered, untracked) =
-            (take("LOST")?, take("RECOVERED")?, take("UNTRACKED")?);
+        let (ring, recovered, untracked) = (take("LOST")?, take("RECOVERED")?, take("UNTRACKED")?);
         let programs = ebpf
             .programs()
             .filter_map(|(name, p)| {

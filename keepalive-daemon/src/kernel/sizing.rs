@@ -123,7 +123,8 @@ mod tests {
 
     #[test]
     fn parses_sockstat() {
-        let text = "sockets: used 215\nTCP: inuse 7 orphan 0 tw 2 alloc 9 mem 1\nUDP: inuse 3 mem 2\n";
+        let text =
+            "sockets: used 215\nTCP: inuse 7 orphan 0 tw 2 alloc 9 mem 1\nUDP: inuse 3 mem 2\n";
         assert_eq!(tcp_inuse(text), Some(7));
         assert_eq!(tcp_inuse("UDP: inuse 3\n"), None);
     }

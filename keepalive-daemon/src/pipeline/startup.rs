@@ -75,10 +75,13 @@ pub fn read_kernel(opts: &RunArgs) -> Result<KernelFacts> {
         mib_keepalive: offsets::mib_keepalive(&btf.index)?,
         // TCP_RESOURCE_PROBE_INTERVAL is HZ/2 (include/net/tcp.h), unchanged since 2.6.
         resource_probe_jiffies: hz / 2,
+        sock_span: offsets::sock_span(&offsets),
+        _pad: 0,
     };
     info!(
-        "kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}",
-        offsets.keepalive_timer
+        "kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}, socket fields \
+         in the first {} bytes",
+        offsets.keepalive_timer, settings.sock_span
     );
     Ok(KernelFacts {
         has_done_with_error: offsets::has_done_with_error(&btf.index),

@@ -361,7 +361,10 @@ mod tests {
         assert_eq!(p.options.run.ring_bytes, RingSize::Bytes(8 << 20));
         for bad in ["1000", "2048", "AUTO", "lots"] {
             let l = line_for(&["--ring-buffer-bytes", bad]);
-            assert!(l.contains("--ring-buffer-bytes") && l.contains("auto"), "{l}");
+            assert!(
+                l.contains("--ring-buffer-bytes") && l.contains("auto"),
+                "{l}"
+            );
         }
     }
 
