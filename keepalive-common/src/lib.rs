@@ -169,6 +169,11 @@ pub struct Settings {
     /// `TCP_RESOURCE_PROBE_INTERVAL` in jiffies (HZ/2): where the keepalive timer re-arms after a
     /// probe it could not send.
     pub resource_probe_jiffies: u32,
+    /// Bytes of a socket the programs copy in one read per event: up to the end of the last
+    /// `Offsets` field inside `struct tcp_sock` (`sock_span` in the daemon's offsets.rs). 0
+    /// reads every field on its own.
+    pub sock_span: u32,
+    pub _pad: u32,
 }
 
 /// Indexes of the `FLAGS` array map. Which hooks attached is only known after loading, so these

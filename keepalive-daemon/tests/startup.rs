@@ -103,6 +103,82 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
 
     let out = run_to_exit(&["--hook-mode", "sideways"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let out = run_to_exit(&["--ring-buffer-bytes", "1000"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    for bad in ["1000", "Auto", "64MiB"] {
+        let out = run_to_exit(&["--ring-buffer-bytes", bad]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        // The error is the first line (clap adds a usage hint after it).
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().next().unwrap_or("");
+        assert!(
+            line.contains("--ring-buffer-bytes")
+                && (line.contains("`auto` or a power of two")
+                    || line.contains("not a number or `auto`")),
+            "{err}"
+        );
+    }
+}
+
+/// `--ring-buffer-bytes auto` is the default and sizes the ring from the host's TCP sockets
+/// (a power of two, 1–64 MiB), an explicit size wins, the config file takes `"auto"` too, and
+/// the PROBING map is sized at load with its floor. The sizes are in the log and the ring's in
+/// `keepalive_ring_buffer_bytes`.
+#[test]
+fn ring_buffer_is_sized_automatically_or_as_told() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    let r = start(&[]).unwrap_or_else(|out| panic!("default start: {}", last_line(&out)));
+    let page = get(r.port, "/metrics").expect("metrics");
+    let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+    stop(r);
+    let bytes = metric(&page, "keepalive_ring_buffer_bytes").expect("ring gauge") as u64;
+    assert!(
+        bytes.is_power_of_two() && (1 << 20..=64 << 20).contains(&bytes),
+        "{bytes}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("TCP sockets at start"))
+        .unwrap_or_else(|| panic!("no sizing line in:\n{log}"));
+    assert!(
+        line.contains(&format!("ring buffer {bytes} bytes (auto")),
+        "{line}"
+    );
+    let room: u64 = line
+        .split("room for ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(room >= 65_536, "{line}");
+
+    let r = start(&["--ring-buffer-bytes", "4194304"]).expect("explicit size");
+    let page = get(r.port, "/metrics").expect("metrics");
+    stop(r);
+    assert_eq!(
+        metric(&page, "keepalive_ring_buffer_bytes"),
+        Some(4194304.0)
+    );
+
+    let dir = std::env::temp_dir().join(format!("kat-ring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("auto.toml");
+    std::fs::write(&good, "ring-buffer-bytes = \"auto\"\n").unwrap();
+    let r = start(&["--config.file", good.to_str().unwrap()]).expect("config auto");
+    let page = get(r.port, "/metrics").expect("metrics");
+    stop(r);
+    assert_eq!(
+        metric(&page, "keepalive_ring_buffer_bytes").map(|b| b as u64),
+        Some(bytes)
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "ring-buffer-bytes = \"8MiB\"\n").unwrap();
+    let out = run_to_exit(&["--config.file", bad.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("ring-buffer-bytes: not a number or `auto`"),
+        "{err}"
+    );
 }

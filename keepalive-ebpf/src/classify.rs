@@ -1,7 +1,10 @@
 //! What one keepalive timer run did: sent a probe, counted one it could not send, or only
 //! re-armed. fentry/kprobe see `tcp_write_wakeup`'s return value; the tracepoint rung has only
 //! what it can read around the callback.
-use crate::kernel;
+use crate::{
+    kernel,
+    sock::{self, Sock},
+};
 
 /// One keepalive timer run on a CPU, from entry to exit: what the hooks saw of it.
 #[repr(C)]
@@ -23,9 +26,14 @@ pub struct TimerRun {
     /// `tcp_write_wakeup` returned this positive value for the keepalive mib (fentry/kprobe):
     /// the probe was counted but not sent.
     pub wakeup_failed: u8,
-    pub _pad: u8,
+    /// The entry found the socket's probes answered: 1 + the probes the run had sent. The
+    /// `answered` event is written at exit, from the one copy of the socket the exit takes
+    /// anyway, when the kernel's callback has brought its cache lines in (a copy at entry
+    /// paid for them cold: 0.9 µs against 0.4 µs at exit, measured on 6.18).
+    pub answered: u8,
     /// `tcp_sock.segs_out` and `jiffies` at entry (tracepoint rung, see `timer_exit`).
     pub segs_before: u32,
+    pub _pad: u32,
     pub entry_jiffies: u64,
 }
 
@@ -65,14 +73,14 @@ pub fn from_wakeup(run: &TimerRun) -> Outcome {
 ///   hundred per 450 000 runs, which the `probes_out` test alone lost).
 /// - Anything else re-armed without probing (idle not reached yet, socket owned by the user).
 #[inline(always)]
-pub fn from_tracepoints(run: &TimerRun, sk: u64, probes: u8) -> Outcome {
+pub fn from_tracepoints(run: &TimerRun, sock: &Sock, probes: u8) -> Outcome {
     if probes > run.probes_before {
         return Outcome::Probe;
     }
-    if kernel::segs_out(sk) == run.segs_before {
+    if sock.get::<u32>(kernel::offsets().tp_segs_out) == run.segs_before {
         return Outcome::Rearmed;
     }
-    let Some(expires) = kernel::keepalive_expires(sk) else {
+    let Some(expires) = sock::keepalive_expires(sock.addr, sock.copy()) else {
         return Outcome::Rearmed;
     };
     // jiffies may tick once between the callback's re-arm and the entry reading.
@@ -80,7 +88,7 @@ pub fn from_tracepoints(run: &TimerRun, sk: u64, probes: u8) -> Outcome {
     let near = |want: u64| want != 0 && delay >= want && delay <= want + 1;
     if near(kernel::settings().resource_probe_jiffies as u64) {
         Outcome::Failed(0)
-    } else if near(kernel::intvl_jiffies(sk) as u64) {
+    } else if near(kernel::intvl_jiffies(sock) as u64) {
         Outcome::Probe
     } else {
         Outcome::Rearmed

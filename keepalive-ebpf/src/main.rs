@@ -14,8 +14,10 @@
 )]
 
 mod classify;
+mod emit;
 mod kernel;
 mod nesting;
+mod sock;
 mod state;
 
 mod hooks {

@@ -1,5 +1,5 @@
 //! What every hook family shares: the run of one keepalive timer callback on this CPU, the set
-//! of sockets with probes outstanding, and event output.
+//! of sockets with probes outstanding, and which events they make (written by `emit.rs`).
 //!
 //! A keepalive timer callback runs in softirq context with the socket bh-locked, and timer
 //! callbacks never nest on one CPU, so a single per-CPU slot describes "the keepalive timer
@@ -7,38 +7,43 @@
 //! and exit (a probe sent, the socket closed by `tcp_write_err`) is keepalive's doing.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use aya_log_ebpf::debug;
 use keepalive_common::{
     EV_ANSWERED, EV_CLOSED, EV_PROBE, EV_PROBE_FAILED, EV_REARMED, EV_RESET, EV_SETTINGS,
-    EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP, RawEvent,
+    EV_SOCK_CLOSE, EV_SOCK_OPEN, EV_TIMEOUT, FLAG_DEATH_VIA_DONE, FLAG_PROBE_VIA_WAKEUP,
 };
 
 use crate::classify::{self, Outcome, TimerRun};
+use crate::emit::{WITH_TASK, emit, emit_after_answer, emit_in_state, emit_packed, pack};
 use crate::kernel::{
     self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
 };
+use crate::sock::{self, Sock};
 
-/// Events for the daemon. Size set by the daemon (`--ring-buffer-bytes`).
+/// Sockets with keepalive probes outstanding → probes sent in the current run. A plain
+/// (preallocated) hash whose size the daemon sets at load from the TCP sockets there are
+/// (kernel/sizing.rs): an LRU evicted sockets in the middle of their run when a partition made
+/// more of them probe at once than it held, and their answers and closes went unreported. An
+/// insert that finds it full is counted in `UNTRACKED` instead; updating a socket already in
+/// it never fails (the kernel swaps in a per-CPU spare element).
+///
+/// Entries do not outlive their run: every way a run ends removes the socket — an answer
+/// (`timer_enter`), keepalive giving up (`dying`), a RST (`reset_received`), and any state
+/// change out of the keepalive states, which every socket passes through before it is freed
+/// (`state_changed`: FIN_WAIT1, LAST_ACK, CLOSE …). The one miss is a state change the kernel
+/// skipped (counted as `keepalive_events_lost_total{stage="nested"}`), and that entry is
+/// dropped when a later socket reuses the address and its keepalive timer finds no probes out.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static PROBING: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 
-/// Events that found the ring buffer full. Exported as `keepalive_events_lost_total`.
+/// Probe runs `PROBING` had no room for (map full). Exported as
+/// `keepalive_events_lost_total{stage="tracking"}`: the answer, RST or close that ends such a
+/// run is not reported.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// Sockets with keepalive probes outstanding → probes sent in the current run. Only sockets
-/// being probed are here, so the map stays small; LRU so a missed close cannot fill it.
-#[map]
-static PROBING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
-
-/// When the daemon was last woken (`bpf_ktime_get_ns`). One slot for all CPUs: a lost race
-/// costs one extra or one skipped wake-up, and the daemon's drain tick covers the latter.
-#[map]
-static LAST_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+static UNTRACKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static CURRENT: PerCpuArray<TimerRun> = PerCpuArray::with_max_entries(1, 0);
@@ -90,91 +95,8 @@ pub fn pending_wakeup() -> Option<&'static mut TimerRun> {
     }
 }
 
-#[inline(always)]
-pub fn emit(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32) {
-    emit_packed(sk, pack(kind, hook, probes, 0), errno, 0);
-}
-
-/// Records the calling process too: only for hooks that run in the socket owner's syscall.
-const WITH_TASK: u32 = 1;
-
-/// `state` overrides the socket's state when non-zero: `inet_sock_set_state` fires before the
-/// new state is stored, so the socket still shows the old one there.
-#[inline(always)]
-fn emit_in_state(kind: u8, hook: u8, sk: u64, probes: u8, errno: i32, state: u8) {
-    emit_packed(sk, pack(kind, hook, probes, state), errno, 0);
-}
-
-#[inline(always)]
-fn pack(kind: u8, hook: u8, probes: u8, state: u8) -> u32 {
-    u32::from_le_bytes([kind, hook, probes, state])
-}
-
-/// One out-of-line copy (BPF calls take at most five arguments, hence the packing), filling
-/// the ring-buffer slot in place: a 128-byte record per inlined call site would overflow the
-/// 512-byte BPF stack.
-#[inline(never)]
-fn emit_packed(sk: u64, meta: u32, errno: i32, opts: u32) {
-    let [kind, hook, probes, state] = meta.to_le_bytes();
-    match EVENTS.reserve::<RawEvent>(0) {
-        Some(mut slot) => {
-            let ev = unsafe {
-                let p = slot.as_mut_ptr();
-                core::ptr::write_bytes(p, 0, 1);
-                &mut *p
-            };
-            ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-            ev.kind = kind;
-            ev.hook = hook;
-            ev.probes = probes;
-            ev.errno = errno;
-            kernel::describe(sk, ev);
-            if state != 0 {
-                ev.state = state;
-            }
-            if opts & WITH_TASK != 0 {
-                ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-                ev.comm = bpf_get_current_comm().unwrap_or_default();
-            }
-            let flags = wake_flags(ev.ts_ns);
-            slot.submit(flags);
-        }
-        None => {
-            if let Some(n) = LOST.get_ptr_mut(0) {
-                unsafe { *n += 1 };
-            }
-        }
-    }
-}
-
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-const BPF_RB_RING_SIZE: u64 = 1;
-/// Wake the daemon at most this often while events flow.
-const WAKE_EVERY_NS: u64 = 1_000_000;
-
-/// Submit flags for a record written at `now`. A default submit wakes the daemon whenever the
-/// ring was empty: an irq_work self-IPI and a scheduler wake-up paid inside the program, once
-/// per event at moderate rates (most of an event's kernel cost, measured). Instead wake at most
-/// once a millisecond, or at once when the ring is a quarter full so that a burst cannot fill
-/// it before the daemon runs; after a wake-up the daemon drains again within 2 ms (pipeline.rs
-/// `DRAIN_TICK`), so an event written without a wake-up waits at most that long.
-#[inline(always)]
-fn wake_flags(now: u64) -> u64 {
-    let Some(last) = LAST_WAKE.get_ptr_mut(0) else {
-        return 0;
-    };
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
-    let size = EVENTS.query(BPF_RB_RING_SIZE);
-    if avail < size / 4 && now.wrapping_sub(unsafe { *last }) < WAKE_EVERY_NS {
-        return BPF_RB_NO_WAKEUP;
-    }
-    unsafe { *last = now };
-    BPF_RB_FORCE_WAKEUP
-}
-
-/// Keepalive timer entry. A socket that had probes out and now has none was answered.
+/// Keepalive timer entry. A socket that had probes out and now has none was answered; the
+/// event waits for the exit (see `TimerRun::answered`).
 #[inline(always)]
 pub fn timer_enter(sk: u64, hook: u8) {
     let Some(run) = current() else { return };
@@ -182,7 +104,15 @@ pub fn timer_enter(sk: u64, hook: u8) {
         return;
     };
     count(runs, 1);
-    let probes = kernel::probes_out(sk);
+    let o = kernel::offsets();
+    let probes = kernel::read::<u8>(sk, o.icsk_probes_out);
+    let mut answered = 0;
+    if probes == 0 {
+        if let Some(sent) = unsafe { PROBING.get(&sk) } {
+            answered = sent.saturating_add(1).max(1);
+            let _ = PROBING.remove(&sk);
+        }
+    }
     *run = TimerRun {
         sk,
         probes_before: probes,
@@ -192,20 +122,24 @@ pub fn timer_enter(sk: u64, hook: u8) {
         hook,
         closed: 0,
         wakeup_failed: 0,
+        answered,
+        segs_before: kernel::read::<u32>(sk, o.tp_segs_out),
         _pad: 0,
-        segs_before: kernel::segs_out(sk),
         entry_jiffies: kernel::jiffies(),
     };
-    if probes == 0 {
-        if let Some(sent) = unsafe { PROBING.get(&sk) } {
-            let sent = *sent;
-            let _ = PROBING.remove(&sk);
-            emit(EV_ANSWERED, hook, sk, sent, 0);
-        }
+}
+
+/// The `answered` event the entry of the current run deferred, if any (once).
+#[inline(always)]
+fn answered_in_run(run: &mut TimerRun, sock: &Sock) {
+    if run.answered != 0 {
+        let sent = run.answered - 1;
+        run.answered = 0;
+        emit(EV_ANSWERED, run.hook, sock, sent, 0);
     }
 }
 
-/// Keepalive timer exit: report the probe this run sent, if any.
+/// Keepalive timer exit: report the answer the entry found and what this run did.
 #[inline(always)]
 pub fn timer_exit() {
     let Some(runs) = RUNS.get_ptr_mut(0) else {
@@ -224,19 +158,30 @@ pub fn timer_exit() {
     if run.died != 0 || run.closed != 0 {
         return;
     }
-    let probes = kernel::probes_out(sk);
+    // Every outcome is reported (a re-arm tells the inventory when the timer fires next), so
+    // the socket is copied once, here, and the copy serves the classification and the events.
+    let sock = sock::copy(sk);
+    let probes = sock.get::<u8>(kernel::offsets().icsk_probes_out);
     let outcome = if kernel::flag(FLAG_PROBE_VIA_WAKEUP) {
         classify::from_wakeup(run)
     } else {
-        classify::from_tracepoints(run, sk, probes)
+        classify::from_tracepoints(run, &sock, probes)
     };
-    match outcome {
+    let (kind, errno) = match outcome {
         Outcome::Probe => {
-            let _ = PROBING.insert(&sk, &probes, 0);
-            emit(EV_PROBE, run.hook, sk, probes, 0);
+            if PROBING.insert(&sk, &probes, 0).is_err() {
+                if let Some(n) = UNTRACKED.get_ptr_mut(0) {
+                    unsafe { *n += 1 };
+                }
+            }
+            (EV_PROBE, 0)
         }
-        Outcome::Failed(ret) => emit(EV_PROBE_FAILED, run.hook, sk, probes, ret),
-        Outcome::Rearmed => emit(EV_REARMED, run.hook, sk, probes, 0),
+        Outcome::Failed(ret) => (EV_PROBE_FAILED, ret),
+        Outcome::Rearmed => (EV_REARMED, 0),
+    };
+    match core::mem::take(&mut run.answered) {
+        0 => emit(kind, run.hook, &sock, probes, errno),
+        a => emit_after_answer(kind, run.hook, &sock, probes, errno, a - 1),
     }
 }
 
@@ -250,24 +195,35 @@ pub fn wakeup_returned(sk: u64, mib: u32, ret: i32) {
     }
 }
 
+/// `tcp_done_with_error(sk, err)`: inside the keepalive timer that is keepalive giving up.
+#[inline(always)]
+pub fn dying<C: EbpfContext>(ctx: &C, sk: u64, err: i32, from_done: bool) {
+    if current_for(sk).is_some() {
+        died(ctx, &sock::copy(sk), err, from_done);
+    }
+}
+
 /// The socket is being closed with `err` (from `tcp_done_with_error`, or `sk_err` read at the
 /// CLOSE transition). Inside the keepalive timer that is keepalive giving up.
 #[inline(always)]
-pub fn dying<C: EbpfContext>(ctx: &C, sk: u64, err: i32, from_done: bool) {
+fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) {
+    let sk = sock.addr;
     if let Some(run) = current_for(sk) {
         if run.died != 0 || from_done != kernel::flag(FLAG_DEATH_VIA_DONE) {
             return;
         }
         run.died = 1;
+        // The exit reports nothing for a run that ended the socket.
+        answered_in_run(run, sock);
         // Keepalive only gives up with probes out; the same timer also ends orphaned
         // FIN_WAIT2 sockets (tcp_fin_timeout), which is no keepalive death.
-        let probes = kernel::probes_out(sk);
+        let probes = sock.get::<u8>(kernel::offsets().icsk_probes_out);
         if probes == 0 {
             return;
         }
         let _ = PROBING.remove(&sk);
         debug!(ctx, "keepalive gave up on sk {:x}: errno {}", sk, err);
-        emit(EV_TIMEOUT, run.hook, sk, probes, err);
+        emit(EV_TIMEOUT, run.hook, sock, probes, err);
     }
 }
 
@@ -278,8 +234,9 @@ pub fn dying<C: EbpfContext>(ctx: &C, sk: u64, err: i32, from_done: bool) {
 #[inline(always)]
 pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
     if newstate == TCP_ESTABLISHED || newstate == TCP_LISTEN {
-        if kernel::is_tcp(sk) {
-            emit_in_state(EV_SOCK_OPEN, hook, sk, 0, 0, newstate);
+        let sock = sock::copy(sk);
+        if sock::is_tcp(sk, sock.copy()) {
+            emit_in_state(EV_SOCK_OPEN, hook, &sock, newstate);
         }
         return;
     }
@@ -287,16 +244,28 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
         return;
     }
     if newstate == TCP_CLOSE {
+        let sock = sock::copy(sk);
         if let Some(run) = current_for(sk) {
             run.closed = 1;
-            dying(ctx, sk, kernel::write_err(sk), false);
+            answered_in_run(run, &sock);
+            died(ctx, &sock, kernel::write_err(&sock), false);
         }
-        emit(EV_SOCK_CLOSE, hook, sk, 0, 0);
+        emit(EV_SOCK_CLOSE, hook, &sock, 0, 0);
+        closed_mid_run(&sock, hook);
+        return;
     }
-    if let Some(sent) = unsafe { PROBING.get(&sk) } {
+    if unsafe { PROBING.get(&sk) }.is_some() {
+        closed_mid_run(&sock::copy(sk), hook);
+    }
+}
+
+/// A socket leaving the keepalive states: the end of its probe run, if it was in one.
+#[inline(always)]
+fn closed_mid_run(sock: &Sock, hook: u8) {
+    if let Some(sent) = unsafe { PROBING.get(&sock.addr) } {
         let sent = *sent;
-        let _ = PROBING.remove(&sk);
-        emit(EV_CLOSED, hook, sk, sent, 0);
+        let _ = PROBING.remove(&sock.addr);
+        emit(EV_CLOSED, hook, sock, sent, 0);
     }
 }
 
@@ -304,8 +273,9 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
 /// the socket again so the inventory has its settings and owner.
 #[inline(always)]
 pub fn settings_changed(sk: u64, hook: u8) {
-    if kernel::is_tcp(sk) {
-        emit_packed(sk, pack(EV_SETTINGS, hook, 0, 0), 0, WITH_TASK);
+    let sock = sock::copy(sk);
+    if sock::is_tcp(sk, sock.copy()) {
+        emit_packed(sk, sock.copy(), pack(EV_SETTINGS, hook, 0, 0), 0, WITH_TASK);
     }
 }
 
@@ -319,14 +289,17 @@ fn keepalive_state(state: u8) -> bool {
 /// middlebox that forgot the idle flow).
 #[inline(always)]
 pub fn reset_received(sk: u64, hook: u8) {
-    // A RST to a socket its application already closed is not keepalive's business.
-    let state = kernel::state(sk);
-    if !keepalive_state(state) || kernel::read::<u64>(sk, kernel::offsets().sk_socket) == 0 {
-        return;
-    }
-    let probes = kernel::probes_out(sk);
+    // Most RSTs are for sockets not in a probe run: two cheap checks before copying it.
+    let o = kernel::offsets();
+    let probes = kernel::read::<u8>(sk, o.icsk_probes_out);
     let tracked = unsafe { PROBING.get(&sk) }.copied();
     if probes == 0 && tracked.is_none() {
+        return;
+    }
+    // A RST to a socket its application already closed is not keepalive's business.
+    let sock = sock::copy(sk);
+    let state = sock.get::<u8>(o.skc_state);
+    if !keepalive_state(state) || sock.get::<u64>(o.sk_socket) == 0 {
         return;
     }
     let _ = PROBING.remove(&sk);
@@ -335,15 +308,10 @@ pub fn reset_received(sk: u64, hook: u8) {
     } else {
         ECONNRESET
     };
-    emit(
-        EV_RESET,
-        hook,
-        sk,
-        if probes > 0 {
-            probes
-        } else {
-            tracked.unwrap_or(0)
-        },
-        errno,
-    );
+    let sent = if probes > 0 {
+        probes
+    } else {
+        tracked.unwrap_or(0)
+    };
+    emit(EV_RESET, hook, &sock, sent, errno);
 }

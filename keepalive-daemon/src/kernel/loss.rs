@@ -1,5 +1,6 @@
 //! What the kernel side could not deliver, read from the kernel: records that found the ring
-//! buffer full (the `LOST` map), and hook runs the kernel skipped because the same program was
+//! buffer full (the `LOST` map), probe runs the `PROBING` map had no room for (`UNTRACKED`),
+//! and hook runs the kernel skipped because the same program was
 //! already running on that CPU (`recursion_misses` of each program, 5.12+). Hooks that an
 //! interrupt can re-enter have twin programs (keepalive-ebpf/src/nesting.rs); a skip one of
 //! them made up for (the `RECOVERED` map) is no loss.
@@ -42,18 +43,22 @@ struct Watched {
 }
 
 /// Records lost since the previous `refresh`: `ring` found the ring buffer full, `nested` are
-/// hook runs the kernel skipped that no twin made up for.
+/// hook runs the kernel skipped that no twin made up for, `tracking` are probe runs the
+/// kernel's `PROBING` map had no room for (their answer or close is not reported).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Lost {
     pub ring: u64,
     pub nested: u64,
+    pub tracking: u64,
 }
 
 pub struct KernelLoss {
     ring: PerCpuArray<MapData, u64>,
     recovered: PerCpuArray<MapData, u64>,
+    untracked: PerCpuArray<MapData, u64>,
     programs: Vec<Watched>,
     seen_ring: u64,
+    seen_untracked: u64,
     seen_nested: u64,
 }
 
@@ -66,7 +71,7 @@ impl KernelLoss {
                 .ok_or_else(|| format!("map {name} missing"))?;
             PerCpuArray::try_from(map).map_err(|e| e.to_string())
         };
-        let (ring, recovered) = (take("LOST")?, take("RECOVERED")?);
+        let (ring, recovered, untracked) = (take("LOST")?, take("RECOVERED")?, take("UNTRACKED")?);
         let programs = ebpf
             .programs()
             .filter_map(|(name, p)| {
@@ -86,8 +91,10 @@ impl KernelLoss {
         Ok(KernelLoss {
             ring,
             recovered,
+            untracked,
             programs,
             seen_ring: 0,
+            seen_untracked: 0,
             seen_nested: 0,
         })
     }
@@ -101,6 +108,19 @@ impl KernelLoss {
             if total > self.seen_ring {
                 lost.ring = total - self.seen_ring;
                 self.seen_ring = total;
+            }
+        }
+        if let Ok(values) = self.untracked.get(&0, 0) {
+            let total: u64 = values.iter().sum();
+            if total > self.seen_untracked {
+                warn!(
+                    "{} sockets began a keepalive probe run while the kernel's PROBING map was \
+                     full: their answer, RST or close will not be reported (the map is sized \
+                     at start from the TCP sockets there were; restart the daemon to resize it)",
+                    total - self.seen_untracked
+                );
+                lost.tracking = total - self.seen_untracked;
+                self.seen_untracked = total;
             }
         }
         let unrecovered = self.unrecovered();

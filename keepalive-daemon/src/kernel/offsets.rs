@@ -34,6 +34,47 @@ const FIXED_WIDTHS: &[(&str, &str, u32)] = &[
     ("net", "ipv4.sysctl_tcp_keepalive_intvl", 4),
 ];
 
+/// Bytes of a socket the programs copy in one read per event (`keepalive-ebpf/src/sock.rs`):
+/// up to the end of the last socket field they read. Fields past what the programs' buffer
+/// holds are read on their own there, so this only has to cover, not to fit.
+pub fn sock_span(o: &Offsets) -> u32 {
+    let timer = |f: u32| o.keepalive_timer.checked_add(f);
+    let fields = [
+        (Some(o.skc_family), 2),
+        (Some(o.skc_state), 1),
+        (Some(o.inet_sport), 2),
+        (Some(o.skc_dport), 2),
+        (Some(o.skc_rcv_saddr), 4),
+        (Some(o.skc_daddr), 4),
+        (Some(o.skc_v6_rcv_saddr), 16),
+        (Some(o.skc_v6_daddr), 16),
+        (Some(o.skc_net), 8),
+        (Some(o.sk_err), 4),
+        (Some(o.sk_err_soft), 4),
+        (Some(o.sk_socket), 8),
+        (timer(o.timer_function), 8),
+        (timer(o.timer_expires), 8),
+        (timer(o.timer_pprev), 8),
+        (Some(o.icsk_probes_out), 1),
+        (Some(o.icsk_user_timeout), 4),
+        (Some(o.tp_keepalive_time), 4),
+        (Some(o.tp_keepalive_intvl), 4),
+        (Some(o.tp_keepalive_probes), 1),
+        (Some(o.tp_segs_out), 4),
+        (Some(o.sk_flags), 8),
+        (Some(o.sk_protocol), 2),
+        (Some(o.sk_cgroup), 8),
+        (Some(o.tp_lsndtime), 4),
+        (Some(o.icsk_lrcvtime), 4),
+        (Some(o.tp_rcv_tstamp), 4),
+    ];
+    fields
+        .iter()
+        .filter_map(|&(off, size)| off.filter(|&v| v != ABSENT).map(|v| v.saturating_add(size)))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Reads the offsets of every field the programs touch.
 pub fn resolve(btf: &Btf) -> Result<Offsets> {
     let sk = |field: &str| need(btf, "sock", &format!("__sk_common.{field}"));

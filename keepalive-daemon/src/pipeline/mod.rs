@@ -40,7 +40,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     let kernel = startup::read_kernel(&opts)?;
     let hz = kernel.hz;
     let listener = startup::bind(&opts).await?;
-    let mut attached = startup::attach(&opts, kernel)?;
+    let (mut attached, ring_bytes) = startup::attach(&opts, kernel)?;
     let mut maps = startup::take_maps(&mut attached)?;
     let hooks = attached.hooks.clone();
 
@@ -50,6 +50,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         opts.series_ttl,
     ));
     metrics.set_hooks(&attached.hooks);
+    metrics.ring_bytes.set(i64::from(ring_bytes));
     let budget_s = u32::try_from(opts.idle_budget.as_secs()).unwrap_or(u32::MAX);
     let inventory = Arc::new(Mutex::new(
         Inventory::new(opts.idle_budget).with_peers(Peers::new(budget_s, &opts.peers)),

@@ -16,9 +16,13 @@ use crate::{
         btf::KernelBtf,
         calibrate, inventory_offsets,
         loss::KernelLoss,
-        offsets, sysinfo, tracefs,
+        offsets, sizing, sysinfo, tracefs,
     },
-    service::{caps, cli::HookMode, cli::RunArgs, heap},
+    service::{
+        caps,
+        cli::{HookMode, RingSize, RunArgs},
+        heap,
+    },
     state::{
         inventory::Inventory,
         labels::Attribution,
@@ -71,10 +75,13 @@ pub fn read_kernel(opts: &RunArgs) -> Result<KernelFacts> {
         mib_keepalive: offsets::mib_keepalive(&btf.index)?,
         // TCP_RESOURCE_PROBE_INTERVAL is HZ/2 (include/net/tcp.h), unchanged since 2.6.
         resource_probe_jiffies: hz / 2,
+        sock_span: offsets::sock_span(&offsets),
+        _pad: 0,
     };
     info!(
-        "kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}",
-        offsets.keepalive_timer
+        "kernel HZ {hz}, keepalive timer at {timer_fn:#x}, timer member at +{}, socket fields \
+         in the first {} bytes",
+        offsets.keepalive_timer, settings.sock_span
     );
     Ok(KernelFacts {
         has_done_with_error: offsets::has_done_with_error(&btf.index),
@@ -97,17 +104,37 @@ pub async fn bind(opts: &RunArgs) -> Result<TcpListener> {
 }
 
 /// Loads the programs and climbs the hook ladder. The BTF is no longer needed afterwards.
-pub fn attach(opts: &RunArgs, kernel: KernelFacts) -> Result<Attached> {
-    attach::load(&LoadParams {
+/// The maps that hold something per socket are sized from the TCP sockets there are now
+/// (`kernel::sizing`); the returned ring size is exported as `keepalive_ring_buffer_bytes`.
+pub fn attach(opts: &RunArgs, kernel: KernelFacts) -> Result<(Attached, u32)> {
+    let sockets = sizing::tcp_sockets();
+    let probing_entries = sizing::probing_entries(sockets);
+    let ring_bytes = match opts.ring_bytes {
+        RingSize::Auto => sizing::auto_ring_bytes(sockets),
+        RingSize::Bytes(n) => n,
+    };
+    info!(
+        "{sockets} TCP sockets at start: ring buffer {ring_bytes} bytes ({}), \
+         room for {probing_entries} sockets in a probe run at once (a socket beyond that is \
+         counted in keepalive_events_lost_total{{stage=\"tracking\"}} and its answer or close \
+         is not reported)",
+        match opts.ring_bytes {
+            RingSize::Auto => "auto: 168 B per socket, 1-64 MiB",
+            RingSize::Bytes(_) => "--ring-buffer-bytes",
+        }
+    );
+    let attached = attach::load(&LoadParams {
         offsets: kernel.offsets,
         settings: kernel.settings,
-        ring_bytes: opts.ring_bytes,
+        ring_bytes,
+        probing_entries,
         btf: &kernel.btf.loader,
         btf_path: &opts.btf_path,
         has_done_with_error: kernel.has_done_with_error,
         mode: opts.hook_mode,
         settings_hooks: kernel.settings_hooks,
-    })
+    })?;
+    Ok((attached, ring_bytes))
 }
 
 /// The maps user space reads: the event ring, the set of sockets in a probe run, the loss
@@ -170,14 +197,14 @@ pub fn first_inventory(
     let applying = std::time::Instant::now();
     let mut inv = inventory.lock().unwrap_or_else(|e| e.into_inner());
     inv.reserve(decode::records(&buf).count());
-    let (mut n, mut mid_probe) = (0, 0);
+    let (mut n, mut mid_probe, mut untracked) = (0, 0, 0);
     for rec in decode::records(&buf) {
         if let Ok(ev) = decode::decode(rec, hz) {
-            if ev.info.keepalive_on
-                && ev.info.probes_out > 0
-                && probing.insert(ev.sk, ev.info.probes_out, 0).is_ok()
-            {
-                mid_probe += 1;
+            if ev.info.keepalive_on && ev.info.probes_out > 0 {
+                match probing.insert(ev.sk, ev.info.probes_out, 0) {
+                    Ok(()) => mid_probe += 1,
+                    Err(_) => untracked += 1,
+                }
             }
             let owner = owners.cached(ev.ino);
             inv.apply(&ev, owner);
@@ -192,6 +219,12 @@ pub fn first_inventory(
         scan_took.as_secs_f64(),
         applying.elapsed().as_secs_f64()
     );
+    if untracked > 0 {
+        warn!(
+            "{untracked} sockets in the middle of a probe run did not fit the PROBING map: \
+             their answer, RST or close will not be reported"
+        );
+    }
 }
 
 /// Who sockets belong to: the cgroup2 hierarchy, walked once here and again on a miss.

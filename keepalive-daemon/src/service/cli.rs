@@ -5,6 +5,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf};
 
 use std::time::Duration;
 
+pub use crate::kernel::sizing::RingSize;
 pub use crate::service::duration::parse_duration;
 use clap::{
     ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
@@ -175,9 +176,11 @@ pub struct RunArgs {
     pub btf_path: PathBuf,
 
     /// Size of the kernel → daemon ring buffer in bytes (power of two, multiple of the page
-    /// size). Events that find it full are counted in keepalive_events_lost_total.
-    #[arg(long = "ring-buffer-bytes", default_value_t = 1024 * 1024, value_parser = parse_ring_size)]
-    pub ring_bytes: u32,
+    /// size), or `auto`: 168 B per TCP socket found at start (a record for each, so that a
+    /// partition in which all of them probe at once fits), 1 MiB to 64 MiB. Events that find it
+    /// full are counted in keepalive_events_lost_total.
+    #[arg(long = "ring-buffer-bytes", default_value_t = RingSize::Auto, value_parser = parse_ring_size)]
+    pub ring_bytes: RingSize,
 
     /// Events buffered per /events reader before a slow reader is disconnected.
     #[arg(long = "web.events-buffer", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
@@ -299,12 +302,17 @@ pub fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
     }
 }
 
-pub fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("not a number: {e}"))?;
-    if n < 4096 || !n.is_power_of_two() {
-        return Err("must be a power of two of at least 4096".into());
+pub fn parse_ring_size(s: &str) -> Result<RingSize, String> {
+    if s == "auto" {
+        return Ok(RingSize::Auto);
     }
-    Ok(n)
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("not a number or `auto`: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err("must be `auto` or a power of two of at least 4096".into());
+    }
+    Ok(RingSize::Bytes(n))
 }
 
 #[cfg(test)]
@@ -348,6 +356,23 @@ mod tests {
             "{l}"
         );
         assert!(!line_for(&["--idle-budget"]).is_empty());
+    }
+
+    #[test]
+    fn ring_size_is_auto_or_a_power_of_two() {
+        let p = try_parse(["keepalive-daemon"]).unwrap();
+        assert_eq!(p.options.run.ring_bytes, RingSize::Auto);
+        let p = try_parse(["keepalive-daemon", "--ring-buffer-bytes", "auto"]).unwrap();
+        assert_eq!(p.options.run.ring_bytes, RingSize::Auto);
+        let p = try_parse(["keepalive-daemon", "--ring-buffer-bytes", "8388608"]).unwrap();
+        assert_eq!(p.options.run.ring_bytes, RingSize::Bytes(8 << 20));
+        for bad in ["1000", "2048", "AUTO", "lots"] {
+            let l = line_for(&["--ring-buffer-bytes", bad]);
+            assert!(
+                l.contains("--ring-buffer-bytes") && l.contains("auto"),
+                "{l}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{
 struct File {
     json: Option<bool>,
     hook_mode: Option<String>,
-    ring_buffer_bytes: Option<u32>,
+    ring_buffer_bytes: Option<RingBytes>,
     idle_budget: Option<Duration>,
     #[serde(default)]
     web: Web,
@@ -68,6 +68,14 @@ struct MetricsSection {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Btf {
     path: Option<PathBuf>,
+}
+
+/// `"auto"` or a number of bytes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RingBytes {
+    Text(String),
+    Bytes(u64),
 }
 
 /// `"350s"`, `"5m"` or a bare number of seconds.
@@ -118,9 +126,12 @@ fn apply(
             )
         })?;
     }
-    if let (true, Some(v)) = (take("ring_bytes"), file.ring_buffer_bytes) {
-        run.ring_bytes =
-            cli::parse_ring_size(&v.to_string()).map_err(|e| bad("ring-buffer-bytes", e))?;
+    if let (true, Some(v)) = (take("ring_bytes"), &file.ring_buffer_bytes) {
+        let text = match v {
+            RingBytes::Text(s) => s.clone(),
+            RingBytes::Bytes(n) => n.to_string(),
+        };
+        run.ring_bytes = cli::parse_ring_size(&text).map_err(|e| bad("ring-buffer-bytes", e))?;
     }
     if let (true, Some(v)) = (take("idle_budget"), &file.idle_budget) {
         let text = match v {
@@ -296,7 +307,11 @@ mod tests {
         .unwrap();
         assert!(r.json);
         assert_eq!(r.hook_mode, HookMode::Tracepoint);
-        assert_eq!(r.ring_bytes, 65536);
+        assert_eq!(r.ring_bytes, cli::RingSize::Bytes(65536));
+        assert_eq!(
+            with("ring-buffer-bytes = \"auto\"\n").unwrap().ring_bytes,
+            cli::RingSize::Auto
+        );
         assert_eq!(r.idle_budget, Duration::from_secs(240));
         assert_eq!(r.listen.to_string(), "[::1]:9999");
         assert_eq!(r.telemetry_path, "/m");
@@ -349,7 +364,11 @@ mod tests {
             ),
             (
                 "ring-buffer-bytes = 1000\n",
-                "ring-buffer-bytes: must be a power of two",
+                "ring-buffer-bytes: must be `auto` or a power of two",
+            ),
+            (
+                "ring-buffer-bytes = \"big\"\n",
+                "ring-buffer-bytes: not a number or `auto`",
             ),
             ("idle-budget = \"5 parsecs\"\n", "idle-budget:"),
             (

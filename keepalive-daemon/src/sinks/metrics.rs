@@ -21,7 +21,9 @@ pub struct Metrics {
     pub probes_unseen: IntCounter,
     /// `reason`: see [`crate::state::event::FailReason`].
     pub probes_failed: IntCounterVec,
-    /// `stage`: kernel (ring buffer full) | decode (malformed record) | icmp (ICMP queue full).
+    /// `stage`: kernel (ring buffer full) | nested (hook run skipped) | tracking (a socket that
+    /// found the kernel's set of sockets in a probe run full) | decode (malformed record) | icmp
+    /// (ICMP queue full).
     pub lost: IntCounterVec,
     pub readers_dropped: IntCounter,
     pub readers: IntGauge,
@@ -33,6 +35,8 @@ pub struct Metrics {
     /// `mode`: fentry | kprobe | tracepoint.
     pub hook_mode: IntGaugeVec,
     pub settings_changes: IntCounter,
+    /// Size of the kernel → daemon ring buffer, chosen at start.
+    pub ring_bytes: IntGauge,
     /// `change`: added (an open that was lost) | removed (a close that was lost).
     pub resync: IntCounterVec,
 }
@@ -56,6 +60,9 @@ impl Metrics {
     pub fn add_kernel_lost(&self, lost: Lost) {
         self.lost.with_label_values(&["kernel"]).inc_by(lost.ring);
         self.lost.with_label_values(&["nested"]).inc_by(lost.nested);
+        self.lost
+            .with_label_values(&["tracking"])
+            .inc_by(lost.tracking);
     }
 
     /// Events lost where an open or close could have been among them, plus probes the kernel
@@ -100,7 +107,7 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(lost.clone())).expect("unique metric");
-        for s in ["kernel", "nested", "decode", "icmp"] {
+        for s in ["kernel", "nested", "tracking", "decode", "icmp"] {
             lost.with_label_values(&[s]);
         }
         let hook_mode = IntGaugeVec::new(
@@ -190,6 +197,11 @@ impl Metrics {
                 &r,
                 "keepalive_icmp_namespaces_skipped_total",
                 "Namespaces not watched because the cap was reached.",
+            ),
+            ring_bytes: gauge(
+                &r,
+                "keepalive_ring_buffer_bytes",
+                "Size of the kernel to daemon event ring buffer (--ring-buffer-bytes, auto: sized from the TCP sockets at start).",
             ),
             hook_mode,
             registry: r,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use keepalive_common::{EV_INVENTORY, HOOK_TRACEPOINT, RawEvent};
 
-use crate::kernel;
+use crate::{kernel, sock};
 
 /// The record is built here, not on the stack: with a 150-byte stack record every branch of
 /// `describe` leaves a different stack, the verifier cannot prune, and loading took 2.5 s on
@@ -47,7 +47,8 @@ pub extern "C" fn ka_iter_tcp(ctx: *mut u64) -> i32 {
     rec.ts_ns = unsafe { bpf_ktime_get_ns() };
     rec.kind = EV_INVENTORY;
     rec.hook = HOOK_TRACEPOINT;
-    kernel::describe(sk, rec);
+    let sock = sock::copy(sk);
+    sock::describe(sk, sock.copy(), rec);
     unsafe {
         bpf_seq_write(
             seq as *mut _,

@@ -285,3 +285,30 @@ fn truncated_or_corrupt_host_btf_is_an_error() {
     let got = Btf::parse(&bad_name, Path::new(VMLINUX));
     assert!(matches!(got, Err(Error::Btf { .. })));
 }
+
+/// The one copy per event covers every socket field the programs read, and no more than the
+/// socket: the end of `keepalive_intvl`, the last of them in `tcp_sock` on 6.18.
+#[test]
+fn sock_span_covers_the_socket_fields() {
+    let o = resolve(&host()).expect("resolves");
+    let span = sock_span(&o);
+    for off in [
+        o.tp_keepalive_intvl,
+        o.tp_segs_out,
+        o.icsk_probes_out,
+        o.sk_flags,
+    ] {
+        assert!(off < span, "{off} outside {span}");
+    }
+    let tcp_sock = reference()
+        .iter()
+        .find(|t| t.kind == "STRUCT" && t.name == "tcp_sock")
+        .and_then(|t| attr(&t.attrs, "size"))
+        .expect("tcp_sock in BTF");
+    assert!(
+        u64::from(span) <= tcp_sock,
+        "{span} > sizeof(tcp_sock) {tcp_sock}"
+    );
+    // All zeros: the 16-byte v6 addresses at 0 end last.
+    assert_eq!(sock_span(&Offsets::default()), 16);
+}

@@ -1,0 +1,158 @@
+//! Writing events: one record per event, filled in place in the ring buffer from the
+//! socket's copy (`sock.rs`), and when to wake the daemon.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use keepalive_common::{EV_ANSWERED, RawEvent};
+
+use crate::sock::{self, Sock};
+
+/// Events for the daemon. Size set by the daemon (`--ring-buffer-bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Events that found the ring buffer full. Exported as `keepalive_events_lost_total`.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// When the daemon was last woken (`bpf_ktime_get_ns`). One slot for all CPUs: a lost race
+/// costs one extra or one skipped wake-up, and the daemon's drain tick covers the latter.
+#[map]
+static LAST_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn emit(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) {
+    emit_packed(
+        sock.addr,
+        sock.copy(),
+        pack(kind, hook, probes, 0),
+        errno,
+        0,
+    );
+}
+
+/// Records the calling process too: only for hooks that run in the socket owner's syscall.
+pub const WITH_TASK: u32 = 1;
+
+/// `state` overrides the socket's state when non-zero: `inet_sock_set_state` fires before the
+/// new state is stored, so the socket still shows the old one there.
+#[inline(always)]
+pub fn emit_in_state(kind: u8, hook: u8, sock: &Sock, state: u8) {
+    emit_packed(sock.addr, sock.copy(), pack(kind, hook, 0, state), 0, 0);
+}
+
+#[inline(always)]
+pub fn pack(kind: u8, hook: u8, probes: u8, state: u8) -> u32 {
+    u32::from_le_bytes([kind, hook, probes, state])
+}
+
+/// Writes an `answered` event (probes = the `sent` in bits 8..16 of `opts`) just before the
+/// event itself, both from one description: a keepalive run that finds its probe answered
+/// usually sends the next one at once (the storm of BENCHMARKS.md section 1: every run).
+pub const AFTER_ANSWER: u32 = 2;
+
+#[inline(always)]
+pub fn emit_after_answer(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32, sent: u8) {
+    let opts = AFTER_ANSWER | (sent as u32) << 8;
+    emit_packed(
+        sock.addr,
+        sock.copy(),
+        pack(kind, hook, probes, 0),
+        errno,
+        opts,
+    );
+}
+
+#[inline(always)]
+fn count_lost(n: u64) {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        unsafe { *lost += n };
+    }
+}
+
+/// One out-of-line copy (BPF calls take at most five arguments, hence the packing and the
+/// socket passed as its two halves), filling the ring-buffer slot in place from the socket's
+/// copy (`sock.rs`): a 128-byte record per inlined call site would overflow the 512-byte BPF
+/// stack.
+#[inline(never)]
+pub fn emit_packed(sk: u64, copy: *const u8, meta: u32, errno: i32, opts: u32) {
+    let [kind, hook, probes, state] = meta.to_le_bytes();
+    let answered = opts & AFTER_ANSWER != 0;
+    let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) else {
+        count_lost(if answered { 2 } else { 1 });
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    let now = unsafe {
+        core::ptr::write_bytes(ev, 0, 1);
+        let e = &mut *ev;
+        e.ts_ns = bpf_ktime_get_ns();
+        e.hook = hook;
+        if answered {
+            e.kind = EV_ANSWERED;
+            e.probes = (opts >> 8) as u8;
+        } else {
+            e.kind = kind;
+            e.probes = probes;
+            e.errno = errno;
+        }
+        sock::describe(sk, copy, e);
+        if state != 0 {
+            e.state = state;
+        }
+        if opts & WITH_TASK != 0 {
+            e.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            e.comm = bpf_get_current_comm().unwrap_or_default();
+        }
+        e.ts_ns
+    };
+    let flags = wake_flags(now);
+    if answered {
+        // Reserved after the answer, so it follows it in the ring.
+        match EVENTS.reserve::<RawEvent>(0) {
+            Some(mut next) => {
+                let n = next.as_mut_ptr();
+                unsafe {
+                    core::ptr::copy_nonoverlapping(ev.cast_const(), n, 1);
+                    (*n).kind = kind;
+                    (*n).probes = probes;
+                    (*n).errno = errno;
+                }
+                slot.submit(BPF_RB_NO_WAKEUP);
+                next.submit(flags);
+                return;
+            }
+            None => count_lost(1),
+        }
+    }
+    slot.submit(flags);
+}
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+/// Wake the daemon at most this often while events flow.
+const WAKE_EVERY_NS: u64 = 1_000_000;
+
+/// Submit flags for a record written at `now`. A default submit wakes the daemon whenever the
+/// ring was empty: an irq_work self-IPI and a scheduler wake-up paid inside the program, once
+/// per event at moderate rates (most of an event's kernel cost, measured). Instead wake at most
+/// once a millisecond, or at once when the ring is a quarter full so that a burst cannot fill
+/// it before the daemon runs; after a wake-up the daemon drains again within 2 ms (pipeline.rs
+/// `DRAIN_TICK`), so an event written without a wake-up waits at most that long.
+#[inline(always)]
+fn wake_flags(now: u64) -> u64 {
+    let Some(last) = LAST_WAKE.get_ptr_mut(0) else {
+        return 0;
+    };
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let size = EVENTS.query(BPF_RB_RING_SIZE);
+    if avail < size / 4 && now.wrapping_sub(unsafe { *last }) < WAKE_EVERY_NS {
+        return BPF_RB_NO_WAKEUP;
+    }
+    unsafe { *last = now };
+    BPF_RB_FORCE_WAKEUP
+}
