@@ -8,7 +8,7 @@ use std::{
     net::TcpStream,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -60,6 +60,8 @@ pub struct Log {
 
 pub struct Reader {
     stop: Arc<AtomicBool>,
+    /// `dead` events of the watched namespaces so far.
+    dead: Arc<AtomicU64>,
     handle: Option<JoinHandle<Log>>,
 }
 
@@ -70,6 +72,8 @@ impl Reader {
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let dead = Arc::new(AtomicU64::new(0));
+        let deaths = dead.clone();
         let handle = std::thread::spawn(move || {
             let mut r = BufReader::with_capacity(4 << 20, s);
             let mut log = Log::default();
@@ -85,7 +89,7 @@ impl Reader {
                         if !body {
                             body = line.trim().is_empty();
                         } else {
-                            take(&line, &netns, &mut log);
+                            take(&line, &netns, &mut log, &deaths);
                         }
                         line.clear();
                     }
@@ -97,8 +101,13 @@ impl Reader {
         });
         Ok(Reader {
             stop,
+            dead,
             handle: Some(handle),
         })
+    }
+
+    pub fn dead(&self) -> u64 {
+        self.dead.load(Ordering::Relaxed)
     }
 
     pub fn finish(mut self) -> Log {
@@ -110,7 +119,7 @@ impl Reader {
     }
 }
 
-fn take(line: &str, netns: &HashSet<u32>, log: &mut Log) {
+fn take(line: &str, netns: &HashSet<u32>, log: &mut Log, dead: &AtomicU64) {
     let read = sys::realtime_ns();
     let Ok(l) = serde_json::from_str::<Line>(line) else {
         log.malformed += 1;
@@ -119,6 +128,9 @@ fn take(line: &str, netns: &HashSet<u32>, log: &mut Log) {
     if !netns.contains(&l.netns) {
         log.other += 1;
         return;
+    }
+    if l.event == "dead" {
+        dead.fetch_add(1, Ordering::Relaxed);
     }
     log.events.push(Ev {
         kind: l.event.to_string(),
