@@ -15,12 +15,14 @@ mod holder;
 mod kcost;
 mod loadgen;
 mod memory;
+mod merge;
 mod micro;
 mod noise;
 mod packet;
 mod peers;
 mod pipeline;
 mod report;
+mod scale;
 mod sys;
 
 #[derive(Parser)]
@@ -50,7 +52,8 @@ pub struct RunOpts {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
-    /// Sections to run (default all): kcost, kcost-vm, packet, pipeline, memory, peers, micro.
+    /// Sections to run (default all): kcost, kcost-vm, packet, pipeline, memory, peers, micro,
+    /// scale. With a subset, the other sections of an existing report are kept.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// One short window per figure and a tenth of the sockets: checks the machinery, not the
@@ -66,6 +69,32 @@ pub struct RunOpts {
     /// The 6.1 VM's `kcost-vm` lines, collected by `cargo xtask bench`: section 1b (kcost-vm).
     #[arg(long)]
     pub vm_results: Option<PathBuf>,
+    #[command(flatten)]
+    pub scale: ScaleOpts,
+}
+
+/// Section 8 (scale).
+#[derive(clap::Args, Clone)]
+pub struct ScaleOpts {
+    /// TCP sockets the scale section opens (both ends of each connection counted); the
+    /// partition takes a tenth as many connections.
+    #[arg(long = "scale-sockets", default_value_t = 1_000_000)]
+    pub sockets: usize,
+    /// Connections opened per second (all holders together): the daemon is running meanwhile,
+    /// and a burst beyond its ring buffer would only measure losses.
+    #[arg(long = "scale-open-rate", default_value_t = 8_000)]
+    pub open_rate: u32,
+    /// Correctness only (the `cargo xtask test` stage): skip the timing-only parts and exit
+    /// non-zero when a count is wrong.
+    #[arg(long = "scale-check")]
+    pub check: bool,
+    /// One more flag for the daemons the scale section starts (repeatable), e.g.
+    /// `--scale-daemon-arg=--ring-buffer-bytes=33554432`.
+    #[arg(long = "scale-daemon-arg", allow_hyphen_values = true)]
+    pub daemon_args: Vec<String>,
+    /// Checks that failed (filled by the section).
+    #[arg(skip)]
+    pub failed: Vec<String>,
 }
 
 type Section = fn(&mut Ctx) -> Result<()>;
@@ -85,6 +114,7 @@ pub struct Ctx {
     pub quiet_ns: sys::Netns,
     /// Section 1b's input (`--vm-results`).
     pub vm_results: Option<PathBuf>,
+    pub scale: ScaleOpts,
 }
 
 impl Ctx {
@@ -146,13 +176,14 @@ fn run(o: RunOpts) -> Result<()> {
         storm_ns: sys::Netns::create(&format!("kab-storm-{tag}"), &sys::STORM_KEEPALIVE)?,
         quiet_ns: sys::Netns::create(&format!("kab-quiet-{tag}"), &[])?,
         vm_results: o.vm_results.clone(),
+        scale: o.scale.clone(),
     };
     let want = |s: &str| o.only.is_empty() || o.only.iter().any(|x| x == s);
     // The micro-benchmark first: it runs alone on the CPUs, and it records the structure sizes
     // the memory section quotes.
     // Section 1b only formats what the VM measured; without its lines there is nothing to run.
     let want = |s: &str| want(s) && (s != "kcost-vm" || o.vm_results.is_some());
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("micro", micro::run),
         ("kcost", kcost::host::run),
         ("kcost-vm", kcost::vm::section),
@@ -160,6 +191,7 @@ fn run(o: RunOpts) -> Result<()> {
         ("pipeline", pipeline::run),
         ("memory", memory::run),
         ("peers", peers::run),
+        ("scale", scale::run),
     ];
     for (name, f) in sections {
         if !want(name) {
@@ -189,12 +221,19 @@ fn run(o: RunOpts) -> Result<()> {
         &o.command,
     );
     sys::remove_self_copy();
+    let text = match std::fs::read_to_string(&o.out) {
+        Ok(old) if !o.only.is_empty() => merge::merge(&old, &text),
+        _ => text,
+    };
     std::fs::write(&o.out, text).with_context(|| o.out.display().to_string())?;
     eprintln!(
         "keepalive-bench: wrote {} in {:.0} s",
         o.out.display(),
         t0.elapsed().as_secs_f64()
     );
+    if !ctx.scale.failed.is_empty() {
+        bail!("scale checks failed:\n  {}", ctx.scale.failed.join("\n  "));
+    }
     Ok(())
 }
 

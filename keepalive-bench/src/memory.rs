@@ -269,8 +269,7 @@ fn churn(ctx: &mut Ctx) -> Result<(Vec<Vec<String>>, String, Trend)> {
         samples.push((s, rss));
         if s + 0.5 >= next_row {
             let m = d.metrics()?;
-            let socks = m.get("keepalive_sockets{keepalive=\"on\"}")
-                + m.get("keepalive_sockets{keepalive=\"off\"}");
+            let socks = m.sockets();
             rows.push(vec![
                 num(s),
                 bytes(rss),

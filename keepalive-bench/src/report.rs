@@ -250,7 +250,7 @@ impl Report {
 }
 
 /// "3b. …" sorts after "3. …" and "3 …"; titles without a number go last, in their own order.
-fn section_key(t: &str) -> (u32, String) {
+pub fn section_key(t: &str) -> (u32, String) {
     let head = t.split(['.', ' ']).next().unwrap_or("");
     let digits: String = head.chars().take_while(char::is_ascii_digit).collect();
     (

@@ -12,8 +12,8 @@ use crate::{
 
 #[derive(clap::Parser)]
 pub struct Options {
-    /// Sections to run, comma-separated: kcost, kcost-vm, packet, pipeline, memory, peers, micro
-    /// (default: all).
+    /// Sections to run, comma-separated: kcost, kcost-vm, packet, pipeline, memory, peers, micro,
+    /// scale (default: all). With a subset, the other sections of an existing report are kept.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Short windows and a tenth of the sockets: checks the machinery, not the numbers.
@@ -32,6 +32,13 @@ pub struct Options {
     /// Skip section 1b (kcost-vm: the fentry and kprobe rungs in the 6.1 VM, ~2 min of QEMU).
     #[arg(long)]
     pub no_vm: bool,
+    /// Sockets section 8 (scale) opens, both ends counted (it needs about 5.5 KB of kernel
+    /// memory each and refuses a count that would leave less than 3 GiB available).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub scale_sockets: usize,
+    /// Connections per second the scale section opens.
+    #[arg(long, default_value_t = 8_000)]
+    pub scale_open_rate: u32,
 }
 
 /// Tools the bench drives, by the Debian package that has them. bpftrace is one of the peers
@@ -96,6 +103,8 @@ pub fn run(opts: Options) -> Result<()> {
         &opts.out,
     ]);
     cmd.args(["--churn-seconds", &opts.churn_seconds.to_string()]);
+    cmd.args(["--scale-sockets", &opts.scale_sockets.to_string()]);
+    cmd.args(["--scale-open-rate", &opts.scale_open_rate.to_string()]);
     if opts.quick {
         cmd.arg("--quick");
     }

@@ -3,14 +3,13 @@
 //! descriptors each) to stay under the 20 000-descriptor hard limit; 100 k sockets take six.
 use std::{
     collections::VecDeque,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::Write as _,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::PathBuf,
-    process::{Child, ChildStdin, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU16, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -54,6 +53,17 @@ pub struct HoldOpts {
     /// Open the connections in this many fresh namespaces instead (each gets `connections`).
     #[arg(long, default_value_t = 0)]
     pub namespaces: usize,
+    /// Listening address (127.0.0.1 by default). A different 127.x.y.z per holder spreads the
+    /// local port space, which a million connections to one address would exhaust.
+    #[arg(long)]
+    pub addr: Option<Ipv4Addr>,
+    /// Namespace of the listening (server) end when it is not `netns`: both ends then meet
+    /// through whatever joins the two namespaces (the scale bench's router).
+    #[arg(long)]
+    pub listen_netns: Option<PathBuf>,
+    /// TCP_USER_TIMEOUT in milliseconds on both ends.
+    #[arg(long)]
+    pub user_timeout: Option<i32>,
 }
 
 fn setopt(fd: i32, level: i32, name: i32, value: i32) {
@@ -62,15 +72,23 @@ fn setopt(fd: i32, level: i32, name: i32, value: i32) {
 }
 
 fn keepalive(s: &TcpStream, o: &HoldOpts) {
+    let fd = s.as_raw_fd();
+    if let Some(ms) = o.user_timeout {
+        setopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
+    }
     if !o.keepalive {
         return;
     }
-    let fd = s.as_raw_fd();
     setopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set_timers(fd, o.idle, o.intvl, o.cnt);
+}
+
+/// Per-socket keepalive timers; `None` leaves the namespace's sysctl in force.
+fn set_timers(fd: i32, idle: Option<i32>, intvl: Option<i32>, cnt: Option<i32>) {
     for (name, v) in [
-        (libc::TCP_KEEPIDLE, o.idle),
-        (libc::TCP_KEEPINTVL, o.intvl),
-        (libc::TCP_KEEPCNT, o.cnt),
+        (libc::TCP_KEEPIDLE, idle),
+        (libc::TCP_KEEPINTVL, intvl),
+        (libc::TCP_KEEPCNT, cnt),
     ] {
         if let Some(v) = v {
             setopt(fd, libc::IPPROTO_TCP, name, v);
@@ -149,8 +167,7 @@ pub fn hold(o: HoldOpts) -> Result<()> {
             }
             lo_up()?;
         }
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, o.port))
-            .with_context(|| format!("bind port {}", o.port))?;
+        let l = listen(&o)?;
         let addr = l.local_addr()?;
         for i in 0..o.connections {
             held.push_back(open_pair(&l, addr, &o)?);
@@ -168,16 +185,28 @@ pub fn hold(o: HoldOpts) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Each stdin line is a command for every held socket (`keepalive IDLE INTVL CNT`): a whole
+    // population's timers changed at one moment, as a partition or a restart makes them.
+    let (tx, commands) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
         flag.store(true, Ordering::SeqCst);
     });
     let (l, addr) = listeners.pop().context("no listener")?;
     let mut churned = 0u64;
     let t0 = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        let wait = Duration::from_millis(if o.churn == 0 { 50 } else { 5 });
+        if let Ok(cmd) = commands.recv_timeout(wait) {
+            command(&cmd, &held)?;
+            continue;
+        }
         if o.churn == 0 {
-            std::thread::sleep(Duration::from_millis(50));
             continue;
         }
         let due = (t0.elapsed().as_secs_f64() * f64::from(o.churn)) as u64;
@@ -194,95 +223,53 @@ pub fn hold(o: HoldOpts) -> Result<()> {
     Ok(())
 }
 
-/// A running holder process; killed (stdin closed, then SIGKILL) on drop.
-pub struct Holder {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    pub command: String,
+/// The listening socket, in `listen_netns` when given (the thread returns to `netns`, or to
+/// where it was, for the connecting ends).
+fn listen(o: &HoldOpts) -> Result<TcpListener> {
+    let at = (o.addr.unwrap_or(Ipv4Addr::LOCALHOST), o.port);
+    let Some(ns) = &o.listen_netns else {
+        return TcpListener::bind(at).with_context(|| format!("bind {at:?}"));
+    };
+    let back = o
+        .netns
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/thread-self/ns/net"));
+    let back_file = std::fs::File::open(&back).with_context(|| back.display().to_string())?;
+    sys::enter_netns(ns)?;
+    let l = TcpListener::bind(at).with_context(|| format!("bind {at:?} in {}", ns.display()));
+    // SAFETY: a valid namespace descriptor opened above.
+    if unsafe { libc::setns(back_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns back: {}", std::io::Error::last_os_error());
+    }
+    l
 }
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(20000);
-
-impl Holder {
-    pub fn spawn(o: &HoldOpts) -> Result<Self> {
-        let exe = crate::sys::self_exe()?;
-        let mut args: Vec<String> = vec![
-            "hold".into(),
-            "--connections".into(),
-            o.connections.to_string(),
-        ];
-        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-        args.extend(["--port".into(), port.to_string()]);
-        if let Some(ns) = &o.netns {
-            args.extend(["--netns".into(), ns.display().to_string()]);
-        }
-        if o.keepalive {
-            args.push("--keepalive".into());
-        }
-        for (flag, v) in [("--idle", o.idle), ("--intvl", o.intvl), ("--cnt", o.cnt)] {
-            if let Some(v) = v {
-                args.extend([flag.into(), v.to_string()]);
+/// One stdin command applied to every held socket, answered with `ok N` on stdout.
+fn command(cmd: &str, held: &VecDeque<(TcpStream, TcpStream)>) -> Result<()> {
+    let f: Vec<&str> = cmd.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<i32>().ok());
+    match f.first() {
+        // Only the timers given (`-` keeps one): each setsockopt is an event for the daemon.
+        Some(&"keepalive") => {
+            for (c, s) in held {
+                for fd in [c.as_raw_fd(), s.as_raw_fd()] {
+                    set_timers(fd, n(1), n(2), n(3));
+                }
             }
         }
-        for (flag, v) in [("--rate", o.rate), ("--churn", o.churn)] {
-            if v > 0 {
-                args.extend([flag.into(), v.to_string()]);
+        // One byte from the client end: both ends then hear from their peer (the data, its
+        // ACK) at the same moment, so their keepalive idle restarts together.
+        Some(&"touch") => {
+            for (c, _) in held {
+                let mut w: &TcpStream = c;
+                w.write_all(b"t")?;
             }
         }
-        if o.rst {
-            args.push("--rst".into());
-        }
-        if o.namespaces > 0 {
-            args.extend(["--namespaces".into(), o.namespaces.to_string()]);
-        }
-        let command = format!("keepalive-bench {}", args.join(" "));
-        let mut child = Command::new(exe)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("holder stdout")?).read_line(&mut line)?;
-        if !line.starts_with("ready ") {
-            let _ = child.kill();
-            bail!("holder failed to start: {command}");
-        }
-        Ok(Holder {
-            child,
-            stdin,
-            command,
-        })
+        _ => bail!("unknown holder command {cmd:?}"),
     }
+    println!("ok {}", held.len());
+    std::io::stdout().flush()?;
+    Ok(())
 }
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `connections` connections spread over as many holders as the descriptor limit needs.
-pub fn spawn_many(base: &HoldOpts, connections: usize) -> Result<Vec<Holder>> {
-    let mut out = Vec::new();
-    let mut left = connections;
-    while left > 0 {
-        let n = left.min(PER_PROCESS);
-        out.push(Holder::spawn(&HoldOpts {
-            connections: n,
-            ..base.clone()
-        })?);
-        left -= n;
-    }
-    Ok(out)
-}
+mod process;
+pub use process::{Holder, spawn_many, spawn_parallel};
