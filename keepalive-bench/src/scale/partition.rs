@@ -315,7 +315,7 @@ fn account(log: &events::Log, a: AccountIn, out: &mut Out) {
         ),
     );
     out.note(format!(
-        "Partition: every socket's idle was set to 3 s and the router began dropping {} s after the byte that \
+        "Partition: every socket's idle was set to 3 s and the router began dropping {:.2} s after the byte that \
          restarted their idle (first probes due at 3 s); the \
          router dropped {} packets; {} more backlog drops during the partition.",
         a.took.as_secs_f64(), a.dropped, a.drops
