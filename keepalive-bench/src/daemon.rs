@@ -28,12 +28,12 @@ impl Daemon {
     pub fn start(bin: &Path, extra: &[&str], log: &Path) -> Result<Self> {
         let port = sys::free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let mut args = vec![
-            "--web.listen-address",
-            listen.as_str(),
-            "--log.level",
-            "warn",
-        ];
+        let mut args = vec!["--web.listen-address", listen.as_str()];
+        // Warnings only, unless the caller asks for a level (the scale section reads the
+        // start-up inventory's info line).
+        if !extra.contains(&"--log.level") {
+            args.extend(["--log.level", "warn"]);
+        }
         args.extend_from_slice(extra);
         let command = format!("keepalive-daemon {}", args.join(" "));
         let child = sys::die_with_parent(&mut Command::new(bin))

@@ -31,7 +31,7 @@ pub struct Options {
     /// Also run the churn soak (a million keepalive connections over ten minutes).
     #[arg(long)]
     pub soak: bool,
-    /// Skip the scale stage (40 000 sockets and a 4 000-connection partition, about a minute).
+    /// Skip the scale stage (40 000 sockets and a 4 000-connection partition, about 75 s).
     #[arg(long)]
     pub no_scale: bool,
 }

@@ -103,7 +103,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 fn run_checked(ctx: &mut Ctx) -> Result<()> {
     catch_signals();
     topo::restore_stale();
-    let sockets = ctx.scale.sockets.max(200) / 2 * 2;
+    let sockets = ctx.scale(ctx.scale.sockets).max(200) / 2 * 2;
     let partition = (sockets / 10).max(100);
     let avail = quiet::meminfo("MemAvailable") as f64;
     let need = (sockets + 2 * partition) as f64 * (KERNEL_BYTES_PER_SOCKET + 512.0);

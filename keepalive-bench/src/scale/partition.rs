@@ -260,7 +260,7 @@ fn account(log: &events::Log, a: AccountIn, out: &mut Out) {
     let once = deaths.len();
     out.figure(
         "partition: deaths reported (dead events, each socket once)",
-        format!("{once} of {} sockets, {twice} more than once, {wrong_cause} with another cause, {wrong_probes} with a probe count ≠ 3; the last {:.1} s after the cut (kernel time; the bench waited {:.1} s)", a.expect_dead, (last_dead - a.cut_rt) as f64 / 1e9, a.until),
+        format!("{once} of {} sockets, {twice} more than once, {wrong_cause} with another cause, {wrong_probes} with a probe count ≠ 3; the last {:.1} s after the cut (kernel time; the bench waited {:.1} s)", a.expect_dead, if last_dead > 0 { (last_dead - a.cut_rt) as f64 / 1e9 } else { f64::NAN }, a.until),
         "every death exactly once, cause timeout, 3 probes",
         Some(once == a.expect_dead && twice == 0 && wrong_cause == 0 && wrong_probes == 0),
     );
@@ -315,7 +315,8 @@ fn account(log: &events::Log, a: AccountIn, out: &mut Out) {
         ),
     );
     out.note(format!(
-        "Partition: the 1/1/3 settings reached every socket in {:.2} s after the router began dropping; the \
+        "Partition: every socket's idle was set to 3 s and the router began dropping {:.2} s after the byte that \
+         restarted their idle (first probes due at 3 s); the \
          router dropped {} packets; {} more backlog drops during the partition.",
         a.took.as_secs_f64(), a.dropped, a.drops
     ));

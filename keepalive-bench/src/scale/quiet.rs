@@ -129,11 +129,13 @@ pub fn open_and_measure(ctx: &Ctx, t: &Topology, sockets: usize, out: &mut Out) 
     out.figure(
         "kernel memory for the sockets (slab)",
         format!(
-            "{} per socket ({} in all; unreclaimable {} per socket), MemAvailable −{}",
+            "{} per socket ({} in all; unreclaimable {} per socket), MemAvailable {}{}",
             bytes(per(slab0, slab1)),
             bytes(slab1 as f64 - slab0 as f64),
             bytes(per(sunr0, sunr1)),
-            bytes(avail0 as f64 - avail1 as f64)
+            // Other work on the host moves it too, either way.
+            if avail1 <= avail0 { "−" } else { "+" },
+            bytes((avail0 as f64 - avail1 as f64).abs())
         ),
         "measured first",
         None,
