@@ -52,6 +52,12 @@ impl Settle {
                 "settled {} sockets' classes in {took:?}: {moved} moved",
                 ids.len()
             );
+            // The walk's records (150 bytes a socket) are gone: their pages go back too, or
+            // RSS keeps the walk's high-water mark until the next idle trim.
+            if ids.len() >= CHUNK {
+                drop(ids);
+                let _ = tokio::task::spawn_blocking(crate::service::heap::release_freed).await;
+            }
             if let Ok(mut next) = web.settle.next.lock() {
                 *next = Some(Instant::now() + (took * SPACING).max(MIN_SPACING));
             }

@@ -83,6 +83,11 @@ pub fn respond(web: Arc<Web>, filter: Filter) -> Response {
         }
         buf.push(b']');
         let _ = tx.send(Bytes::from(buf)).await;
+        // The activity walk and the order are gone: their pages go back (see `settle`).
+        if order.len() >= CHUNK {
+            drop(order);
+            let _ = tokio::task::spawn_blocking(crate::service::heap::release_freed).await;
+        }
     });
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|b| b.map(Ok::<_, Infallible>))

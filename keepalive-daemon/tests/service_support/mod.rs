@@ -1,6 +1,9 @@
 //! Helpers of the service tests: the daemon under a NOTIFY_SOCKET, curl, a scratch PKI.
 #![allow(dead_code)] // each test file uses its own subset
 
+mod http;
+pub use http::dechunk;
+
 use std::{
     fs,
     io::{Read as _, Write as _},
@@ -274,11 +277,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    (code, dechunk(&raw))
 }
 
 /// What curl saw: its exit code, the HTTP status (0 when there was no response), headers and body.
