@@ -219,6 +219,20 @@ pub fn remove_stale_netns() {
     }
 }
 
+/// Waits up to `grace` for a child asked to end (its stdin closed, or SIGTERM), then kills it:
+/// a bench child that ignores the request must not outlive the bench.
+pub fn reap(child: &mut std::process::Child, grace: std::time::Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("{cmd:?}"))?;
     if !status.success() {

@@ -135,15 +135,7 @@ impl Drop for Holder {
     fn drop(&mut self) {
         drop(self.stdin.take());
         drop(self.stdout.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::sys::reap(&mut self.child, Duration::from_secs(5));
     }
 }
 

@@ -194,16 +194,24 @@ fn fetch(args: &SocketsArgs, path: &str) -> Result<BufReader<TcpStream>> {
     };
     let mut s =
         TcpStream::connect_timeout(&args.listen, Duration::from_secs(3)).map_err(unreachable)?;
+    // Once connected, a failure is a daemon that stopped answering, not a missing one: say so
+    // rather than tell the operator to start a daemon that is running.
+    let silent = |e: std::io::Error| {
+        Error::Config(format!(
+            "the daemon on {} accepted the connection but stopped answering ({e})",
+            args.listen
+        ))
+    };
     // Between two rows at most: a million rows take longer than that in all.
     s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(unreachable)?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", args.listen).map_err(unreachable)?;
+        .map_err(silent)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", args.listen).map_err(silent)?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
-    r.read_line(&mut status).map_err(unreachable)?;
+    r.read_line(&mut status).map_err(silent)?;
     loop {
         let mut l = String::new();
-        if r.read_line(&mut l).map_err(unreachable)? == 0 || l.trim_end().is_empty() {
+        if r.read_line(&mut l).map_err(silent)? == 0 || l.trim_end().is_empty() {
             break;
         }
     }
