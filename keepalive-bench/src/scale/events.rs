@@ -147,7 +147,10 @@ fn take(line: &[u8], netns: &HashSet<u32>, log: &mut Log, dead: &AtomicU64) {
         socket: format!("{}:{}-{}:{}", l.saddr, l.sport, l.daddr, l.dport),
         probes: l.probes,
         cause: l.cause.map(str::to_string),
-        ts: crate::daemon::ts_of(line).unwrap_or(0),
+        ts: std::str::from_utf8(line)
+            .ok()
+            .and_then(crate::daemon::ts_of)
+            .unwrap_or(0),
         read,
     });
 }
