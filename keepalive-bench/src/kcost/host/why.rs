@@ -88,10 +88,13 @@ impl Why {
         r.p(&format!(
             "**Event path.** An emitted event costs {}–{} µs in the kernel here (`ka_sys_exit_setsockopt` {} µs, \
              `ka_sys_exit_accept` {} µs, `ka_inet_sock_set_state` {} µs, timer exit {} µs per run). Two \
-             causes: (a) `kernel::describe` makes about 30 `bpf_probe_read_kernel` calls, ≈ {} ns each on this machine \
-             (bare filter minus empty program) against ≈ {} ns for a BTF load, so BTF tracepoints for the timer, state \
-             and reset hooks and `bpf_get_current_task_btf()` for the syscall ones would save ≈ {} µs per event \
-             (estimate from those two measured figures); (b) the wake-up of the daemon: a default ring-buffer submit \
+             causes: (a) reading the socket: each event copies the socket's first `sock_span` bytes (about 2.2 KB, \
+             the span from BTF) with one `bpf_probe_read_kernel` into a per-CPU buffer and takes its fields from there \
+             (`keepalive-ebpf/src/sock.rs`), where it made about 30 helper calls of ≈ {} ns each on this machine \
+             (bare filter minus empty program; a BTF load costs ≈ {} ns). What remains is that copy and its cache \
+             misses, and on the syscall hooks the reads that turn a descriptor into its socket; BTF-typed programs \
+             with direct loads (tp_btf for the timer, state and reset hooks, `bpf_get_current_task_btf()` for the \
+             syscall ones, with the raw programs kept for kernels that refuse them) are the next step; (b) the wake-up of the daemon: a default ring-buffer submit \
              wakes it whenever the ring was empty — an irq_work self-IPI (a VM exit here) and a scheduler wake-up, paid \
              inside the program. The programs now submit with BPF_RB_NO_WAKEUP unless 1 ms passed since the last \
              wake-up or the ring is a quarter full (`keepalive-ebpf/src/state.rs`), and the daemon drains the ring on a \
@@ -107,7 +110,6 @@ impl Why {
             num(exit / 1e3),
             num(self.helper_read_ns),
             num(self.btf_read_ns.max(0.0)),
-            num(30.0 * (self.helper_read_ns - self.btf_read_ns.max(0.0)) / 1e3)
         ));
     }
 }
