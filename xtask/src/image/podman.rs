@@ -129,6 +129,9 @@ pub fn check(b: &Built, w: &Written) -> Result<Outcome> {
     }
 }
 
+/// Podman's runtime state. Its UNIX sockets' paths must stay short, hence not under target/.
+const RUNROOT: &str = "/run/ka-xtask-podman";
+
 /// Podman with this task's own storage and the settings a host without systemd needs.
 struct Podman {
     dir: PathBuf,
@@ -137,6 +140,14 @@ struct Podman {
 impl Podman {
     fn new() -> Result<Self> {
         let dir = std::env::current_dir()?.join("target/podman");
+        // A fresh store each run: podman records the store's path in its database and refuses
+        // the store once the checkout is reached by another path (moved, or a symlinked
+        // target/), and a copy of one 4 MB layer is all a fresh store costs.
+        for stale in [dir.join("storage"), PathBuf::from(RUNROOT)] {
+            if stale.exists() {
+                fs::remove_dir_all(&stale)?;
+            }
+        }
         fs::create_dir_all(&dir)?;
         Ok(Self { dir })
     }
@@ -145,8 +156,7 @@ impl Podman {
         let mut c = Command::new("podman");
         c.arg("--root")
             .arg(self.dir.join("storage"))
-            // Runtime state holds UNIX sockets, whose paths must stay short.
-            .args(["--runroot", "/run/ka-xtask-podman"])
+            .args(["--runroot", RUNROOT])
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
             .args(["--events-backend", "file", "--runtime", "runc"]);
         c
