@@ -287,15 +287,17 @@ mod tests {
 
     use super::*;
 
+    /// The inode of one of our own sockets, as /proc shows it.
+    fn inode(socket: &impl std::os::fd::AsRawFd) -> u64 {
+        fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+            .unwrap()
+            .ino()
+    }
+
     #[test]
     fn finds_our_own_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let ino = fs::metadata(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&listener)
-        ))
-        .unwrap()
-        .ino();
+        let ino = inode(&listener);
         let mut owners = Owners::default();
         let owner = owners.lookup(ino).expect("owner found");
         assert_eq!(owner.pid, std::process::id());
@@ -306,12 +308,7 @@ mod tests {
         assert_eq!(owners.lookup(u64::MAX), None);
         assert_eq!(owners.scans(), scans);
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let other_ino = fs::metadata(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&other)
-        ))
-        .unwrap()
-        .ino();
+        let other_ino = inode(&other);
         assert_eq!(
             owners.lookup(other_ino),
             None,
