@@ -6,9 +6,10 @@
 //! fields lie in the first `Settings::sock_span` bytes of the socket (≈ 2.2 KiB on 6.18, the
 //! daemon computes it from BTF), so one call copies that range into a per-CPU buffer and the
 //! fields are plain loads from it. What lies elsewhere — the namespace's sysctls and inode
-//! number, the cgroup id — is a chain of reads that changes rarely, so the last one seen on
-//! each CPU is kept for a second (`NET_SEEN`, `CGROUP_SEEN`); the socket's inode number is one
-//! more read.
+//! number, the cgroup id — is a chain of reads. The namespace's sysctls change rarely, so the
+//! last ones seen on each CPU are kept for a second (`NET_SEEN`), checked against the inode
+//! number read every time; the cgroup id (two reads) and the socket's inode number (one) are
+//! read every time.
 //!
 //! A program can be interrupted between the copy and its use by another that copies another
 //! socket (a process-context state change, then a timer softirq on the way out of an
@@ -129,22 +130,14 @@ pub struct NetSeen {
     cnt: u32,
 }
 
-/// Last cgroup seen on this CPU, and its id.
-#[repr(C)]
-pub struct CgroupSeen {
-    cgroup: u64,
-    at_ns: u64,
-    id: u64,
-}
-
 #[map]
 static NET_SEEN: PerCpuArray<NetSeen> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static CGROUP_SEEN: PerCpuArray<CgroupSeen> = PerCpuArray::with_max_entries(1, 0);
 
-/// A cached value is used for at most this long: a sysctl change shows in events within a
-/// second, and a `struct net` or `cgroup` freed and reused for another within a second keeps
-/// the old identity at most that long.
+/// A cached sysctl is used for at most this long: a change shows in events within a second.
+/// The identity is never taken from the cache: a `struct net` freed and reused for a new
+/// namespace within that second would otherwise keep the old namespace's inode number, and
+/// the new namespace's events would be filed under the dead one (seen on the host: a test's
+/// fresh namespace whose probes "reached no hook").
 const SEEN_FOR_NS: u64 = 1_000_000_000;
 
 /// (inum, keepalive_time, keepalive_intvl, keepalive_probes) of the namespace at `net`.
@@ -158,14 +151,17 @@ pub fn net_info(net: u64, now_ns: u64) -> (u32, u32, u32, u8) {
         let seen = unsafe { &mut *seen };
         // A program interrupting this one may rewrite the slot between the reads: the stamp,
         // read before and after, tells.
+        // The inode number is read every time and must match the cached one: the pointer
+        // alone does not name a namespace once it can be freed and reused.
+        let inum = read::<u32>(net, o.net_inum);
         let (at, first) = (unsafe { core::ptr::read_volatile(&seen.at_ns) }, seen.net);
         let got = (seen.inum, seen.idle, seen.intvl, seen.cnt as u8);
         let same = unsafe { core::ptr::read_volatile(&seen.at_ns) } == at;
-        if same && first == net && now_ns.wrapping_sub(at) < SEEN_FOR_NS {
+        if same && first == net && got.0 == inum && now_ns.wrapping_sub(at) < SEEN_FOR_NS {
             return got;
         }
         let got = (
-            read::<u32>(net, o.net_inum),
+            inum,
             read::<u32>(net, o.net_keepalive_time),
             read::<u32>(net, o.net_keepalive_intvl),
             // An int before 6.0, a u8 after: the low byte is the value either way.
@@ -187,31 +183,15 @@ pub fn net_info(net: u64, now_ns: u64) -> (u32, u32, u32, u8) {
     )
 }
 
-/// The cgroup v2 id of the cgroup at `cgroup` (its kernfs node's id).
+/// The cgroup v2 id of the cgroup at `cgroup` (its kernfs node's id). Not cached: the two
+/// reads are the check a cache would need, since a freed cgroup's memory is reused.
 #[inline(always)]
-fn cgroup_id(cgroup: u64, now_ns: u64) -> u64 {
+fn cgroup_id(cgroup: u64) -> u64 {
     let o = kernel::offsets();
     if cgroup == 0 {
         return 0;
     }
-    let Some(seen) = CGROUP_SEEN.get_ptr_mut(0) else {
-        return read::<u64>(read::<u64>(cgroup, o.cgroup_kn), o.kernfs_id);
-    };
-    let seen = unsafe { &mut *seen };
-    let (at, first, id) = (
-        unsafe { core::ptr::read_volatile(&seen.at_ns) },
-        seen.cgroup,
-        seen.id,
-    );
-    let same = unsafe { core::ptr::read_volatile(&seen.at_ns) } == at;
-    if same && first == cgroup && now_ns.wrapping_sub(at) < SEEN_FOR_NS {
-        return id;
-    }
-    let id = read::<u64>(read::<u64>(cgroup, o.cgroup_kn), o.kernfs_id);
-    seen.at_ns = now_ns;
-    seen.cgroup = cgroup;
-    seen.id = id;
-    id
+    read::<u64>(read::<u64>(cgroup, o.cgroup_kn), o.kernfs_id)
 }
 
 /// Whether the socket is TCP (SO_KEEPALIVE can be set on any socket type).
@@ -292,7 +272,7 @@ pub fn describe(addr: u64, copy: *const u8, ev: &mut RawEvent) {
     ev.since_send = since(o.tp_lsndtime);
     ev.since_recv = since(o.icsk_lrcvtime);
     ev.since_ack = since(o.tp_rcv_tstamp);
-    ev.cgroup = cgroup_id(get_at::<u64>(addr, copy, o.sk_cgroup), ev.ts_ns);
+    ev.cgroup = cgroup_id(get_at::<u64>(addr, copy, o.sk_cgroup));
 }
 
 /// A 16-byte address: two 8-byte halves.
