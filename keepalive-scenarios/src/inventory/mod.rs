@@ -15,6 +15,7 @@ mod proc;
 mod redis;
 mod reuse;
 mod risk;
+mod settings_events;
 mod table;
 mod view;
 
@@ -256,7 +257,7 @@ pub fn settings_events(
         std::thread::sleep(Duration::from_millis(25));
     };
     let refs: Vec<&Event> = events.iter().collect();
-    let mut fails = view::check_settings(&refs, want, count.is_some_and(|n| n > 0));
+    let mut fails = settings_events::check_settings(&refs, want, count.is_some_and(|n| n > 0));
     if let Some(n) = count.filter(|n| *n != events.len()) {
         fails.push(format!("{} settings events, expected {n}", events.len()));
     }
