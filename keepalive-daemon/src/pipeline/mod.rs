@@ -58,7 +58,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     lock(&inventory).set_attribution(startup::attribution());
     let (events_tx, _) = broadcast::channel(opts.events_buffer as usize);
     let mut sinks = Sinks::new(opts.json, events_tx.clone(), metrics.clone());
-    startup::first_inventory(
+    let scan_wanted = startup::first_inventory(
         &mut attached,
         &mut maps.probing,
         &mut sinks.owners,
@@ -95,7 +95,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         audit: ProbeAudit::default(),
         owner_check: OwnerCheck::new(),
         refreshing: None,
-        scan_wanted: false,
+        scan_wanted,
     };
     let events = tokio::spawn(event_loop::event_loop(maps.ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);

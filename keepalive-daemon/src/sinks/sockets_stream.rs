@@ -2,7 +2,8 @@
 //! hold of its lock, each chunk's matching rows serialised and sent before the next is taken.
 //! Built whole, the answer cost 1 000 MiB at a million sockets and held the lock (and with it
 //! the event loop) for seconds; streamed, it holds one chunk and one order (16 bytes a socket,
-//! or 24 per matching socket with `sort=risk`, `limit` of them at most).
+//! or 24 per matching socket with `sort=risk`, `limit` of them at most, and never more than
+//! `RISK_SORT_MAX`: see `check_bounded`).
 use std::{cmp::Reverse, collections::BinaryHeap, convert::Infallible, sync::Arc};
 
 use axum::{
@@ -20,6 +21,9 @@ use crate::{
 
 /// Sockets visited per hold of the inventory lock.
 const CHUNK: usize = 4096;
+/// Rows serialised per message to the client: about 300 KiB. With 4 096 rows a message (2.5
+/// MiB), the messages queued and in flight made most of what serving every row cost.
+const ROWS: usize = 512;
 
 /// Where a socket goes in the default order: namespace, local port, remote port (then the
 /// socket itself, so that the order is total).
@@ -42,13 +46,30 @@ fn rank(v: &SocketView) -> (u8, Reverse<u32>, u64) {
     (class, Reverse(idle_ms), place(v))
 }
 
+/// The most sockets `sort=risk` orders at once: its heap holds 24 bytes per socket it keeps.
+pub const RISK_SORT_MAX: usize = 100_000;
+
+/// `sort=risk` keeps `limit` sockets, or every matching one without a limit: refused when that
+/// could exceed `RISK_SORT_MAX` (`sockets`: how many the inventory holds), so that no query
+/// makes the daemon hold the whole table a second time.
+pub fn check_bounded(filter: &Filter, sockets: usize) -> Result<(), String> {
+    let kept = filter.limit.unwrap_or(usize::MAX).min(sockets);
+    if filter.by_risk && kept > RISK_SORT_MAX {
+        return Err(format!(
+            "sort=risk orders at most {RISK_SORT_MAX} sockets at once and {sockets} are \
+             inventoried: add limit=N with N at most {RISK_SORT_MAX}"
+        ));
+    }
+    Ok(())
+}
+
 pub fn respond(web: Arc<Web>, filter: Filter) -> Response {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(2);
     tokio::spawn(async move {
         let order = order(&web, &filter).await;
         let limit = filter.limit.unwrap_or(usize::MAX);
         let (mut sent, mut buf) = (0usize, b"[".to_vec());
-        for chunk in order.chunks(CHUNK) {
+        for chunk in order.chunks(ROWS) {
             {
                 let inv = web.lock_inventory();
                 for sk in chunk {
@@ -147,6 +168,18 @@ async fn order(web: &Web, filter: &Filter) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn risk_sort_is_bounded() {
+        let f = |q: &str| Filter::parse(q).unwrap();
+        assert!(check_bounded(&f("sort=risk"), RISK_SORT_MAX).is_ok());
+        let e = check_bounded(&f("sort=risk"), RISK_SORT_MAX + 1).unwrap_err();
+        assert!(e.contains("limit=N"), "{e}");
+        assert!(check_bounded(&f("sort=risk&limit=100"), 1_000_000).is_ok());
+        assert!(check_bounded(&f("sort=risk&limit=100001"), 1_000_000).is_err());
+        assert!(check_bounded(&f("sort=risk&limit=100001"), 5).is_ok());
+        assert!(check_bounded(&f("keepalive=off"), 1_000_000).is_ok());
+    }
 
     #[test]
     fn riskier_and_longer_silent_sorts_first() {

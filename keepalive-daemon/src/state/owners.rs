@@ -61,6 +61,8 @@ pub struct Owners {
     /// A miss wants a scan that is too slow to run inline: the event loop starts it on a
     /// blocking thread and installs its table (`install`).
     wanted: bool,
+    /// Start-up left the first scan to the event loop (`defer`).
+    deferred: bool,
 }
 
 impl Owners {
@@ -132,6 +134,18 @@ impl Owners {
         let scans = self.scans + new.scans;
         *self = Owners { scans, ..new };
         self.last_took
+    }
+
+    /// A scan is running elsewhere (start-up's, see `pipeline::startup`): misses wait for
+    /// its table (`install`) instead of starting another scan of every descriptor.
+    pub fn defer(&mut self) {
+        self.next_scan = Some(Instant::now() + Duration::from_secs(3600));
+        self.deferred = true;
+    }
+
+    /// Whether misses wait for a scan run elsewhere (`defer`), until `install`.
+    pub fn deferred(&self) -> bool {
+        self.deferred
     }
 
     /// How many /proc scans ran since start (misses and periodic checks).
