@@ -135,11 +135,11 @@ async fn sockets(
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    if let Err(e) = sockets_stream::check_bounded(&filter, web.lock_inventory().len()) {
-        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
-    }
     web.fresh_activity().await;
-    sockets_stream::respond(web, filter)
+    match sockets_stream::order(&web, &filter).await {
+        Ok(order) => sockets_stream::respond(web, filter, order),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }
 
 /// Exposed and at-risk sockets grouped by workload, with what would cover them (`advice`).

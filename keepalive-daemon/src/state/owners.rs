@@ -24,6 +24,10 @@ const RESCAN_SPACING: u32 = 20;
 /// A scan that took longer than this runs on a blocking thread next time (see `wanted`): the
 /// event loop cannot wait seconds for one at a few hundred thousand sockets.
 pub const INLINE_MAX: Duration = Duration::from_millis(50);
+/// A process's name read for a syscall's owner is reused this long for the same thread.
+const TASK_NAME_TTL: Duration = Duration::from_secs(1);
+/// Processes whose read is remembered at most (a fork storm must not grow it without bound).
+const TASK_READS_MAX: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -63,6 +67,8 @@ pub struct Owners {
     wanted: bool,
     /// Start-up left the first scan to the event loop (`defer`).
     deferred: bool,
+    /// When `from_task` last read each process's name from /proc, and for which thread.
+    task_reads: HashMap<u32, (Box<str>, Instant)>,
 }
 
 impl Owners {
@@ -86,12 +92,32 @@ impl Owners {
     /// /proc scan can be the parent's, taken between its fork and the child's exec. A process
     /// already gone keeps the name cached, else the thread's.
     pub fn from_task(&mut self, pid: u32, thread: &str) -> Owner {
+        // The same thread of the same process named it within `TASK_NAME_TTL`: the name read
+        // then still holds (an exec renames the calling thread, so it would not match). A
+        // storm of setsockopt calls read /proc at each one, most of the daemon's CPU then.
+        if let Some(comm) = self
+            .task_reads
+            .get(&pid)
+            .filter(|(t, at)| **t == *thread && at.elapsed() < TASK_NAME_TTL)
+            .and_then(|_| self.comms.get(&pid))
+        {
+            let comm = comm.to_string();
+            return Owner {
+                pid,
+                thread: (comm != thread).then(|| thread.to_string()),
+                comm,
+            };
+        }
         let comm = match fs::read_to_string(format!("/proc/{pid}/comm")) {
             Ok(name) => {
                 let name = name.trim_end().to_string();
                 if self.comms.get(&pid).is_none_or(|c| **c != *name) {
                     self.comms.insert(pid, name.as_str().into());
                 }
+                if self.task_reads.len() >= TASK_READS_MAX {
+                    self.task_reads.clear();
+                }
+                self.task_reads.insert(pid, (thread.into(), Instant::now()));
                 name
             }
             Err(_) => self
@@ -370,6 +396,34 @@ mod tests {
         assert_eq!(o.thread.as_deref(), Some("worker-7"));
         let o = Owners::default().from_task(std::process::id(), own);
         assert_eq!(o.thread, None);
+    }
+
+    /// A process's name is read once for a run of calls from the same thread, and again for
+    /// another thread or once the read is a second old.
+    #[test]
+    fn task_names_are_reused_briefly() {
+        let pid = std::process::id();
+        let own = fs::read_to_string("/proc/self/comm").unwrap();
+        let own = own.trim_end();
+        let mut owners = Owners::default();
+        owners.from_task(pid, "worker-1");
+        // A name the cache would give back where /proc would not: reused only while fresh.
+        owners.comms.insert(pid, "stale".into());
+        assert_eq!(owners.from_task(pid, "worker-1").comm, "stale");
+        assert_eq!(
+            owners.from_task(pid, "worker-2").comm,
+            own,
+            "another thread reads"
+        );
+        owners.comms.insert(pid, "stale".into());
+        if let Some(read) = owners.task_reads.get_mut(&pid) {
+            read.1 -= TASK_NAME_TTL;
+        }
+        assert_eq!(
+            owners.from_task(pid, "worker-2").comm,
+            own,
+            "an old read is redone"
+        );
     }
 
     #[test]

@@ -373,15 +373,6 @@ impl Inventory {
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.sockets.iter()
     }
-
-    /// How many sockets the inventory holds.
-    pub fn len(&self) -> usize {
-        self.sockets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn timer_ms(ms: Option<u64>) -> u32 {

@@ -91,10 +91,6 @@ impl Table {
         self.index.reserve(n, |&i| hash(entries[i as usize].sk));
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub fn iter(&self) -> std::slice::Iter<'_, Entry> {
         self.entries.iter()
     }
