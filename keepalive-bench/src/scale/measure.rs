@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx, t: &Topology, q: Quiet, partition_conns: usize, out: &mut 
         holders,
         daemon: a,
         rss_idle,
+        anon_idle,
         base,
         sockets,
     } = q;
@@ -64,7 +65,7 @@ pub fn run(ctx: &Ctx, t: &Topology, q: Quiet, partition_conns: usize, out: &mut 
     drop(a);
     let mut b = None;
     out.part("start-up inventory", |out| {
-        b = Some(startup::start(ctx, base, sockets, rss_idle, out)?);
+        b = Some(startup::start(ctx, base, sockets, anon_idle, out)?);
         Ok(())
     });
     let Some(b) = b else {

@@ -21,6 +21,8 @@ pub struct Quiet {
     /// Daemon A: started before the sockets.
     pub daemon: Daemon,
     pub rss_idle: f64,
+    /// Its anonymous (heap) part: what daemon B's heap is compared with.
+    pub anon_idle: f64,
     /// Sockets in its inventory before the bench's (the host's own).
     pub base: f64,
     /// Sockets the bench opened (both ends).
@@ -71,6 +73,7 @@ pub fn open_and_measure(ctx: &Ctx, t: &Topology, sockets: usize, out: &mut Out) 
     sys::sleep_s(3.0);
     let base = daemon.wait_sockets(0.0, std::time::Duration::from_secs(1))?;
     let rss_idle = daemon.rss() as f64;
+    let anon_idle = super::startup::anon_bytes(daemon.pid()) as f64;
     let lost0 = daemon.metrics()?.lost();
     let parallel = 4;
     let rate = (ctx.scale.open_rate / parallel as u32).max(100);
@@ -184,6 +187,7 @@ pub fn open_and_measure(ctx: &Ctx, t: &Topology, sockets: usize, out: &mut Out) 
         holders,
         daemon,
         rss_idle,
+        anon_idle,
         base,
         sockets,
     })

@@ -1,6 +1,7 @@
 //! Fresh activity (`ages::Activity`: the ages of a socket's last segments) on demand: when
-//! `/sockets`, `/advice` or the metrics are read, the iterator walks every namespace's TCP table (the same walk as `rewalk`) so that each socket's idle time
-//! is the kernel's own, not an extrapolation. No per-packet hook: a walk costs what the
+//! `/sockets`, `/advice` or the metrics are read, the iterator walks every namespace's TCP
+//! table (the same walk as `rewalk`, handed on in chunks) so that each socket's idle time is
+//! the kernel's own, not an extrapolation. No per-packet hook: a walk costs what the
 //! re-walk costs (tens of ms at 100 k sockets), so it runs at most once per `MIN_INTERVAL`
 //! unless a socket opened since the last walk; readers within that window get the last walk's
 //! values aged by the clock (exact while the socket stays silent, which is what risk is about).
@@ -10,8 +11,10 @@ use std::{
 };
 
 pub use super::ages::Activity;
-use super::decode::KernelEvent;
-use crate::kernel::attach::Attached;
+use keepalive_common::RawEvent;
+
+use super::decode::{self, KernelEvent};
+use crate::kernel::attach::{self, Attached};
 
 /// At most one walk per this interval, whoever asks.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -33,17 +36,37 @@ impl ActivityWalk {
         }
     }
 
-    /// Every socket's record from a new walk, or `None` when one ran within `MIN_INTERVAL`
-    /// (or the walk failed, or the programs are detached). `unwalked`: sockets opened since the
-    /// last walk, whose ages the kernel had not stamped yet when they were reported; they are
-    /// walked at once.
-    pub async fn fresh(&self, unwalked: bool) -> Option<Vec<KernelEvent>> {
+    /// Walks every socket's record afresh and hands them to `apply` in chunks of at most
+    /// `attach::CHUNK_RECORDS` as the kernel produces them (the walk's memory is one chunk
+    /// or two, not 150 bytes a socket); false when one ran within `MIN_INTERVAL` (or the
+    /// programs are detached). `unwalked`: sockets opened since the last walk, whose ages the
+    /// kernel had not stamped yet when they were reported; they are walked at once.
+    pub async fn fresh(&self, unwalked: bool, mut apply: impl FnMut(&[KernelEvent])) -> bool {
         let mut last = self.last.lock().await;
         if !unwalked && last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
-            return None;
+            return false;
         }
-        let walked = super::rewalk::walk(&self.attached, self.hz).await;
+        // Two chunks in flight: the walk decodes the next while the inventory takes this one.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<KernelEvent>>(2);
+        let (att, hz) = (self.attached.clone(), self.hz);
+        let walk = tokio::task::spawn_blocking(move || {
+            let mut guard = att.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(a) = guard.as_mut() else { return };
+            let mut each = |recs: &[u8]| {
+                let chunk: Vec<KernelEvent> = decode::records(recs)
+                    .filter_map(|r| decode::decode(r, hz).ok())
+                    .collect();
+                tx.blocking_send(chunk).is_ok()
+            };
+            if let Err(e) = attach::inventory_each(&mut a.ebpf, RawEvent::SIZE, &mut each) {
+                log::debug!("activity walk failed: {e}");
+            }
+        });
+        while let Some(chunk) = rx.recv().await {
+            apply(&chunk);
+        }
+        let _ = walk.await;
         *last = Some(Instant::now());
-        Some(walked?.ok()?.events)
+        true
     }
 }

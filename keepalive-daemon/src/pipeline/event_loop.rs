@@ -70,9 +70,14 @@ pub(super) async fn event_loop(
         tokio::select! {
             scanned = async { owner_scan.as_mut().expect("guarded").await }, if owner_scan.is_some() => {
                 owner_scan = None;
-                if let Ok(table) = scanned {
-                    let took = st.sinks.owners.install(table);
-                    st.owners_scanned(took);
+                match scanned {
+                    Ok(table) => {
+                        let took = st.sinks.owners.install(table);
+                        st.owners_scanned(took);
+                    }
+                    // The table never came: another (start-up may have deferred every
+                    // lookup to this one).
+                    Err(_) => st.scan_wanted = true,
                 }
             }
             () = &mut tick => {

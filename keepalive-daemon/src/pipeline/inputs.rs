@@ -10,6 +10,9 @@ use crate::{
     kernel::clock::monotonic_ns,
 };
 
+/// Sockets moved by one owner check above which the heap is trimmed after it.
+const MANY_MOVED: usize = 16_384;
+
 impl LoopState {
     pub(super) fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
         self.resolve_owners();
@@ -115,6 +118,11 @@ impl LoopState {
             .reconcile_owners(&self.sinks.owners);
         if moved > 0 {
             debug!("owner check: {moved} sockets changed hands ({took:?} /proc scan)");
+        }
+        // The scan's tables and the list of moved sockets were the size of the inventory
+        // (after a start-up that left the owners to this scan, every socket moved).
+        if moved >= MANY_MOVED {
+            crate::service::heap::release_freed();
         }
     }
 

@@ -58,7 +58,10 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     lock(&inventory).set_attribution(startup::attribution());
     let (events_tx, _) = broadcast::channel(opts.events_buffer as usize);
     let mut sinks = Sinks::new(opts.json, events_tx.clone(), metrics.clone());
-    startup::first_inventory(
+    // What was lost before the start-up walk began: that walk covers it (`rewalk::run`).
+    metrics.add_kernel_lost(maps.loss.refresh());
+    let lost_before_walk = metrics.lost_or_unseen();
+    let scan_wanted = startup::first_inventory(
         &mut attached,
         &mut maps.probing,
         &mut sinks.owners,
@@ -84,7 +87,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     };
     let server = tokio::spawn(http::serve(listener, http::router(web.clone()), web_config));
 
-    let (input_rx, rescan) = spawn_inputs(&attached, &web, hz);
+    let (input_rx, rescan) = spawn_inputs(&attached, &web, hz, lost_before_walk);
     let state = event_loop::LoopState {
         hz,
         tracker: Tracker::new(clock::realtime_offset_ns()),
@@ -95,7 +98,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         audit: ProbeAudit::default(),
         owner_check: OwnerCheck::new(),
         refreshing: None,
-        scan_wanted: false,
+        scan_wanted,
     };
     let events = tokio::spawn(event_loop::event_loop(maps.ring, input_rx, state));
     info!("attached; serving on {scheme}://{}", opts.listen);
@@ -124,6 +127,7 @@ fn spawn_inputs(
     attached: &Arc<Mutex<Option<Attached>>>,
     web: &Arc<Web>,
     hz: u32,
+    lost_before_walk: u64,
 ) -> (mpsc::Receiver<crate::ingest::Input>, Arc<Notify>) {
     let (tx, rx) = mpsc::channel(4096);
     let rescan = Arc::new(Notify::new());
@@ -147,7 +151,13 @@ fn spawn_inputs(
         begin: Box::new(move || lock(&begin).begin_walk()),
         abandon: Box::new(move || lock(&abandon).abandon_walk()),
     };
-    tokio::spawn(rewalk::run(attached.clone(), callbacks, hz, tx));
+    tokio::spawn(rewalk::run(
+        attached.clone(),
+        callbacks,
+        hz,
+        tx,
+        lost_before_walk,
+    ));
     (rx, rescan)
 }
 

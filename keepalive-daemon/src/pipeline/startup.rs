@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use keepalive_common::{Offsets, Settings};
+use keepalive_common::{Offsets, RawEvent, Settings};
 use log::{info, warn};
 use tokio::net::TcpListener;
 
@@ -162,62 +162,95 @@ pub fn take_maps(attached: &mut Attached) -> Result<Maps> {
     })
 }
 
+/// Sockets below which start-up scans /proc for their owners beside the walk and waits for it
+/// (a few hundred ms at most), so that every socket has its owner when the daemon reports
+/// ready; above, the scan runs after start-up (see `first_inventory`).
+const WAIT_FOR_OWNERS_BELOW: u64 = 100_000;
+
 /// Every TCP socket that exists now, walked after the hooks are attached (a socket born in
 /// between is reported by both, harmlessly). A socket in the middle of a probe run is marked
 /// in `probing`: a restart must not lose a run in progress, and the kernel side reports the
 /// answer (or the next probe) only for sockets it knows are being probed.
+///
+/// The walk's records go into the table as the kernel produces them, a chunk at a time, on
+/// this thread while the kernel walks the next chunk on another (the whole walk buffered cost
+/// 250 bytes a socket of peak memory at a million, and the table waited for the whole walk).
+/// Who holds each socket comes from a scan of every process's descriptors: at a million
+/// sockets it costs more than the walk (4.1 s against 3.2 s) and, beside it, took a core from
+/// it. So on a large host start-up does not scan: the scan is left wanted, the event loop runs
+/// it first on a blocking thread and names the owners when it ends (seconds later). Meanwhile
+/// the sockets are inventoried, counted and classed, only without their process (no `pid` and
+/// `comm` in `/sockets`, counted under no process in the metrics). Returns whether that scan
+/// is still to run.
 pub fn first_inventory(
     attached: &mut Attached,
     probing: &mut BpfHashMap<MapData, u64, u8>,
     owners: &mut Owners,
     inventory: &Arc<Mutex<Inventory>>,
     hz: u32,
-) {
-    // Who holds each socket: a scan of every process's descriptors, a second or more at a
-    // million sockets, run beside the kernel walk rather than after it (on the first miss).
+) -> bool {
     let started = std::time::Instant::now();
-    let scan = std::thread::spawn(|| {
-        let mut o = Owners::default();
-        let took = o.rescan_now();
-        (o, took)
-    });
-    let walked = attach::inventory(&mut attached.ebpf);
-    let walk_took = started.elapsed();
-    let scan_took = match scan.join() {
-        Ok((o, took)) => {
-            *owners = o;
-            took
-        }
-        Err(_) => std::time::Duration::ZERO,
-    };
-    let buf = match walked {
-        Ok((buf, _)) => buf,
-        Err(e) => return warn!("startup inventory failed: {e}"),
-    };
-    let applying = std::time::Instant::now();
+    let expected = sizing::tcp_sockets();
+    let scan = (expected < WAIT_FOR_OWNERS_BELOW).then(|| std::thread::spawn(Owners::scanned));
+    let (mut n, mut mid_probe, mut untracked) = (0usize, 0, 0);
+    let mut table = std::time::Duration::ZERO;
     let mut inv = inventory.lock().unwrap_or_else(|e| e.into_inner());
-    inv.reserve(decode::records(&buf).count());
-    let (mut n, mut mid_probe, mut untracked) = (0, 0, 0);
-    for rec in decode::records(&buf) {
-        if let Ok(ev) = decode::decode(rec, hz) {
-            if ev.info.keepalive_on && ev.info.probes_out > 0 {
-                match probing.insert(ev.sk, ev.info.probes_out, 0) {
-                    Ok(()) => mid_probe += 1,
-                    Err(_) => untracked += 1,
+    // Room for every socket the kernel counts at once, rather than a table doubled twenty
+    // times (each doubling's old table left as a hole).
+    inv.reserve(usize::try_from(expected).unwrap_or(0));
+    let walked = std::thread::scope(|scope| {
+        // A few chunks in flight: the walk runs ahead of the table by that much at most.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let ebpf = &mut attached.ebpf;
+        let walker = scope.spawn(move || {
+            attach::inventory_each(ebpf, RawEvent::SIZE, &mut |recs| {
+                tx.send(recs.to_vec()).is_ok()
+            })
+        });
+        for recs in rx {
+            let applying = std::time::Instant::now();
+            for rec in decode::records(&recs) {
+                let Ok(ev) = decode::decode(rec, hz) else {
+                    continue;
+                };
+                if ev.info.keepalive_on && ev.info.probes_out > 0 {
+                    match probing.insert(ev.sk, ev.info.probes_out, 0) {
+                        Ok(()) => mid_probe += 1,
+                        Err(_) => untracked += 1,
+                    }
                 }
+                inv.apply(&ev, None);
+                n += 1;
             }
-            let owner = owners.cached(ev.ino);
-            inv.apply(&ev, owner);
-            n += 1;
+            table += applying.elapsed();
         }
+        walker
+            .join()
+            .unwrap_or_else(|_| Err("inventory thread panicked".into()))
+    });
+    if let Err(e) = walked {
+        warn!("startup inventory failed: {e}");
     }
+    let owners_at = match scan {
+        Some(scan) => {
+            let took = owners.install(scan.join().unwrap_or_default());
+            let moved = inv.reconcile_owners(owners);
+            format!(
+                "owners of {moved} from a {:.2} s /proc scan beside it",
+                took.as_secs_f64()
+            )
+        }
+        None => {
+            // Misses wait for the event loop's scan instead of each starting one.
+            owners.defer();
+            "owners follow from a /proc scan after start-up".to_string()
+        }
+    };
     info!(
         "inventory: {n} TCP sockets at startup, {mid_probe} in the middle of a probe run; \
-         {:.2} s (kernel walk {:.2} s, /proc scan {:.2} s beside it, table {:.2} s)",
+         {:.2} s (table {:.2} s of it, beside the kernel walk); {owners_at}",
         started.elapsed().as_secs_f64(),
-        walk_took.as_secs_f64(),
-        scan_took.as_secs_f64(),
-        applying.elapsed().as_secs_f64()
+        table.as_secs_f64(),
     );
     if untracked > 0 {
         warn!(
@@ -225,6 +258,7 @@ pub fn first_inventory(
              their answer, RST or close will not be reported"
         );
     }
+    owners.deferred()
 }
 
 /// Who sockets belong to: the cgroup2 hierarchy, walked once here and again on a miss.

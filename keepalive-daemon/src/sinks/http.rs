@@ -35,7 +35,7 @@ use crate::{
         inventory_metrics,
         metrics::Metrics,
         publish::Published,
-        settle::{self, Settle},
+        settle::Settle,
         socket_filter::{EventFilter, Filter},
         sockets_stream,
     },
@@ -67,12 +67,10 @@ impl Web {
     /// `ingest::activity`) before a reader looks at idle times or risk.
     pub async fn fresh_activity(&self) {
         let unwalked = lock(&self.inventory).unwalked;
-        if let Some(walked) = self.activity.fresh(unwalked).await {
-            // In chunks: a million sockets under one hold of the lock would stall events.
-            for chunk in walked.chunks(settle::CHUNK) {
-                lock(&self.inventory).refresh(chunk);
-            }
-        }
+        // A chunk per hold of the lock: a million sockets under one hold would stall events.
+        self.activity
+            .fresh(unwalked, |chunk| lock(&self.inventory).refresh(chunk))
+            .await;
     }
 
     pub fn lock_inventory(&self) -> std::sync::MutexGuard<'_, Inventory> {
@@ -138,7 +136,10 @@ async fn sockets(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     web.fresh_activity().await;
-    sockets_stream::respond(web, filter)
+    match sockets_stream::order(&web, &filter).await {
+        Ok(order) => sockets_stream::respond(web, filter, order),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }
 
 /// Exposed and at-risk sockets grouped by workload, with what would cover them (`advice`).

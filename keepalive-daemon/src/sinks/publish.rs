@@ -150,6 +150,11 @@ impl Sinks {
     }
 
     fn write(&mut self, out: &Event) {
+        // Nobody to write to (no --json, no /events reader): no line made, which was most of
+        // an event's userspace cost in a probe storm.
+        if !self.json && self.events.receiver_count() == 0 {
+            return;
+        }
         self.write_line(
             out.to_line(),
             out.event.as_str(),

@@ -2,7 +2,8 @@
 //! hold of its lock, each chunk's matching rows serialised and sent before the next is taken.
 //! Built whole, the answer cost 1 000 MiB at a million sockets and held the lock (and with it
 //! the event loop) for seconds; streamed, it holds one chunk and one order (16 bytes a socket,
-//! or 24 per matching socket with `sort=risk`, `limit` of them at most).
+//! or 24 per matching socket with `sort=risk`, `limit` of them at most, and never more than
+//! `RISK_SORT_MAX`).
 use std::{cmp::Reverse, collections::BinaryHeap, convert::Infallible, sync::Arc};
 
 use axum::{
@@ -20,6 +21,9 @@ use crate::{
 
 /// Sockets visited per hold of the inventory lock.
 const CHUNK: usize = 4096;
+/// Rows serialised per message to the client: about 300 KiB. With 4 096 rows a message (2.5
+/// MiB), the messages queued and in flight made most of what serving every row cost.
+const ROWS: usize = 512;
 
 /// Where a socket goes in the default order: namespace, local port, remote port (then the
 /// socket itself, so that the order is total).
@@ -42,13 +46,18 @@ fn rank(v: &SocketView) -> (u8, Reverse<u32>, u64) {
     (class, Reverse(idle_ms), place(v))
 }
 
-pub fn respond(web: Arc<Web>, filter: Filter) -> Response {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+/// The most sockets `sort=risk` orders at once: its heap holds 24 bytes per socket it keeps.
+/// More matching sockets without a `limit` (or with a larger one) are refused (`order`), so
+/// that no query makes the daemon hold the whole table a second time.
+pub const RISK_SORT_MAX: usize = 100_000;
+
+/// Streams the rows of `order` (from `order`) that still match.
+pub fn respond(web: Arc<Web>, filter: Filter, order: Vec<u64>) -> Response {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(2);
     tokio::spawn(async move {
-        let order = order(&web, &filter).await;
         let limit = filter.limit.unwrap_or(usize::MAX);
         let (mut sent, mut buf) = (0usize, b"[".to_vec());
-        for chunk in order.chunks(CHUNK) {
+        for chunk in order.chunks(ROWS) {
             {
                 let inv = web.lock_inventory();
                 for sk in chunk {
@@ -100,8 +109,9 @@ pub fn respond(web: Arc<Web>, filter: Filter) -> Response {
 }
 
 /// The sockets to write, in the order to write them. By risk, filtered here (risk is part of
-/// the view): a heap of the `limit` riskiest, or all matching ones without a limit.
-async fn order(web: &Web, filter: &Filter) -> Vec<u64> {
+/// the view): a heap of the `limit` riskiest, or of all matching ones without a limit; an
+/// error when that heap would hold more than `RISK_SORT_MAX`.
+pub async fn order(web: &Web, filter: &Filter) -> Result<Vec<u64>, String> {
     let ids = web.lock_inventory().socket_ids();
     if !filter.by_risk {
         let mut placed = Vec::with_capacity(ids.len());
@@ -114,7 +124,7 @@ async fn order(web: &Web, filter: &Filter) -> Vec<u64> {
         }
         drop(ids);
         placed.sort_unstable();
-        return placed.into_iter().map(|(_, sk)| sk).collect();
+        return Ok(placed.into_iter().map(|(_, sk)| sk).collect());
     }
     let limit = filter.limit.unwrap_or(usize::MAX);
     let mut heap = BinaryHeap::new();
@@ -127,26 +137,55 @@ async fn order(web: &Web, filter: &Filter) -> Vec<u64> {
                 if !filter.matches(&v) {
                     continue;
                 }
-                let key = (rank(&v), *sk);
-                if heap.len() < limit {
-                    heap.push(key);
-                } else if heap.peek().is_some_and(|worst| key < *worst) {
-                    heap.pop();
-                    heap.push(key);
-                }
+                keep(&mut heap, (rank(&v), *sk), limit)?;
             }
         }
         tokio::task::yield_now().await;
     }
-    heap.into_sorted_vec()
+    Ok(heap
+        .into_sorted_vec()
         .into_iter()
         .map(|(_, sk)| sk)
-        .collect()
+        .collect())
+}
+
+/// Keeps `key` if it is among the `limit` smallest so far; refuses a heap beyond
+/// `RISK_SORT_MAX`.
+fn keep<K: Ord>(heap: &mut BinaryHeap<K>, key: K, limit: usize) -> Result<(), String> {
+    if heap.len() < limit {
+        if heap.len() == RISK_SORT_MAX {
+            return Err(format!(
+                "sort=risk orders at most {RISK_SORT_MAX} sockets at once and more match: add \
+                 limit=N with N at most {RISK_SORT_MAX}, or a filter"
+            ));
+        }
+        heap.push(key);
+    } else if heap.peek().is_some_and(|worst| key < *worst) {
+        heap.pop();
+        heap.push(key);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn risk_sort_is_bounded() {
+        let mut heap = BinaryHeap::new();
+        for k in 0..RISK_SORT_MAX as u32 {
+            keep(&mut heap, k, usize::MAX).unwrap();
+        }
+        let e = keep(&mut heap, 0, usize::MAX).unwrap_err();
+        assert!(e.contains("limit=N"), "{e}");
+        // With a limit the heap stays at it, the smallest kept.
+        let mut heap = BinaryHeap::new();
+        for k in (0..1_000u32).rev() {
+            keep(&mut heap, k, 10).unwrap();
+        }
+        assert_eq!(heap.into_sorted_vec(), (0..10).collect::<Vec<_>>());
+    }
 
     #[test]
     fn riskier_and_longer_silent_sorts_first() {

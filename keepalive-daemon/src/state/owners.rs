@@ -24,6 +24,10 @@ const RESCAN_SPACING: u32 = 20;
 /// A scan that took longer than this runs on a blocking thread next time (see `wanted`): the
 /// event loop cannot wait seconds for one at a few hundred thousand sockets.
 pub const INLINE_MAX: Duration = Duration::from_millis(50);
+/// A process's name read for a syscall's owner is reused this long for the same thread.
+const TASK_NAME_TTL: Duration = Duration::from_secs(1);
+/// Processes whose read is remembered at most (a fork storm must not grow it without bound).
+const TASK_READS_MAX: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -61,6 +65,10 @@ pub struct Owners {
     /// A miss wants a scan that is too slow to run inline: the event loop starts it on a
     /// blocking thread and installs its table (`install`).
     wanted: bool,
+    /// Start-up left the first scan to the event loop (`defer`).
+    deferred: bool,
+    /// When `from_task` last read each process's name from /proc, and for which thread.
+    task_reads: HashMap<u32, (Box<str>, Instant)>,
 }
 
 impl Owners {
@@ -84,12 +92,32 @@ impl Owners {
     /// /proc scan can be the parent's, taken between its fork and the child's exec. A process
     /// already gone keeps the name cached, else the thread's.
     pub fn from_task(&mut self, pid: u32, thread: &str) -> Owner {
+        // The same thread of the same process named it within `TASK_NAME_TTL`: the name read
+        // then still holds (an exec renames the calling thread, so it would not match). A
+        // storm of setsockopt calls read /proc at each one, most of the daemon's CPU then.
+        if let Some(comm) = self
+            .task_reads
+            .get(&pid)
+            .filter(|(t, at)| **t == *thread && at.elapsed() < TASK_NAME_TTL)
+            .and_then(|_| self.comms.get(&pid))
+        {
+            let comm = comm.to_string();
+            return Owner {
+                pid,
+                thread: (comm != thread).then(|| thread.to_string()),
+                comm,
+            };
+        }
         let comm = match fs::read_to_string(format!("/proc/{pid}/comm")) {
             Ok(name) => {
                 let name = name.trim_end().to_string();
                 if self.comms.get(&pid).is_none_or(|c| **c != *name) {
                     self.comms.insert(pid, name.as_str().into());
                 }
+                if self.task_reads.len() >= TASK_READS_MAX {
+                    self.task_reads.clear();
+                }
+                self.task_reads.insert(pid, (thread.into(), Instant::now()));
                 name
             }
             Err(_) => self
@@ -132,6 +160,18 @@ impl Owners {
         let scans = self.scans + new.scans;
         *self = Owners { scans, ..new };
         self.last_took
+    }
+
+    /// A scan is running elsewhere (start-up's, see `pipeline::startup`): misses wait for
+    /// its table (`install`) instead of starting another scan of every descriptor.
+    pub fn defer(&mut self) {
+        self.next_scan = Some(Instant::now() + Duration::from_secs(3600));
+        self.deferred = true;
+    }
+
+    /// Whether misses wait for a scan run elsewhere (`defer`), until `install`.
+    pub fn deferred(&self) -> bool {
+        self.deferred
     }
 
     /// How many /proc scans ran since start (misses and periodic checks).
@@ -282,86 +322,5 @@ fn socket_inode(link: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::unix::fs::MetadataExt as _;
-
-    use super::*;
-
-    /// The inode of one of our own sockets, as /proc shows it.
-    fn inode(socket: &impl std::os::fd::AsRawFd) -> u64 {
-        fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
-            .unwrap()
-            .ino()
-    }
-
-    #[test]
-    fn finds_our_own_socket() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let ino = inode(&listener);
-        let mut owners = Owners::default();
-        let owner = owners.lookup(ino).expect("owner found");
-        assert_eq!(owner.pid, std::process::id());
-        assert!(!owner.comm.is_empty());
-        assert_eq!(Owners::default().lookup(0), None);
-        // A miss right after a scan does not scan again: the spacing follows the scan's cost.
-        let scans = owners.scans();
-        assert_eq!(owners.lookup(u64::MAX), None);
-        assert_eq!(owners.scans(), scans);
-        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let other_ino = inode(&other);
-        assert_eq!(
-            owners.lookup(other_ino),
-            None,
-            "rate-limited, not rescanned"
-        );
-        assert_eq!(owners.scans(), scans);
-        // Once the spacing has passed (not waited for: a busy host's scan takes seconds), a
-        // slow scan is wanted off the event loop rather than run in the lookup…
-        owners.next_scan = Some(Instant::now());
-        owners.last_took = INLINE_MAX * 2;
-        assert_eq!(owners.lookup(other_ino), None);
-        assert!(owners.take_wanted() && !owners.take_wanted());
-        assert_eq!(owners.scans(), scans);
-        let took = owners.install(Owners::scanned());
-        assert_eq!(owners.scans(), scans + 1);
-        assert_eq!(owners.last_took, took);
-        assert_eq!(
-            owners.cached(other_ino).map(|o| o.pid),
-            Some(std::process::id())
-        );
-        // …and a quick one runs in it.
-        let third = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let third_ino = fs::metadata(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&third)
-        ))
-        .unwrap()
-        .ino();
-        owners.next_scan = Some(Instant::now());
-        owners.last_took = Duration::ZERO;
-        assert_eq!(
-            owners.lookup(third_ino).map(|o| o.pid),
-            Some(std::process::id())
-        );
-        assert_eq!(owners.scans(), scans + 2);
-    }
-
-    /// A thread with a name of its own sets an option: the owner is the process, by name.
-    #[test]
-    fn task_owner_is_the_process_with_its_thread() {
-        let own = fs::read_to_string("/proc/self/comm").unwrap();
-        let own = own.trim_end();
-        let o = Owners::default().from_task(std::process::id(), "worker-7");
-        assert_eq!(o.comm, own);
-        assert_eq!(o.thread.as_deref(), Some("worker-7"));
-        let o = Owners::default().from_task(std::process::id(), own);
-        assert_eq!(o.thread, None);
-    }
-
-    #[test]
-    fn parses_socket_links_only() {
-        assert_eq!(socket_inode("socket:[12345]"), Some(12345));
-        assert_eq!(socket_inode("pipe:[12345]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-    }
-}
+#[path = "owners_tests.rs"]
+mod tests;

@@ -25,7 +25,7 @@ mod ladder;
 mod program;
 mod walk;
 
-pub use walk::inventory;
+pub use walk::{CHUNK_RECORDS, inventory, inventory_each};
 
 /// Where one logical hook ended up.
 #[derive(Debug, Clone)]
