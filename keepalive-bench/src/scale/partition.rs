@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use super::{
-    Out, events,
+    Out, drain, events,
     topo::{self, Topology},
 };
 use crate::{
@@ -166,6 +166,7 @@ pub fn run(d: &Daemon, t: &Topology, conns: usize, out: &mut Out) -> Result<()> 
     // within the 3 s, so that every first probe is lost.
     send_all(&mut holders, "touch")?;
     let touched = Instant::now();
+    let sampler = drain::Sampler::start(d.pid());
     sys::sleep_s(1.0);
     send_all(&mut holders, "keepalive 3 - -")?;
     t.partition()?;
@@ -187,6 +188,14 @@ pub fn run(d: &Daemon, t: &Topology, conns: usize, out: &mut Out) -> Result<()> 
     let (mib2, drops2) = (mib(t)?, topo::backlog_drops());
     let lost2 = total(&lost_parts(d));
     let log = reader.finish();
+    let drained = sampler.finish(&log);
+    for l in &drained {
+        eprintln!("  scale: partition {l}");
+    }
+    out.note(format!(
+        "The partition, half a second at a time (from the `touch`): {}.",
+        drained.join("; ")
+    ));
     let moved: Vec<String> = parts0
         .iter()
         .zip(lost_parts(d))
