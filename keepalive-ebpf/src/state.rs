@@ -17,7 +17,7 @@ use keepalive_common::{
 };
 
 use crate::classify::{self, Outcome, TimerRun};
-use crate::emit::{WITH_TASK, emit, emit_after_answer, emit_in_state, emit_packed, pack};
+use crate::emit::{WITH_TASK, emit, emit_after_answer, emit_in_state, emit_packed, pack, run_end};
 use crate::kernel::{
     self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
 };
@@ -223,7 +223,7 @@ fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) {
         }
         let _ = PROBING.remove(&sk);
         debug!(ctx, "keepalive gave up on sk {:x}: errno {}", sk, err);
-        emit(EV_TIMEOUT, run.hook, sock, probes, err);
+        run_end(EV_TIMEOUT, run.hook, sock, probes, err);
     }
 }
 
@@ -265,7 +265,7 @@ fn closed_mid_run(sock: &Sock, hook: u8) {
     if let Some(sent) = unsafe { PROBING.get(&sock.addr) } {
         let sent = *sent;
         let _ = PROBING.remove(&sock.addr);
-        emit(EV_CLOSED, hook, sock, sent, 0);
+        run_end(EV_CLOSED, hook, sock, sent, 0);
     }
 }
 
@@ -313,5 +313,5 @@ pub fn reset_received(sk: u64, hook: u8) {
     } else {
         tracked.unwrap_or(0)
     };
-    emit(EV_RESET, hook, &sock, sent, errno);
+    run_end(EV_RESET, hook, &sock, sent, errno);
 }

@@ -33,6 +33,14 @@ fn lost_parts(d: &Daemon) -> Vec<(&'static str, f64)> {
             m.sum("keepalive_events_lost_total", "stage=\"kernel\""),
         ),
         (
+            "run-end ring",
+            m.sum("keepalive_events_lost_total", "stage=\"run_end\""),
+        ),
+        (
+            "tracking",
+            m.sum("keepalive_events_lost_total", "stage=\"tracking\""),
+        ),
+        (
             "decode",
             m.sum("keepalive_events_lost_total", "stage=\"decode\""),
         ),

@@ -43,6 +43,7 @@ pub(super) struct LoopState {
 
 pub(super) async fn event_loop(
     ring: RingBuf<MapData>,
+    run_ends: RingBuf<MapData>,
     mut input: mpsc::Receiver<Input>,
     mut st: LoopState,
 ) {
@@ -51,6 +52,12 @@ pub(super) async fn event_loop(
         match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
             Ok(fd) => fd,
             Err(e) => return error!("ring buffer: {e}"),
+        };
+    // SAFETY: as above, for the run-end ring.
+    let mut ends =
+        match unsafe { AsyncFd::register_with_interest(run_ends, tokio::io::Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => return error!("run-end ring buffer: {e}"),
         };
     // The kernel wakes us at most about once a millisecond while events flow (`wake_flags` in
     // keepalive-ebpf/src/state.rs): the records written in the millisecond after a wake-up wait
@@ -76,6 +83,7 @@ pub(super) async fn event_loop(
                 }
             }
             () = &mut tick => {
+                st.drain_ends(ends.get_mut());
                 let n = st.drain(ring.get_mut());
                 let more = st.refresh_some();
                 empty_ticks = if n > 0 { 0 } else { empty_ticks + 1 };
@@ -92,6 +100,7 @@ pub(super) async fn event_loop(
             }
             ready = ring.readable_mut() => {
                 let Ok(mut guard) = ready else { return };
+                st.drain_ends(ends.get_mut());
                 let n = st.drain(guard.get_inner_mut());
                 // A drain cut short leaves the ring readable: the next turn of the loop comes
                 // back for the rest, after the other inputs had their chance.
@@ -109,6 +118,11 @@ pub(super) async fn event_loop(
                 if tick.deadline() > soon {
                     tick.as_mut().reset(soon);
                 }
+            }
+            ready = ends.readable_mut() => {
+                let Ok(mut guard) = ready else { return };
+                st.drain_ends(guard.get_inner_mut());
+                guard.clear_ready();
             }
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
@@ -150,6 +164,23 @@ impl LoopState {
         // Once the walk's own buffers are gone too.
         crate::service::heap::release_freed();
         false
+    }
+
+    /// Dispatches every record of the run-end ring (deaths, RSTs, closes mid-run), before
+    /// each drain of the event ring: a flood of probe events must not delay or push out a
+    /// death. At most one record per socket in a run, so this cannot starve the loop; a death
+    /// handled before its last probe events (still in the event ring) keeps its kernel probe
+    /// count, and the run those late probes open again is swept (`Tracker::sweep`).
+    fn drain_ends(&mut self, rb: &mut RingBuf<MapData>) {
+        while let Some(item) = rb.next() {
+            match decode::decode(&item, self.hz) {
+                Ok(ev) => self.dispatch(&ev),
+                Err(e) => {
+                    warn!("malformed kernel record: {e:?}");
+                    self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
+                }
+            }
+        }
     }
 
     /// Dispatches the records in the ring, `MAX_DRAIN` at most; returns how many there were.
