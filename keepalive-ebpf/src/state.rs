@@ -19,7 +19,8 @@ use keepalive_common::{
 use crate::classify::{self, Outcome, TimerRun};
 use crate::emit::{WITH_TASK, emit, emit_after_answer, emit_in_state, emit_packed, pack, run_end};
 use crate::kernel::{
-    self, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
+    self, ECONNREFUSED, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED,
+    TCP_FIN_WAIT2, TCP_LISTEN,
 };
 use crate::sock::{self, Sock};
 
@@ -261,21 +262,27 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
     }
 }
 
-/// A socket in a probe run closing outside any keepalive timer run this program saw, with as
-/// many probes out as keepalive allows: keepalive gave up in a timer run the entry hook was
-/// not called for (the kernel skips the daemon's timer programs for some runs under load,
-/// docs/unseen-probes.md — 2.2 % of a 200 000-socket partition's deaths went unreported so).
-/// Nothing else closes a socket with `icsk_probes_out` at the limit: an answer, data or a RST
-/// resets the count or ends the run first. Only sockets in `PROBING`, which the death removes
-/// from it, so a death the timer hooks did see is never reported twice. A death by
-/// `TCP_USER_TIMEOUT` with fewer probes out stays a close mid-run.
+/// A socket closing outside any keepalive timer run this program saw, with keepalive on and
+/// exactly as many probes out as its keepalive limit, and the error `tcp_write_err` leaves:
+/// keepalive gave up in a timer run the entry hook was not called for (the kernel skips the
+/// daemon's timer programs for some runs under load, docs/unseen-probes.md — 2.2 % of a
+/// 200 000-socket partition's deaths went unreported so, and their earlier runs can be
+/// unseen too, so `PROBING` may not know the socket). Not a death: a RST (it sets
+/// ECONNRESET/EPIPE/ECONNREFUSED, and `reset_received` reported the run's end), the zero-window
+/// probe timer giving up (its count passes `tcp_retries2`, 15, not the keepalive limit unless
+/// the two are set equal), `TCP_USER_TIMEOUT` with fewer probes out (a close mid-run). A death
+/// the timer hooks saw happened inside their run, so it is never reported twice.
 #[inline(always)]
 fn died_unseen(sock: &Sock, hook: u8) {
-    if unsafe { PROBING.get(&sock.addr) }.is_none() {
-        return;
-    }
     let o = kernel::offsets();
     let probes = sock.get::<u8>(o.icsk_probes_out);
+    if probes == 0 {
+        return;
+    }
+    let flags = sock.get::<u64>(o.sk_flags);
+    if o.sock_keepopen_bit >= 64 || flags & (1u64 << o.sock_keepopen_bit) == 0 {
+        return;
+    }
     let cnt = match sock.get::<u8>(o.tp_keepalive_probes) {
         0 => {
             let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
@@ -283,7 +290,8 @@ fn died_unseen(sock: &Sock, hook: u8) {
         }
         c => c,
     };
-    if probes == 0 || probes < cnt {
+    let err = sock.get::<i32>(o.sk_err);
+    if probes != cnt || err == 0 || err == ECONNRESET || err == EPIPE || err == ECONNREFUSED {
         return;
     }
     let _ = PROBING.remove(&sock.addr);
