@@ -1,7 +1,7 @@
 //! The event loop: drains the ring buffer, hands each record through decode → tracker and
 //! inventory → sinks, and takes the other inputs (ICMP, namespace polls, re-walks).
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -39,6 +39,8 @@ pub(super) struct LoopState {
     pub(super) refreshing: Option<(Vec<KernelEvent>, usize)>,
     /// A /proc scan too slow for the event loop is wanted (see `Owners::inline`).
     pub(super) scan_wanted: bool,
+    /// Run ends taken from their ring, waiting for the event ring to reach their time.
+    pub(super) ends: VecDeque<KernelEvent>,
 }
 
 pub(super) async fn event_loop(
@@ -83,7 +85,7 @@ pub(super) async fn event_loop(
                 }
             }
             () = &mut tick => {
-                st.drain_ends(ends.get_mut());
+                st.take_ends(ends.get_mut());
                 let n = st.drain(ring.get_mut());
                 let more = st.refresh_some();
                 empty_ticks = if n > 0 { 0 } else { empty_ticks + 1 };
@@ -100,7 +102,7 @@ pub(super) async fn event_loop(
             }
             ready = ring.readable_mut() => {
                 let Ok(mut guard) = ready else { return };
-                st.drain_ends(ends.get_mut());
+                st.take_ends(ends.get_mut());
                 let n = st.drain(guard.get_inner_mut());
                 // A drain cut short leaves the ring readable: the next turn of the loop comes
                 // back for the rest, after the other inputs had their chance.
@@ -121,8 +123,10 @@ pub(super) async fn event_loop(
             }
             ready = ends.readable_mut() => {
                 let Ok(mut guard) = ready else { return };
-                st.drain_ends(guard.get_inner_mut());
+                st.take_ends(guard.get_inner_mut());
                 guard.clear_ready();
+                drop(guard);
+                st.drain(ring.get_mut());
             }
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
@@ -166,19 +170,28 @@ impl LoopState {
         false
     }
 
-    /// Dispatches every record of the run-end ring (deaths, RSTs, closes mid-run), before
-    /// each drain of the event ring: a flood of probe events must not delay or push out a
-    /// death. At most one record per socket in a run, so this cannot starve the loop; a death
-    /// handled before its last probe events (still in the event ring) keeps its kernel probe
-    /// count, and the run those late probes open again is swept (`Tracker::sweep`).
-    fn drain_ends(&mut self, rb: &mut RingBuf<MapData>) {
+    /// Takes every record of the run-end ring (deaths, RSTs, closes mid-run) out of the kernel
+    /// before each drain of the event ring, so that a flood of probe events can never leave
+    /// them without room. They are dispatched in time order with the event ring's records
+    /// (`ends_until`): a death before the probe that preceded it would read as a probe after
+    /// death. At most one per socket in a run, so the queue stays bounded.
+    fn take_ends(&mut self, rb: &mut RingBuf<MapData>) {
         while let Some(item) = rb.next() {
             match decode::decode(&item, self.hz) {
-                Ok(ev) => self.dispatch(&ev),
+                Ok(ev) => self.ends.push_back(ev),
                 Err(e) => {
                     warn!("malformed kernel record: {e:?}");
                     self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
                 }
+            }
+        }
+    }
+
+    /// Dispatches the queued run ends stamped up to `ts_ns`.
+    fn ends_until(&mut self, ts_ns: u64) {
+        while self.ends.front().is_some_and(|e| e.ts_ns <= ts_ns) {
+            if let Some(ev) = self.ends.pop_front() {
+                self.dispatch(&ev);
             }
         }
     }
@@ -191,12 +204,19 @@ impl LoopState {
         {
             n += 1;
             match decode::decode(&item, self.hz) {
-                Ok(ev) => self.dispatch(&ev),
+                Ok(ev) => {
+                    self.ends_until(ev.ts_ns);
+                    self.dispatch(&ev);
+                }
                 Err(e) => {
                     warn!("malformed kernel record: {e:?}");
                     self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
                 }
             }
+        }
+        // The event ring is empty: what it had before the queued run ends has been dispatched.
+        if n < MAX_DRAIN {
+            self.ends_until(u64::MAX);
         }
         n
     }

@@ -1,6 +1,7 @@
 //! The pipeline assembled: kernel → ingest → state → sinks. `run` is the daemon's life as a
 //! sequence of named steps (`startup`), the event loop that joins the stages (`event_loop`,
 //! `inputs`), and the orderly exit; `check` runs the same kernel steps without attaching.
+use std::collections::VecDeque;
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -97,6 +98,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         owner_check: OwnerCheck::new(),
         refreshing: None,
         scan_wanted: false,
+        ends: VecDeque::new(),
     };
     let events = tokio::spawn(event_loop::event_loop(
         maps.ring,
