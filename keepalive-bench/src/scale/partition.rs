@@ -216,6 +216,14 @@ pub fn run(d: &Daemon, t: &Topology, conns: usize, out: &mut Out) -> Result<()> 
         if moved.is_empty() { "none".to_string() } else { moved.join(", ") },
         log.other
     ));
+    // A death the daemon did not report is only a loss if the kernel did kill the socket.
+    let alive = topo::alive(&t.client)? + topo::alive(&t.server)?;
+    out.figure(
+        "partition: sockets the kernel had not killed when the bench stopped waiting",
+        format!("{alive} of {expect_dead} still established (or close-wait, fin-wait-2)"),
+        "0",
+        Some(alive == 0),
+    );
     drop(backlog);
     let dropped = t.dropped();
     drop(holders);
