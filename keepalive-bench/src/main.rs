@@ -80,6 +80,10 @@ pub struct ScaleOpts {
     /// partition takes a tenth as many connections.
     #[arg(long = "scale-sockets", default_value_t = 1_000_000)]
     pub sockets: usize,
+    /// Connections of the burst and partition (default: a tenth of `--scale-sockets`), so
+    /// that a full-size partition can run beside few idle sockets.
+    #[arg(long = "scale-partition")]
+    pub partition: Option<usize>,
     /// Connections opened per second (all holders together): the daemon is running meanwhile,
     /// and a burst beyond its ring buffer would only measure losses.
     #[arg(long = "scale-open-rate", default_value_t = 8_000)]

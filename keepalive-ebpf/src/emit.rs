@@ -13,14 +13,27 @@ use crate::sock::{self, Sock};
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// What ends a probe run — keepalive giving up, a RST, a close mid-run — in a ring of its own,
+/// so that a flood of probe events in `EVENTS` (a partition: every socket probing at once)
+/// can never leave a death without room. At most one such record per socket in `PROBING`; the
+/// daemon sizes it from the same socket count (kernel/sizing.rs) and drains it first.
+#[map]
+static RUN_ENDS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
 /// Events that found the ring buffer full. Exported as `keepalive_events_lost_total`.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// When the daemon was last woken (`bpf_ktime_get_ns`). One slot for all CPUs: a lost race
-/// costs one extra or one skipped wake-up, and the daemon's drain tick covers the latter.
+/// Run-ending records that found `RUN_ENDS` full. Exported as
+/// `keepalive_events_lost_total{stage="run_end"}`.
 #[map]
-static LAST_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+static LOST_ENDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// When the daemon was last woken (`bpf_ktime_get_ns`), per ring: [`EVENTS`, `RUN_ENDS`]. One
+/// slot for all CPUs: a lost race costs one extra or one skipped wake-up, and the daemon's
+/// drain tick covers the latter.
+#[map]
+static LAST_WAKE: Array<u64> = Array::with_max_entries(2, 0);
 
 #[inline(always)]
 pub fn emit(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) {
@@ -72,6 +85,40 @@ fn count_lost(n: u64) {
     }
 }
 
+/// A record that ends a probe run (`EV_TIMEOUT`, `EV_RESET`, `EV_CLOSED`), into `RUN_ENDS`.
+/// Out of line for the same reason as `emit_packed`; `probes` comes from the kernel
+/// (`icsk_probes_out`, or what `PROBING` held), never from counting probe events.
+#[inline(never)]
+pub fn emit_run_end(sk: u64, copy: *const u8, meta: u32, errno: i32) {
+    let [kind, hook, probes, _] = meta.to_le_bytes();
+    let Some(mut slot) = RUN_ENDS.reserve::<RawEvent>(0) else {
+        if let Some(lost) = LOST_ENDS.get_ptr_mut(0) {
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    let now = unsafe {
+        core::ptr::write_bytes(ev, 0, 1);
+        let e = &mut *ev;
+        e.ts_ns = bpf_ktime_get_ns();
+        e.hook = hook;
+        e.kind = kind;
+        e.probes = probes;
+        e.errno = errno;
+        sock::describe(sk, copy, e);
+        e.ts_ns
+    };
+    let avail = RUN_ENDS.query(BPF_RB_AVAIL_DATA);
+    let size = RUN_ENDS.query(BPF_RB_RING_SIZE);
+    slot.submit(wake_flags(now, 1, avail, size));
+}
+
+#[inline(always)]
+pub fn run_end(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) {
+    emit_run_end(sock.addr, sock.copy(), pack(kind, hook, probes, 0), errno);
+}
+
 /// One out-of-line copy (BPF calls take at most five arguments, hence the packing and the
 /// socket passed as its two halves), filling the ring-buffer slot in place from the socket's
 /// copy (`sock.rs`): a 128-byte record per inlined call site would overflow the 512-byte BPF
@@ -108,7 +155,12 @@ pub fn emit_packed(sk: u64, copy: *const u8, meta: u32, errno: i32, opts: u32) {
         }
         e.ts_ns
     };
-    let flags = wake_flags(now);
+    let flags = wake_flags(
+        now,
+        0,
+        EVENTS.query(BPF_RB_AVAIL_DATA),
+        EVENTS.query(BPF_RB_RING_SIZE),
+    );
     if answered {
         // Reserved after the answer, so it follows it in the ring.
         match EVENTS.reserve::<RawEvent>(0) {
@@ -137,19 +189,18 @@ const BPF_RB_RING_SIZE: u64 = 1;
 /// Wake the daemon at most this often while events flow.
 const WAKE_EVERY_NS: u64 = 1_000_000;
 
-/// Submit flags for a record written at `now`. A default submit wakes the daemon whenever the
+/// Submit flags for a record written at `now` into the ring whose wake-up time is in
+/// `LAST_WAKE[ring]` and which holds `avail` of `size` bytes. A default submit wakes the daemon whenever the
 /// ring was empty: an irq_work self-IPI and a scheduler wake-up paid inside the program, once
 /// per event at moderate rates (most of an event's kernel cost, measured). Instead wake at most
 /// once a millisecond, or at once when the ring is a quarter full so that a burst cannot fill
 /// it before the daemon runs; after a wake-up the daemon drains again within 2 ms (pipeline.rs
 /// `DRAIN_TICK`), so an event written without a wake-up waits at most that long.
 #[inline(always)]
-fn wake_flags(now: u64) -> u64 {
-    let Some(last) = LAST_WAKE.get_ptr_mut(0) else {
+fn wake_flags(now: u64, ring: u32, avail: u64, size: u64) -> u64 {
+    let Some(last) = LAST_WAKE.get_ptr_mut(ring) else {
         return 0;
     };
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
-    let size = EVENTS.query(BPF_RB_RING_SIZE);
     if avail < size / 4 && now.wrapping_sub(unsafe { *last }) < WAKE_EVERY_NS {
         return BPF_RB_NO_WAKEUP;
     }

@@ -27,6 +27,7 @@ pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
 pub const EPIPE: i32 = 32;
 pub const ECONNRESET: i32 = 104;
+pub const ECONNREFUSED: i32 = 111;
 pub const ETIMEDOUT: i32 = 110;
 
 #[inline(always)]

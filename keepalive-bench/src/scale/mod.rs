@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 
 use crate::Ctx;
 
+mod drain;
 mod events;
 mod listing;
 mod measure;
@@ -104,7 +105,7 @@ fn run_checked(ctx: &mut Ctx) -> Result<()> {
     catch_signals();
     topo::restore_stale();
     let sockets = ctx.scale(ctx.scale.sockets).max(200) / 2 * 2;
-    let partition = (sockets / 10).max(100);
+    let partition = ctx.scale.partition.unwrap_or(sockets / 10).max(100);
     let avail = quiet::meminfo("MemAvailable") as f64;
     let need = (sockets + 2 * partition) as f64 * (KERNEL_BYTES_PER_SOCKET + 512.0);
     if avail - need < MARGIN {

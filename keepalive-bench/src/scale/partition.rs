@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use super::{
-    Out, events,
+    Out, drain, events,
     topo::{self, Topology},
 };
 use crate::{
@@ -31,6 +31,14 @@ fn lost_parts(d: &Daemon) -> Vec<(&'static str, f64)> {
         (
             "kernel ring",
             m.sum("keepalive_events_lost_total", "stage=\"kernel\""),
+        ),
+        (
+            "run-end ring",
+            m.sum("keepalive_events_lost_total", "stage=\"run_end\""),
+        ),
+        (
+            "tracking",
+            m.sum("keepalive_events_lost_total", "stage=\"tracking\""),
         ),
         (
             "decode",
@@ -166,6 +174,7 @@ pub fn run(d: &Daemon, t: &Topology, conns: usize, out: &mut Out) -> Result<()> 
     // within the 3 s, so that every first probe is lost.
     send_all(&mut holders, "touch")?;
     let touched = Instant::now();
+    let sampler = drain::Sampler::start(d.pid());
     sys::sleep_s(1.0);
     send_all(&mut holders, "keepalive 3 - -")?;
     t.partition()?;
@@ -187,6 +196,14 @@ pub fn run(d: &Daemon, t: &Topology, conns: usize, out: &mut Out) -> Result<()> 
     let (mib2, drops2) = (mib(t)?, topo::backlog_drops());
     let lost2 = total(&lost_parts(d));
     let log = reader.finish();
+    let drained = sampler.finish(&log);
+    for l in &drained {
+        eprintln!("  scale: partition {l}");
+    }
+    out.note(format!(
+        "The partition, half a second at a time (from the `touch`): {}.",
+        drained.join("; ")
+    ));
     let moved: Vec<String> = parts0
         .iter()
         .zip(lost_parts(d))
@@ -199,6 +216,14 @@ pub fn run(d: &Daemon, t: &Topology, conns: usize, out: &mut Out) -> Result<()> 
         if moved.is_empty() { "none".to_string() } else { moved.join(", ") },
         log.other
     ));
+    // A death the daemon did not report is only a loss if the kernel did kill the socket.
+    let alive = topo::alive(&t.client)? + topo::alive(&t.server)?;
+    out.figure(
+        "partition: sockets the kernel had not killed when the bench stopped waiting",
+        format!("{alive} of {expect_dead} still established (or close-wait, fin-wait-2)"),
+        "0",
+        Some(alive == 0),
+    );
     drop(backlog);
     let dropped = t.dropped();
     drop(holders);

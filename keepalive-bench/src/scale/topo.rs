@@ -114,6 +114,25 @@ impl Topology {
     }
 }
 
+/// TCP sockets of one namespace still in a state keepalive probes (ESTABLISHED, CLOSE_WAIT,
+/// FIN_WAIT2): after a partition, the ones the kernel has not (yet) killed.
+pub fn alive(ns: &Netns) -> Result<u64> {
+    let text = sys::output(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.name,
+        "ss",
+        "-Htn",
+        "state",
+        "established",
+        "state",
+        "close-wait",
+        "state",
+        "fin-wait-2",
+    ]))?;
+    Ok(text.lines().count() as u64)
+}
+
 /// `TcpExtTCPKeepAlive` (keepalive probes the kernel sent) of one namespace.
 pub fn keepalive_mib(ns: &Netns) -> Result<u64> {
     let text = sys::output(Command::new("ip").args([

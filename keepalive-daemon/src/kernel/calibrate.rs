@@ -33,6 +33,7 @@ pub fn keepalive_timer_address(btf: &Btf, offsets: &Offsets) -> Result<u64> {
         .btf(Some(btf))
         .override_global("OFFSETS", offsets, true)
         .map_max_entries("EVENTS", page_size())
+        .map_max_entries("RUN_ENDS", page_size())
         .load(crate::kernel::objects::DAEMON)
         .map_err(|e| fail(format!("loading the object: {e}")))?;
     let prog: &mut RawTracePoint = ebpf

@@ -1,5 +1,6 @@
 //! What the kernel side could not deliver, read from the kernel: records that found the ring
-//! buffer full (the `LOST` map), probe runs the `PROBING` map had no room for (`UNTRACKED`),
+//! buffer full (the `LOST` map), run-ending records that found their own ring full
+//! (`LOST_ENDS`), probe runs the `PROBING` map had no room for (`UNTRACKED`),
 //! and hook runs the kernel skipped because the same program was
 //! already running on that CPU (`recursion_misses` of each program, 5.12+). Hooks that an
 //! interrupt can re-enter have twin programs (keepalive-ebpf/src/nesting.rs); a skip one of
@@ -48,16 +49,20 @@ struct Watched {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Lost {
     pub ring: u64,
+    /// Deaths, RSTs and closes mid-run that found the run-end ring full.
+    pub run_end: u64,
     pub nested: u64,
     pub tracking: u64,
 }
 
 pub struct KernelLoss {
     ring: PerCpuArray<MapData, u64>,
+    ends: PerCpuArray<MapData, u64>,
     recovered: PerCpuArray<MapData, u64>,
     untracked: PerCpuArray<MapData, u64>,
     programs: Vec<Watched>,
     seen_ring: u64,
+    seen_ends: u64,
     seen_untracked: u64,
     seen_nested: u64,
 }
@@ -71,7 +76,8 @@ impl KernelLoss {
                 .ok_or_else(|| format!("map {name} missing"))?;
             PerCpuArray::try_from(map).map_err(|e| e.to_string())
         };
-        let (ring, recovered, untracked) = (take("LOST")?, take("RECOVERED")?, take("UNTRACKED")?);
+        let (ring, ends) = (take("LOST")?, take("LOST_ENDS")?);
+        let (recovered, untracked) = (take("RECOVERED")?, take("UNTRACKED")?);
         let programs = ebpf
             .programs()
             .filter_map(|(name, p)| {
@@ -90,10 +96,12 @@ impl KernelLoss {
             .collect();
         Ok(KernelLoss {
             ring,
+            ends,
             recovered,
             untracked,
             programs,
             seen_ring: 0,
+            seen_ends: 0,
             seen_untracked: 0,
             seen_nested: 0,
         })
@@ -108,6 +116,18 @@ impl KernelLoss {
             if total > self.seen_ring {
                 lost.ring = total - self.seen_ring;
                 self.seen_ring = total;
+            }
+        }
+        if let Ok(values) = self.ends.get(&0, 0) {
+            let total: u64 = values.iter().sum();
+            if total > self.seen_ends {
+                warn!(
+                    "{} deaths, resets or closes mid-run found the run-end ring full and are \
+                     not reported",
+                    total - self.seen_ends
+                );
+                lost.run_end = total - self.seen_ends;
+                self.seen_ends = total;
             }
         }
         if let Ok(values) = self.untracked.get(&0, 0) {

@@ -27,6 +27,16 @@ pub const RING_BYTES_PER_SOCKET: u64 = 168;
 pub const RING_MIN: u32 = 1 << 20;
 pub const RING_MAX: u32 = 64 << 20;
 
+/// A record of the run-end ring (`RUN_ENDS`) with the ring's 8-byte header.
+pub const RUN_END_RECORD: u64 = keepalive_common::RawEvent::SIZE as u64 + 8;
+pub const RUN_END_MIN: u32 = 256 << 10;
+/// 64 MiB, the event ring's cap: the ends of ≈ 400 000 runs (a partition of 200 000
+/// connections, both ends) with the daemon not draining at all — measured, a partition starves
+/// it of CPU for seconds (softirq and the probes' own work take both cores). Kernel memory
+/// (≈ 1 % of what the ≥ 260 000 sockets that need the cap cost the kernel), hence a cap; beyond
+/// it a loss is counted apart (`keepalive_events_lost_total{stage="run_end"}`).
+pub const RUN_END_MAX: u32 = 64 << 20;
+
 /// `--ring-buffer-bytes`: a fixed size, or sized from the sockets found at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RingSize {
@@ -57,6 +67,18 @@ pub fn auto_ring_bytes(sockets: u64) -> u32 {
     let want = sockets.saturating_mul(RING_BYTES_PER_SOCKET);
     let pow = want.checked_next_power_of_two().unwrap_or(u64::MAX);
     pow.clamp(RING_MIN as u64, RING_MAX as u64) as u32
+}
+
+/// Bytes of the run-end ring for `sockets` TCP sockets: at most one run ends per socket in a
+/// run, so one record per socket with the same half again of headroom as `PROBING` (but not
+/// its floor: 65 536 records would be 16 MiB on a host with a handful of sockets), a power of
+/// two within [`RUN_END_MIN`, `RUN_END_MAX`].
+pub fn run_end_ring_bytes(sockets: u64) -> u32 {
+    let want = sockets
+        .saturating_add(sockets / 2)
+        .saturating_mul(RUN_END_RECORD);
+    let pow = want.checked_next_power_of_two().unwrap_or(u64::MAX);
+    pow.clamp(RUN_END_MIN as u64, RUN_END_MAX as u64) as u32
 }
 
 /// TCP sockets on the machine: the sum of `TCP: inuse` over every network namespace the
@@ -119,6 +141,19 @@ mod tests {
         for n in [1, 999, 12_345, 400_000] {
             assert!(auto_ring_bytes(n).is_power_of_two());
         }
+    }
+
+    #[test]
+    fn run_end_ring_follows_the_sockets() {
+        // 40 000 sockets (the test stage): 60 000 records.
+        let small = run_end_ring_bytes(40_000);
+        assert!(small.is_power_of_two());
+        assert!(small as u64 >= 60_000 * RUN_END_RECORD);
+        assert_eq!(run_end_ring_bytes(0), RUN_END_MIN);
+        assert_eq!(run_end_ring_bytes(1_000_000), RUN_END_MAX);
+        assert_eq!(run_end_ring_bytes(u64::MAX), RUN_END_MAX);
+        // 200 000 sockets (a partition of 100 000 connections) dying at once fit undrained.
+        assert!(run_end_ring_bytes(200_000) as u64 >= 200_000 * RUN_END_RECORD);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The event loop: drains the ring buffer, hands each record through decode → tracker and
 //! inventory → sinks, and takes the other inputs (ICMP, namespace polls, re-walks).
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -39,10 +39,13 @@ pub(super) struct LoopState {
     pub(super) refreshing: Option<(Vec<KernelEvent>, usize)>,
     /// A /proc scan too slow for the event loop is wanted (see `Owners::inline`).
     pub(super) scan_wanted: bool,
+    /// Run ends taken from their ring, waiting for the event ring to reach their time.
+    pub(super) ends: VecDeque<KernelEvent>,
 }
 
 pub(super) async fn event_loop(
     ring: RingBuf<MapData>,
+    run_ends: RingBuf<MapData>,
     mut input: mpsc::Receiver<Input>,
     mut st: LoopState,
 ) {
@@ -51,6 +54,12 @@ pub(super) async fn event_loop(
         match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
             Ok(fd) => fd,
             Err(e) => return error!("ring buffer: {e}"),
+        };
+    // SAFETY: as above, for the run-end ring.
+    let mut ends =
+        match unsafe { AsyncFd::register_with_interest(run_ends, tokio::io::Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => return error!("run-end ring buffer: {e}"),
         };
     // The kernel wakes us at most about once a millisecond while events flow (`wake_flags` in
     // keepalive-ebpf/src/state.rs): the records written in the millisecond after a wake-up wait
@@ -81,6 +90,7 @@ pub(super) async fn event_loop(
                 }
             }
             () = &mut tick => {
+                st.take_ends(ends.get_mut());
                 let n = st.drain(ring.get_mut());
                 let more = st.refresh_some();
                 empty_ticks = if n > 0 { 0 } else { empty_ticks + 1 };
@@ -97,6 +107,7 @@ pub(super) async fn event_loop(
             }
             ready = ring.readable_mut() => {
                 let Ok(mut guard) = ready else { return };
+                st.take_ends(ends.get_mut());
                 let n = st.drain(guard.get_inner_mut());
                 // A drain cut short leaves the ring readable: the next turn of the loop comes
                 // back for the rest, after the other inputs had their chance.
@@ -114,6 +125,13 @@ pub(super) async fn event_loop(
                 if tick.deadline() > soon {
                     tick.as_mut().reset(soon);
                 }
+            }
+            ready = ends.readable_mut() => {
+                let Ok(mut guard) = ready else { return };
+                st.take_ends(guard.get_inner_mut());
+                guard.clear_ready();
+                drop(guard);
+                st.drain(ring.get_mut());
             }
             Some(msg) = input.recv() => match msg {
                 Input::Icmp(hit) => st.tracker.icmp(hit),
@@ -157,6 +175,32 @@ impl LoopState {
         false
     }
 
+    /// Takes every record of the run-end ring (deaths, RSTs, closes mid-run) out of the kernel
+    /// before each drain of the event ring, so that a flood of probe events can never leave
+    /// them without room. They are dispatched in time order with the event ring's records
+    /// (`ends_until`): a death before the probe that preceded it would read as a probe after
+    /// death. At most one per socket in a run, so the queue stays bounded.
+    fn take_ends(&mut self, rb: &mut RingBuf<MapData>) {
+        while let Some(item) = rb.next() {
+            match decode::decode(&item, self.hz) {
+                Ok(ev) => self.ends.push_back(ev),
+                Err(e) => {
+                    warn!("malformed kernel record: {e:?}");
+                    self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
+                }
+            }
+        }
+    }
+
+    /// Dispatches the queued run ends stamped up to `ts_ns`.
+    fn ends_until(&mut self, ts_ns: u64) {
+        while self.ends.front().is_some_and(|e| e.ts_ns <= ts_ns) {
+            if let Some(ev) = self.ends.pop_front() {
+                self.dispatch(&ev);
+            }
+        }
+    }
+
     /// Dispatches the records in the ring, `MAX_DRAIN` at most; returns how many there were.
     fn drain(&mut self, rb: &mut RingBuf<MapData>) -> usize {
         let mut n = 0;
@@ -165,12 +209,19 @@ impl LoopState {
         {
             n += 1;
             match decode::decode(&item, self.hz) {
-                Ok(ev) => self.dispatch(&ev),
+                Ok(ev) => {
+                    self.ends_until(ev.ts_ns);
+                    self.dispatch(&ev);
+                }
                 Err(e) => {
                     warn!("malformed kernel record: {e:?}");
                     self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
                 }
             }
+        }
+        // The event ring is empty: what it had before the queued run ends has been dispatched.
+        if n < MAX_DRAIN {
+            self.ends_until(u64::MAX);
         }
         n
     }

@@ -1,6 +1,7 @@
 //! The pipeline assembled: kernel → ingest → state → sinks. `run` is the daemon's life as a
 //! sequence of named steps (`startup`), the event loop that joins the stages (`event_loop`,
 //! `inputs`), and the orderly exit; `check` runs the same kernel steps without attaching.
+use std::collections::VecDeque;
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -40,7 +41,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     let kernel = startup::read_kernel(&opts)?;
     let hz = kernel.hz;
     let listener = startup::bind(&opts).await?;
-    let (mut attached, ring_bytes) = startup::attach(&opts, kernel)?;
+    let (mut attached, ring_bytes, run_end_bytes) = startup::attach(&opts, kernel)?;
     let mut maps = startup::take_maps(&mut attached)?;
     let hooks = attached.hooks.clone();
 
@@ -51,6 +52,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
     ));
     metrics.set_hooks(&attached.hooks);
     metrics.ring_bytes.set(i64::from(ring_bytes));
+    metrics.run_end_ring_bytes.set(i64::from(run_end_bytes));
     let budget_s = u32::try_from(opts.idle_budget.as_secs()).unwrap_or(u32::MAX);
     let inventory = Arc::new(Mutex::new(
         Inventory::new(opts.idle_budget).with_peers(Peers::new(budget_s, &opts.peers)),
@@ -99,8 +101,14 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         owner_check: OwnerCheck::new(),
         refreshing: None,
         scan_wanted,
+        ends: VecDeque::new(),
     };
-    let events = tokio::spawn(event_loop::event_loop(maps.ring, input_rx, state));
+    let events = tokio::spawn(event_loop::event_loop(
+        maps.ring,
+        maps.run_ends,
+        input_rx,
+        state,
+    ));
     info!("attached; serving on {scheme}://{}", opts.listen);
     notify::ready(&format!(
         "serving on {scheme}://{}; hooks {}",

@@ -105,14 +105,22 @@ pub async fn bind(opts: &RunArgs) -> Result<TcpListener> {
 
 /// Loads the programs and climbs the hook ladder. The BTF is no longer needed afterwards.
 /// The maps that hold something per socket are sized from the TCP sockets there are now
-/// (`kernel::sizing`); the returned ring size is exported as `keepalive_ring_buffer_bytes`.
-pub fn attach(opts: &RunArgs, kernel: KernelFacts) -> Result<(Attached, u32)> {
+/// (`kernel::sizing`); the returned ring sizes (events, run ends) are exported as
+/// `keepalive_ring_buffer_bytes` and `keepalive_run_end_ring_bytes`.
+pub fn attach(opts: &RunArgs, kernel: KernelFacts) -> Result<(Attached, u32, u32)> {
     let sockets = sizing::tcp_sockets();
     let probing_entries = sizing::probing_entries(sockets);
     let ring_bytes = match opts.ring_bytes {
         RingSize::Auto => sizing::auto_ring_bytes(sockets),
         RingSize::Bytes(n) => n,
     };
+    let run_end_bytes = sizing::run_end_ring_bytes(sockets);
+    info!(
+        "run-end ring {run_end_bytes} bytes: deaths, resets and closes mid-run of up to {} \
+         sockets at once, drained before the event ring (a loss there is counted in \
+         keepalive_events_lost_total{{stage=\"run_end\"}})",
+        u64::from(run_end_bytes) / sizing::RUN_END_RECORD
+    );
     info!(
         "{sockets} TCP sockets at start: ring buffer {ring_bytes} bytes ({}), \
          room for {probing_entries} sockets in a probe run at once (a socket beyond that is \
@@ -127,6 +135,7 @@ pub fn attach(opts: &RunArgs, kernel: KernelFacts) -> Result<(Attached, u32)> {
         offsets: kernel.offsets,
         settings: kernel.settings,
         ring_bytes,
+        run_end_bytes,
         probing_entries,
         btf: &kernel.btf.loader,
         btf_path: &opts.btf_path,
@@ -134,13 +143,14 @@ pub fn attach(opts: &RunArgs, kernel: KernelFacts) -> Result<(Attached, u32)> {
         mode: opts.hook_mode,
         settings_hooks: kernel.settings_hooks,
     })?;
-    Ok((attached, ring_bytes))
+    Ok((attached, ring_bytes, run_end_bytes))
 }
 
-/// The maps user space reads: the event ring, the set of sockets in a probe run, the loss
-/// counters.
+/// The maps user space reads: the event ring, the run-end ring, the set of sockets in a probe
+/// run, the loss counters.
 pub struct Maps {
     pub ring: RingBuf<MapData>,
+    pub run_ends: RingBuf<MapData>,
     pub probing: BpfHashMap<MapData, u64, u8>,
     pub loss: KernelLoss,
 }
@@ -154,9 +164,11 @@ pub fn take_maps(attached: &mut Attached) -> Result<Maps> {
             .ok_or_else(|| Error::Load(format!("map {name} missing")))
     };
     let ring = RingBuf::try_from(take("EVENTS")?).map_err(|e| Error::Load(e.to_string()))?;
+    let run_ends = RingBuf::try_from(take("RUN_ENDS")?).map_err(|e| Error::Load(e.to_string()))?;
     let probing = BpfHashMap::try_from(take("PROBING")?).map_err(|e| Error::Load(e.to_string()))?;
     Ok(Maps {
         ring,
+        run_ends,
         probing,
         loss,
     })

@@ -21,7 +21,8 @@ pub struct Metrics {
     pub probes_unseen: IntCounter,
     /// `reason`: see [`crate::state::event::FailReason`].
     pub probes_failed: IntCounterVec,
-    /// `stage`: kernel (ring buffer full) | nested (hook run skipped) | tracking (a socket that
+    /// `stage`: kernel (ring buffer full) | run_end (the run-end ring full: a death, RST or
+    /// close mid-run not reported) | nested (hook run skipped) | tracking (a socket that
     /// found the kernel's set of sockets in a probe run full) | decode (malformed record) | icmp
     /// (ICMP queue full).
     pub lost: IntCounterVec,
@@ -37,6 +38,8 @@ pub struct Metrics {
     pub settings_changes: IntCounter,
     /// Size of the kernel → daemon ring buffer, chosen at start.
     pub ring_bytes: IntGauge,
+    /// Size of the ring for deaths, resets and closes mid-run, chosen at start.
+    pub run_end_ring_bytes: IntGauge,
     /// `change`: added (an open that was lost) | removed (a close that was lost).
     pub resync: IntCounterVec,
 }
@@ -59,6 +62,9 @@ impl Metrics {
     /// Kernel-side losses read since the last scrape or re-walk check.
     pub fn add_kernel_lost(&self, lost: Lost) {
         self.lost.with_label_values(&["kernel"]).inc_by(lost.ring);
+        self.lost
+            .with_label_values(&["run_end"])
+            .inc_by(lost.run_end);
         self.lost.with_label_values(&["nested"]).inc_by(lost.nested);
         self.lost
             .with_label_values(&["tracking"])
@@ -202,6 +208,11 @@ impl Metrics {
                 &r,
                 "keepalive_ring_buffer_bytes",
                 "Size of the kernel to daemon event ring buffer (--ring-buffer-bytes, auto: sized from the TCP sockets at start).",
+            ),
+            run_end_ring_bytes: gauge(
+                &r,
+                "keepalive_run_end_ring_bytes",
+                "Size of the kernel to daemon ring for what ends a probe run (deaths, resets, closes mid-run), sized from the sockets at start and drained first.",
             ),
             hook_mode,
             registry: r,

@@ -48,6 +48,8 @@ pub struct LoadParams<'a> {
     pub offsets: Offsets,
     pub settings: Settings,
     pub ring_bytes: u32,
+    /// The run-end ring (`kernel::sizing::run_end_ring_bytes`).
+    pub run_end_bytes: u32,
     /// `PROBING` entries (`kernel::sizing::probing_entries`).
     pub probing_entries: u32,
     /// The kernel's BTF as aya parsed it (once, in `kernel::btf::KernelBtf`).
@@ -75,6 +77,7 @@ pub fn load(p: &LoadParams<'_>) -> Result<Attached> {
             true,
         )
         .map_max_entries("EVENTS", p.ring_bytes)
+        .map_max_entries("RUN_ENDS", p.run_end_bytes)
         .map_max_entries("PROBING", p.probing_entries)
         .load(objects::DAEMON)
         .map_err(load_error)?;
