@@ -285,7 +285,7 @@ impl LoopState {
                     (
                         inv.labels_of(ev.sk),
                         owner,
-                        inv.paths.observe(ev, &group, &ts),
+                        inv.paths.observe(ev, &group, ts),
                     )
                 };
                 if let Some(change) = path {

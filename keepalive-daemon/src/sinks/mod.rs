@@ -2,6 +2,7 @@
 //! broadcast (`publish`), Prometheus metrics (`metrics`, `inventory_metrics`), the HTTP
 //! endpoints (`http`), and the sockets table with its filters (`socket_filter`, `sockets_cmd`,
 //! the `keepalive-daemon sockets` client).
+pub mod hot_series;
 pub mod http;
 pub mod inventory_metrics;
 pub mod metrics;

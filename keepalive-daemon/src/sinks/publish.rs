@@ -7,7 +7,7 @@ use tokio::sync::broadcast;
 use crate::{
     ingest::decode::Flow,
     sinks::metrics::Metrics,
-    state::event::{Cause, Event, EventKind},
+    state::event::{Cause, Event, EventKind, WallClock},
     state::inventory::{Effective, Entry},
     state::labels::SocketLabels,
     state::owners::{Owner, Owners},
@@ -104,7 +104,7 @@ impl Sinks {
         labels: SocketLabels,
         before: Effective,
         after: Effective,
-        ts: String,
+        ts: WallClock,
     ) {
         let mut out = Event::new(
             EventKind::Settings,

@@ -11,7 +11,10 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::{
     service::metric_labels::MetricLabel,
-    sinks::series::{self, Book, Key},
+    sinks::{
+        hot_series::{Hit, HotSeries},
+        series::{self, Book, Key},
+    },
     state::{event::Cause, labels::SocketLabels},
 };
 
@@ -46,6 +49,8 @@ pub struct WorkloadMetrics {
     detect: HistogramVec,
     overflow: IntCounterVec,
     books: Mutex<[Book; 5]>,
+    /// The probe and answer counters recent events counted into (the per-event families).
+    hot: Mutex<[HotSeries; 2]>,
 }
 
 impl WorkloadMetrics {
@@ -120,6 +125,7 @@ impl WorkloadMetrics {
             detect,
             overflow,
             books: Mutex::new(books),
+            hot: Mutex::new(Default::default()),
         }
     }
 
@@ -139,13 +145,32 @@ impl WorkloadMetrics {
     }
 
     pub fn probe(&self, l: &SocketLabels) {
-        let k = self.admit(PROBES, l);
-        self.probes.with_label_values(&refs(&k)).inc();
+        self.count_hot(PROBES, &self.probes, l);
     }
 
     pub fn answered(&self, l: &SocketLabels) {
-        let k = self.admit(ANSWERED, l);
-        self.answered.with_label_values(&refs(&k)).inc();
+        self.count_hot(ANSWERED, &self.answered, l);
+    }
+
+    /// One event of a per-event family (`PROBES` or `ANSWERED`, which are also the indices of
+    /// their `hot` slots): through the kept counter when `l` has one, else the front door.
+    fn count_hot(&self, family: usize, vec: &IntCounterVec, l: &SocketLabels) {
+        let now = Instant::now();
+        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        match hot[family].count(l, now) {
+            Hit::Counted => {}
+            Hit::CountedTouch => {
+                let key = series::key(&self.labels, l);
+                let mut books = self.books.lock().unwrap_or_else(|e| e.into_inner());
+                books[family].admit(key, now);
+            }
+            Hit::Miss => {
+                let k = self.admit(family, l);
+                let counter = vec.with_label_values(&refs(&k));
+                counter.inc();
+                hot[family].keep(l, counter, now);
+            }
+        }
     }
 
     pub fn dead(&self, cause: Cause, detected_after_s: Option<f64>, l: &SocketLabels) {
@@ -173,6 +198,10 @@ impl WorkloadMetrics {
     /// forgotten once `ttl` has passed since their last event, and their series removed.
     pub fn expire(&self, live: &HashSet<Key>) {
         let now = Instant::now();
+        // Lock order: `hot` before `books`, as in `count_hot`. Kept counters may belong to
+        // series removed below.
+        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        hot.iter_mut().for_each(HotSeries::clear);
         let mut books = self.books.lock().unwrap_or_else(|e| e.into_inner());
         for book in books.iter_mut() {
             book.touch(live, now);

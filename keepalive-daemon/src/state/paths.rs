@@ -15,7 +15,10 @@ use serde::Serialize;
 
 use crate::{
     ingest::decode::{KernelEvent, Kind},
-    state::peers::{self, Group},
+    state::{
+        event::WallClock,
+        peers::{self, Group},
+    },
 };
 
 /// Subnets (/24, /64) with their own bracket at most; beyond, only the group learns.
@@ -57,7 +60,7 @@ impl Bracket {
 /// A bracket that narrowed: the `path_timeout` event.
 #[derive(Debug, Clone, Serialize)]
 pub struct PathChange {
-    pub ts: String,
+    pub ts: WallClock,
     pub event: &'static str,
     pub peer_group: String,
     /// The peer's /24 or /64, and the peer that taught it.
@@ -84,7 +87,12 @@ pub struct PathLearner {
 impl PathLearner {
     /// Feeds one probe-path event of a socket whose peer is in `group`; returns the change
     /// when the group's bracket narrowed. Loopback peers teach nothing.
-    pub fn observe(&mut self, ev: &KernelEvent, group: &Group, ts: &str) -> Option<PathChange> {
+    pub fn observe(
+        &mut self,
+        ev: &KernelEvent,
+        group: &Group,
+        ts: WallClock,
+    ) -> Option<PathChange> {
         if &*group.name == peers::LOOPBACK {
             return None;
         }
@@ -115,20 +123,20 @@ impl PathLearner {
             .remove(&ev.sk)
             .or_else(|| (!survived).then(|| silence_ms(ev)))?;
         let subnet = peers::subnet(ev.flow.daddr);
-        let key = (group.name.clone(), subnet);
+        let key = (Box::<str>::from(&*group.name), subnet);
         if self.subnets.len() < MAX_SUBNETS || self.subnets.contains_key(&key) {
             self.subnets
                 .entry(key)
                 .or_default()
                 .learn(idle_ms, survived);
         }
-        let b = self.groups.entry(group.name.clone()).or_default();
+        let b = self.groups.entry(Box::<str>::from(&*group.name)).or_default();
         if !b.learn(idle_ms, survived) {
             return None;
         }
         let secs = |ms: u32| f64::from(ms) / 1000.0;
         Some(PathChange {
-            ts: ts.to_string(),
+            ts,
             event: "path_timeout",
             peer_group: group.name.to_string(),
             subnet,
@@ -213,7 +221,7 @@ mod tests {
         let g = group("fw");
         let mut run = |sk, idle, answered: bool| {
             assert!(
-                p.observe(&ev(Kind::Probe, sk, "10.1.0.9", 1, idle), &g, "t")
+                p.observe(&ev(Kind::Probe, sk, "10.1.0.9", 1, idle), &g, WallClock(0))
                     .is_none()
             );
             let kind = if answered {
@@ -221,7 +229,7 @@ mod tests {
             } else {
                 Kind::Reset
             };
-            p.observe(&ev(kind, sk, "10.1.0.9", 1, idle), &g, "t")
+            p.observe(&ev(kind, sk, "10.1.0.9", 1, idle), &g, WallClock(0))
         };
         let c = run(1, 8000, false).expect("first reset narrows");
         assert_eq!((c.lower_s, c.upper_s), (None, Some(8.0)));
@@ -245,11 +253,11 @@ mod tests {
         let mut p = PathLearner::default();
         let g = group("fw");
         let c = p
-            .observe(&ev(Kind::Reset, 7, "10.1.0.9", 1, 3000), &g, "t")
+            .observe(&ev(Kind::Reset, 7, "10.1.0.9", 1, 3000), &g, WallClock(0))
             .expect("the reset's own record tells the silence");
         assert_eq!(c.upper_s, Some(3.0));
         // The late probe record leaves an entry that the close clears.
-        p.observe(&ev(Kind::Probe, 7, "10.1.0.9", 1, 3000), &g, "t");
+        p.observe(&ev(Kind::Probe, 7, "10.1.0.9", 1, 3000), &g, WallClock(0));
         p.forget(7);
         assert!(p.first.is_empty());
     }
@@ -258,25 +266,25 @@ mod tests {
     fn only_first_probes_and_non_loopback_teach() {
         let mut p = PathLearner::default();
         let g = group("fw");
-        p.observe(&ev(Kind::Probe, 1, "10.1.0.9", 1, 3000), &g, "t");
-        p.observe(&ev(Kind::Probe, 1, "10.1.0.9", 2, 4000), &g, "t");
+        p.observe(&ev(Kind::Probe, 1, "10.1.0.9", 1, 3000), &g, WallClock(0));
+        p.observe(&ev(Kind::Probe, 1, "10.1.0.9", 2, 4000), &g, WallClock(0));
         assert!(
-            p.observe(&ev(Kind::Reset, 1, "10.1.0.9", 2, 4000), &g, "t")
+            p.observe(&ev(Kind::Reset, 1, "10.1.0.9", 2, 4000), &g, WallClock(0))
                 .is_none()
         );
         let lo = group(peers::LOOPBACK);
-        p.observe(&ev(Kind::Probe, 2, "127.0.0.1", 1, 3000), &lo, "t");
+        p.observe(&ev(Kind::Probe, 2, "127.0.0.1", 1, 3000), &lo, WallClock(0));
         assert!(
-            p.observe(&ev(Kind::Answered, 2, "127.0.0.1", 1, 3000), &lo, "t")
+            p.observe(&ev(Kind::Answered, 2, "127.0.0.1", 1, 3000), &lo, WallClock(0))
                 .is_none()
         );
         assert_eq!(p.groups().count(), 0);
         // A record that raced the answer (silence below the setting) counts as the setting.
         let mut raced = ev(Kind::Probe, 3, "10.1.0.9", 1, 5000);
         raced.info.activity.ack_ms = 3;
-        p.observe(&raced, &g, "t");
+        p.observe(&raced, &g, WallClock(0));
         let c = p
-            .observe(&ev(Kind::Answered, 3, "10.1.0.9", 1, 0), &g, "t")
+            .observe(&ev(Kind::Answered, 3, "10.1.0.9", 1, 0), &g, WallClock(0))
             .unwrap();
         assert_eq!(c.lower_s, Some(5.0));
     }

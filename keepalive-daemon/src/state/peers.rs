@@ -14,7 +14,10 @@
 //! ::1; no budget: no middlebox on the path), `private` (RFC 1918, CGNAT 100.64.0.0/10,
 //! link-local, ULA fc00::/7, fe80::/10) and `public` (everything else). A `[peers.private]` or
 //! `[peers.public]` section without `cidrs` only changes that built-in group's budget.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use crate::service::peer_config::{BUILTIN, Cidr, PeerGroupSpec};
 
@@ -24,7 +27,8 @@ pub const PUBLIC: &str = BUILTIN[2];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
-    pub name: Box<str>,
+    /// Shared: every socket's labels carry it, and an `Arc` clone is a count, not a copy.
+    pub name: Arc<str>,
     /// Seconds a flow may stay silent on this path; `None` for loopback (no middlebox).
     pub budget_s: Option<u32>,
 }

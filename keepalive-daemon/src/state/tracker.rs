@@ -12,7 +12,7 @@ use crate::{
         decode::{Flow, KernelEvent, Kind},
         icmp::IcmpHit,
     },
-    state::event::{Cause, Event, EventKind, FailReason, errno_name},
+    state::event::{Cause, Event, EventKind, FailReason, WallClock, errno_name},
 };
 
 #[derive(Debug)]
@@ -191,10 +191,8 @@ impl Tracker {
         })
     }
 
-    pub fn wall_clock(&self, mono_ns: u64) -> String {
-        let ns = mono_ns as i128 + self.realtime_offset_ns;
-        let dt = chrono::DateTime::from_timestamp_nanos(ns as i64);
-        dt.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    pub fn wall_clock(&self, mono_ns: u64) -> WallClock {
+        WallClock((mono_ns as i128 + self.realtime_offset_ns) as i64)
     }
 }
 
@@ -322,6 +320,6 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_with_nanoseconds() {
         let t = Tracker::new(1_700_000_000_000_000_000);
-        assert_eq!(t.wall_clock(123), "2023-11-14T22:13:20.000000123Z");
+        assert_eq!(t.wall_clock(123).to_string(), "2023-11-14T22:13:20.000000123Z");
     }
 }

@@ -1,7 +1,6 @@
 //! Who each socket belongs to: its owning process (kept current from syscalls, /proc scans
 //! and the owner check), its workload labels, and the listening ports that make an accepted
 //! socket a server.
-use std::sync::Arc;
 
 use super::{Entry, Inventory, LISTEN, Proc};
 use crate::state::{
@@ -42,7 +41,7 @@ impl Inventory {
         let process = self.procs.get(&e.pid).map(|p| p.comm.clone());
         // A listener has no peer.
         let peer_group =
-            (e.state != LISTEN).then(|| Arc::from(&*self.peers.classify(e.daddr()).name));
+            (e.state != LISTEN).then(|| self.peers.classify(e.daddr()).name.clone());
         self.attribution
             .labels(e.cgroup, process, role, port, peer_group)
     }
