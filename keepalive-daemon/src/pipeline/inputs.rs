@@ -43,7 +43,7 @@ impl LoopState {
             drop(inv);
             for (e, flow, owner, labels, before, after) in entries {
                 self.sinks
-                    .settings((&e, &flow), owner, labels, before, after, now.clone());
+                    .settings((&e, &flow), owner, labels, before, after, now);
             }
         }
     }

@@ -130,7 +130,10 @@ impl PathLearner {
                 .or_default()
                 .learn(idle_ms, survived);
         }
-        let b = self.groups.entry(Box::<str>::from(&*group.name)).or_default();
+        let b = self
+            .groups
+            .entry(Box::<str>::from(&*group.name))
+            .or_default();
         if !b.learn(idle_ms, survived) {
             return None;
         }
@@ -275,8 +278,12 @@ mod tests {
         let lo = group(peers::LOOPBACK);
         p.observe(&ev(Kind::Probe, 2, "127.0.0.1", 1, 3000), &lo, WallClock(0));
         assert!(
-            p.observe(&ev(Kind::Answered, 2, "127.0.0.1", 1, 3000), &lo, WallClock(0))
-                .is_none()
+            p.observe(
+                &ev(Kind::Answered, 2, "127.0.0.1", 1, 3000),
+                &lo,
+                WallClock(0)
+            )
+            .is_none()
         );
         assert_eq!(p.groups().count(), 0);
         // A record that raced the answer (silence below the setting) counts as the setting.

@@ -320,6 +320,9 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_with_nanoseconds() {
         let t = Tracker::new(1_700_000_000_000_000_000);
-        assert_eq!(t.wall_clock(123).to_string(), "2023-11-14T22:13:20.000000123Z");
+        assert_eq!(
+            t.wall_clock(123).to_string(),
+            "2023-11-14T22:13:20.000000123Z"
+        );
     }
 }

@@ -40,8 +40,7 @@ impl Inventory {
         };
         let process = self.procs.get(&e.pid).map(|p| p.comm.clone());
         // A listener has no peer.
-        let peer_group =
-            (e.state != LISTEN).then(|| self.peers.classify(e.daddr()).name.clone());
+        let peer_group = (e.state != LISTEN).then(|| self.peers.classify(e.daddr()).name.clone());
         self.attribution
             .labels(e.cgroup, process, role, port, peer_group)
     }
