@@ -308,8 +308,8 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
              connections and hands hyper every `/events` line already queued as one chunk (`keepalive-daemon/src/sinks/http.rs`) \
              — without NODELAY a line in flight unacknowledged held the next ones until the reader's delayed ACK, up \
              to 40 ms (p99 44.1 ms at this step before the change, 2.50 ms for a reader that ACKs at once). The kernel \
-             wakes the daemon at most once a millisecond while events flow, and the daemon drains the ring within \
-             2 ms of a wake-up (`keepalive-ebpf/src/state.rs`, `keepalive-daemon/src/pipeline/event_loop.rs`), which adds up to that much to an \
+             wakes the daemon at most once every 5 ms while events flow, and the daemon drains the ring every \
+             2 ms while records come (`keepalive-ebpf/src/emit.rs`, `keepalive-daemon/src/pipeline/event_loop.rs`), which adds up to that much to an \
              event written just after a wake-up. At the heavier steps the storm's own softirq work, the bench's \
              reader and the daemon share 2 CPUs (machine idle column in section 3; the 1 ms sleep column is the \
              scheduling delay any thread suffered there), and the tail follows that, not the pipeline.",

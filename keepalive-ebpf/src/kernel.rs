@@ -30,16 +30,23 @@ pub const ECONNRESET: i32 = 104;
 pub const ECONNREFUSED: i32 = 111;
 pub const ETIMEDOUT: i32 = 110;
 
+/// The offsets, by reference. The loader rewrites .rodata after compilation, so the compiler
+/// must not fold the zero initialiser into the code: the address goes through a volatile read,
+/// after which the compiler no longer knows what it points at, and each field used is one load
+/// (the verifier still sees a pointer into the frozen map, so the values are constants to it).
+/// A volatile read of the whole struct instead copied its ~50 fields to the stack at every
+/// call, several times per event.
 #[inline(always)]
-pub fn offsets() -> Offsets {
-    // Volatile: the loader rewrites .rodata after compilation, so the compiler must not fold
-    // the zero initialiser into the code.
-    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+pub fn offsets() -> &'static Offsets {
+    let p: *const Offsets = &raw const OFFSETS;
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
+/// The settings, by reference (see [`offsets`]).
 #[inline(always)]
-pub fn settings() -> Settings {
-    unsafe { core::ptr::read_volatile(&raw const SETTINGS) }
+pub fn settings() -> &'static Settings {
+    let p: *const Settings = &raw const SETTINGS;
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 /// Run-time switches written by the daemon after attaching; see `FLAG_*`.

@@ -159,8 +159,11 @@ pub fn timer_exit() {
     if run.died != 0 || run.closed != 0 {
         return;
     }
-    // Every outcome is reported (a re-arm tells the inventory when the timer fires next), so
-    // the socket is copied once, here, and the copy serves the classification and the events.
+    if run.answered == 0 && quiet_run(run, sk) {
+        return;
+    }
+    // Something to report: the socket is copied once, here, and the copy serves the
+    // classification and the events.
     let sock = sock::copy(sk);
     let probes = sock.get::<u8>(kernel::offsets().icsk_probes_out);
     let outcome = if kernel::flag(FLAG_PROBE_VIA_WAKEUP) {
@@ -184,6 +187,26 @@ pub fn timer_exit() {
         0 => emit(kind, run.hook, &sock, probes, errno),
         a => emit_after_answer(kind, run.hook, &sock, probes, errno, a - 1),
     }
+}
+
+/// A run that sent nothing and left `icsk_probes_out` as it found it: the timer only re-armed
+/// (the socket had traffic within its idle time, or its owner held the lock). Nothing is
+/// reported, so such runs cost the one or two reads that decide it instead of a copy of the
+/// socket and an event (they were most runs on a busy host). The inventory learns the re-armed
+/// timer and the traffic from its walks, which run before every read of `/sockets`, `/advice`
+/// and the metrics (`ingest/activity.rs`, at most a second old; docs/metrics-and-events.md).
+#[inline(always)]
+fn quiet_run(run: &TimerRun, sk: u64) -> bool {
+    let o = kernel::offsets();
+    if kernel::flag(FLAG_PROBE_VIA_WAKEUP) {
+        return run.wakeup_probe == 0
+            && run.wakeup_failed == 0
+            && kernel::read::<u8>(sk, o.icsk_probes_out) == run.probes_before;
+    }
+    // The tracepoint rung's test in `classify::from_tracepoints`: no probe counted out and no
+    // segment handed to IP means no probe, sent or failed.
+    kernel::read::<u8>(sk, o.icsk_probes_out) == run.probes_before
+        && kernel::read::<u32>(sk, o.tp_segs_out) == run.segs_before
 }
 
 /// `tcp_write_wakeup(sk, mib)` returned `ret` (fentry/kprobe modes).

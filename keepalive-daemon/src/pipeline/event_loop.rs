@@ -61,8 +61,9 @@ pub(super) async fn event_loop(
             Ok(fd) => fd,
             Err(e) => return error!("run-end ring buffer: {e}"),
         };
-    // The kernel wakes us at most about once a millisecond while events flow (`wake_flags` in
-    // keepalive-ebpf/src/state.rs): the records written in the millisecond after a wake-up wait
+    // The kernel wakes us at most once every 5 ms while events flow (`wake_flags` in
+    // keepalive-ebpf/src/emit.rs; it counts on the three fast empty ticks below lasting
+    // longer): the records written in the milliseconds after a wake-up wait
     // for a drain on this tick instead. Such records only exist right after a wake-up, so the
     // tick runs fast only after a wake-up or a drain that found records, and slowly otherwise
     // (an idle daemon should not wake 250 times a second; the slow tick only bounds the odd

@@ -9,7 +9,7 @@
 //! tracepoints exist there.
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_current_task},
     macros::{map, tracepoint},
     maps::{Array, HashMap},
     programs::TracePointContext,
@@ -26,7 +26,9 @@ const TCP_KEEPINTVL: u64 = 5;
 const TCP_KEEPCNT: u64 = 6;
 const TCP_USER_TIMEOUT: u64 = 18;
 
-/// Thread → fd of a keepalive setsockopt in progress. Bounded; a thread has one call at a time.
+/// Thread → socket of a keepalive setsockopt in progress that changes a value. Bounded; a
+/// thread has one call at a time. The syscall holds a reference on the socket's file from
+/// entry to exit, so the socket found at entry is still the one at exit.
 #[map]
 static SETSOCKOPT: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 
@@ -61,6 +63,8 @@ fn field(ctx: &TracePointContext, off: u32) -> u64 {
         16 => unsafe { core::ptr::read_volatile(rec.add(2)) },
         24 => unsafe { core::ptr::read_volatile(rec.add(3)) },
         32 => unsafe { core::ptr::read_volatile(rec.add(4)) },
+        40 => unsafe { core::ptr::read_volatile(rec.add(5)) },
+        48 => unsafe { core::ptr::read_volatile(rec.add(6)) },
         _ => unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(u64::MAX),
     }
 }
@@ -77,17 +81,54 @@ fn try_sys_enter_setsockopt(ctx: &TracePointContext) {
     let o = kernel::offsets();
     let level = field(ctx, o.tp_setsockopt_level) as u32 as u64;
     let optname = field(ctx, o.tp_setsockopt_optname) as u32 as u64;
-    if keepalive_option(level, optname) {
-        let fd = field(ctx, o.tp_setsockopt_fd) as u32 as u64;
-        let Some(n) = IN_FLIGHT.get_ptr_mut(0) else {
-            return;
-        };
-        if SETSOCKOPT
-            .insert(&bpf_get_current_pid_tgid(), &fd, 0)
-            .is_ok()
-        {
-            state::count(n, 1);
-        }
+    if !keepalive_option(level, optname) {
+        return;
+    }
+    let sk = socket_of_fd(field(ctx, o.tp_setsockopt_fd) as u32 as u64);
+    // optval and optlen follow optname, one 8-byte slot each (the fixed layout of `field`).
+    let slot = o.tp_setsockopt_optname.wrapping_add(8);
+    let (optval, optlen) = (field(ctx, slot), field(ctx, slot.wrapping_add(8)));
+    if sk == 0 || unchanged(sk, level, optname, optval, optlen as u32) {
+        return;
+    }
+    let Some(n) = IN_FLIGHT.get_ptr_mut(0) else {
+        return;
+    };
+    if SETSOCKOPT
+        .insert(&bpf_get_current_pid_tgid(), &sk, 0)
+        .is_ok()
+    {
+        state::count(n, 1);
+    }
+}
+
+/// Whether the call leaves the option as it is: the socket already holds the value (as the
+/// kernel stores it), or the value is too short (the kernel refuses it). Such calls make no
+/// event, so an application that sets its options again on every request costs this entry
+/// program and no copy of the socket. When unsure (the value not readable here — a page not
+/// yet faulted in, which the kernel's own copy would fault in — or no HZ known), a change.
+#[inline(always)]
+fn unchanged(sk: u64, level: u64, optname: u64, optval: u64, optlen: u32) -> bool {
+    if optlen < 4 {
+        return true;
+    }
+    let Ok(val) = (unsafe { bpf_probe_read_user(optval as *const i32) }) else {
+        return false;
+    };
+    let o = kernel::offsets();
+    if level == SOL_SOCKET {
+        let flags = kernel::read::<u64>(sk, o.sk_flags);
+        let on = o.sock_keepopen_bit < 64 && flags & (1u64 << o.sock_keepopen_bit) != 0;
+        return on == (val != 0);
+    }
+    // TCP_KEEPIDLE and TCP_KEEPINTVL are seconds, kept in jiffies (HZ = 2 × HZ/2).
+    let hz = kernel::settings().resource_probe_jiffies as i64 * 2;
+    let jiffies = |off: u32| hz != 0 && kernel::read::<u32>(sk, off) as i64 == val as i64 * hz;
+    match optname {
+        TCP_KEEPIDLE => jiffies(o.tp_keepalive_time),
+        TCP_KEEPINTVL => jiffies(o.tp_keepalive_intvl),
+        TCP_KEEPCNT => kernel::read::<u8>(sk, o.tp_keepalive_probes) as i32 == val,
+        _ => kernel::read::<u32>(sk, o.icsk_user_timeout) as i32 == val,
     }
 }
 
@@ -107,14 +148,14 @@ fn try_sys_exit_setsockopt(ctx: &TracePointContext) {
         return;
     }
     let tid = bpf_get_current_pid_tgid();
-    let Some(fd) = (unsafe { SETSOCKOPT.get(&tid) }).copied() else {
+    let Some(sk) = (unsafe { SETSOCKOPT.get(&tid) }).copied() else {
         return;
     };
     if SETSOCKOPT.remove(&tid).is_ok() {
         state::count(n, u64::MAX);
     }
     if field(ctx, kernel::offsets().tp_setsockopt_ret) == 0 {
-        state::settings_changed(socket_of_fd(fd), HOOK_TRACEPOINT);
+        state::settings_changed(sk, HOOK_TRACEPOINT);
     }
 }
 

@@ -96,9 +96,12 @@ impl Why {
              with direct loads (tp_btf for the timer, state and reset hooks, `bpf_get_current_task_btf()` for the \
              syscall ones, with the raw programs kept for kernels that refuse them) are the next step; (b) the wake-up of the daemon: a default ring-buffer submit \
              wakes it whenever the ring was empty — an irq_work self-IPI (a VM exit here) and a scheduler wake-up, paid \
-             inside the program. The programs now submit with BPF_RB_NO_WAKEUP unless 1 ms passed since the last \
-             wake-up or the ring is a quarter full (`keepalive-ebpf/src/state.rs`), and the daemon drains the ring on a \
-             2 ms tick after each wake-up (`keepalive-daemon/src/pipeline/event_loop.rs`): an event waits about that long at most. Measured once against a build without it \
+             inside the program. The programs now submit with BPF_RB_NO_WAKEUP unless 5 ms passed since the last \
+             wake-up or the ring is a quarter full (`keepalive-ebpf/src/emit.rs`; 1 ms until issue 17 cost the timer exit \
+             ≈ 250 ns more per event in this storm), and the daemon drains the ring on a \
+             2 ms tick for 6 ms after the last record it found (`keepalive-daemon/src/pipeline/event_loop.rs`): an event waits about 2 ms at most. \
+             Runs that send nothing make no event (a timer that only re-armed, a setsockopt that sets the value the socket \
+             already has). Measured once against a build without it \
              (a scratch comparison, not by `cargo xtask bench`): ns per run in the storm `ka_sys_exit_setsockopt` \
              6028 → 2271, `ka_sys_exit_accept` 6746 → 2421, `ka_inet_sock_set_state` 4455 → 2778; all programs \
              together 96 → 65 ms of CPU per second of storm.",
