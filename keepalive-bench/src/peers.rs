@@ -127,7 +127,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             sys::sleep_s(0.2);
         }
         // Probes both saw, counted over bpftrace's whole life (its count starts at attach).
-        let probes0 = d.metrics()?.get("keepalive_probes_total");
+        let probes0 = d.metrics()?.sum("keepalive_probes_total", "");
         std::thread::sleep(
             SETTLE
                 .saturating_sub(started.elapsed())
@@ -162,7 +162,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         };
         let (bt_runs, bt_ns) = sum(&bt_ids);
         let (_, our_ns) = sum(&ours);
-        let probes1 = d.metrics()?.get("keepalive_probes_total");
+        let probes1 = d.metrics()?.sum("keepalive_probes_total", "");
         // SAFETY: signalling our own child; SIGINT makes bpftrace print its maps and exit.
         unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
         let _ = bt.wait();
