@@ -85,6 +85,29 @@ fn count_lost(n: u64) {
     }
 }
 
+/// Zeroes a reserved record and writes what every record carries: time, `[kind, hook,
+/// probes]`, errno and the socket's description. Returns the record's time.
+#[inline(always)]
+unsafe fn fill(
+    ev: *mut RawEvent,
+    sk: u64,
+    copy: *const u8,
+    [kind, hook, probes]: [u8; 3],
+    errno: i32,
+) -> u64 {
+    unsafe {
+        core::ptr::write_bytes(ev, 0, 1);
+        let e = &mut *ev;
+        e.ts_ns = bpf_ktime_get_ns();
+        e.hook = hook;
+        e.kind = kind;
+        e.probes = probes;
+        e.errno = errno;
+        sock::describe(sk, copy, e);
+        e.ts_ns
+    }
+}
+
 /// A record that ends a probe run (`EV_TIMEOUT`, `EV_RESET`, `EV_CLOSED`), into `RUN_ENDS`.
 /// Out of line for the same reason as `emit_packed`; `probes` comes from the kernel
 /// (`icsk_probes_out`, or what `PROBING` held), never from counting probe events.
@@ -97,18 +120,7 @@ pub fn emit_run_end(sk: u64, copy: *const u8, meta: u32, errno: i32) {
         }
         return;
     };
-    let ev = slot.as_mut_ptr();
-    let now = unsafe {
-        core::ptr::write_bytes(ev, 0, 1);
-        let e = &mut *ev;
-        e.ts_ns = bpf_ktime_get_ns();
-        e.hook = hook;
-        e.kind = kind;
-        e.probes = probes;
-        e.errno = errno;
-        sock::describe(sk, copy, e);
-        e.ts_ns
-    };
+    let now = unsafe { fill(slot.as_mut_ptr(), sk, copy, [kind, hook, probes], errno) };
     let avail = RUN_ENDS.query(BPF_RB_AVAIL_DATA);
     let size = RUN_ENDS.query(BPF_RB_RING_SIZE);
     slot.submit(wake_flags(now, 1, avail, size));
@@ -132,20 +144,15 @@ pub fn emit_packed(sk: u64, copy: *const u8, meta: u32, errno: i32, opts: u32) {
         return;
     };
     let ev = slot.as_mut_ptr();
+    // After an answer, the answer comes first and the run's own record is its copy (below).
+    let (first_kind, first_probes, first_errno) = if answered {
+        (EV_ANSWERED, (opts >> 8) as u8, 0)
+    } else {
+        (kind, probes, errno)
+    };
     let now = unsafe {
-        core::ptr::write_bytes(ev, 0, 1);
+        fill(ev, sk, copy, [first_kind, hook, first_probes], first_errno);
         let e = &mut *ev;
-        e.ts_ns = bpf_ktime_get_ns();
-        e.hook = hook;
-        if answered {
-            e.kind = EV_ANSWERED;
-            e.probes = (opts >> 8) as u8;
-        } else {
-            e.kind = kind;
-            e.probes = probes;
-            e.errno = errno;
-        }
-        sock::describe(sk, copy, e);
         if state != 0 {
             e.state = state;
         }

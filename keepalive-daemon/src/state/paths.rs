@@ -9,7 +9,7 @@
 //! flow's own, and a later probe may re-create a forgotten flow's state in a loose middlebox.
 //! A reset can also come from the peer itself (rebooted): the upper bound is "something on the
 //! path or the peer forgot the flow", which is the operator's concern either way.
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -78,8 +78,8 @@ pub struct PathChange {
 
 #[derive(Default)]
 pub struct PathLearner {
-    groups: HashMap<Box<str>, Bracket>,
-    subnets: HashMap<(Box<str>, IpAddr), Bracket>,
+    groups: HashMap<Arc<str>, Bracket>,
+    subnets: HashMap<(Arc<str>, IpAddr), Bracket>,
     /// Socket → silence before the first probe of its current run, ms.
     first: HashMap<u64, u32>,
 }
@@ -123,17 +123,14 @@ impl PathLearner {
             .remove(&ev.sk)
             .or_else(|| (!survived).then(|| silence_ms(ev)))?;
         let subnet = peers::subnet(ev.flow.daddr);
-        let key = (Box::<str>::from(&*group.name), subnet);
+        let key = (group.name.clone(), subnet);
         if self.subnets.len() < MAX_SUBNETS || self.subnets.contains_key(&key) {
             self.subnets
                 .entry(key)
                 .or_default()
                 .learn(idle_ms, survived);
         }
-        let b = self
-            .groups
-            .entry(Box::<str>::from(&*group.name))
-            .or_default();
+        let b = self.groups.entry(group.name.clone()).or_default();
         if !b.learn(idle_ms, survived) {
             return None;
         }
