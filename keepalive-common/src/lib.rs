@@ -45,6 +45,10 @@ pub const EV_PROBE_FAILED: u8 = 11;
 pub const FLAG_KEEPALIVE_ON: u8 = 1;
 /// `RawEvent::flags`: the keepalive timer is pending; `timer_expires` is valid.
 pub const FLAG_TIMER_PENDING: u8 = 2;
+/// `RawEvent::flags`: the socket entered CLOSE right after this event (a run-end record taken
+/// at the CLOSE transition): the record stands for its `EV_SOCK_CLOSE` too, which is not
+/// written apart. A partition's deaths then cost one record each instead of two.
+pub const FLAG_CLOSES: u8 = 4;
 
 /// Hook family that produced an event, for debugging and the `hook` field of raw events.
 pub const HOOK_TRACEPOINT: u8 = 0;
@@ -245,11 +249,15 @@ pub struct RawEvent {
     pub saddr: [u8; 16],
     /// Remote address, same layout.
     pub daddr: [u8; 16],
-    /// `FLAG_KEEPALIVE_ON` | `FLAG_TIMER_PENDING`.
+    /// `FLAG_KEEPALIVE_ON` | `FLAG_TIMER_PENDING` | `FLAG_CLOSES`.
     pub flags: u8,
     /// `icsk_probes_out` when the event was taken.
     pub probes_out: u8,
-    pub _pad: [u8; 6],
+    /// Non-zero when the same timer run first found the previous run's probes answered: the
+    /// record stands for that `EV_ANSWERED` event too (before its own), with `answered - 1`
+    /// probes. One record instead of two for the commonest pair of a probe storm or a burst.
+    pub answered: u8,
+    pub _pad: [u8; 5],
     /// `expires` of the keepalive timer in jiffies (valid with `FLAG_TIMER_PENDING`).
     pub timer_expires: u64,
     /// `jiffies` when the event was taken, to turn `timer_expires` into a delay.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
-use keepalive_common::{EV_ANSWERED, RawEvent};
+use keepalive_common::{FLAG_CLOSES, RawEvent};
 
 use crate::sock::{self, Sock};
 
@@ -61,9 +61,10 @@ pub fn pack(kind: u8, hook: u8, probes: u8, state: u8) -> u32 {
     u32::from_le_bytes([kind, hook, probes, state])
 }
 
-/// Writes an `answered` event (probes = the `sent` in bits 8..16 of `opts`) just before the
-/// event itself, both from one description: a keepalive run that finds its probe answered
-/// usually sends the next one at once (the storm of BENCHMARKS.md section 1: every run).
+/// Writes an event that stands for an `answered` event too (probes = the `sent` in bits 8..16
+/// of `opts`), just before its own: a keepalive run that finds its probe answered usually
+/// sends the next one at once (the storm of BENCHMARKS.md section 1: every run; a burst of
+/// sockets opened together). One record, so one reserve and half the ring space of two.
 pub const AFTER_ANSWER: u32 = 2;
 
 #[inline(always)]
@@ -110,25 +111,44 @@ unsafe fn fill(
 
 /// A record that ends a probe run (`EV_TIMEOUT`, `EV_RESET`, `EV_CLOSED`), into `RUN_ENDS`.
 /// Out of line for the same reason as `emit_packed`; `probes` comes from the kernel
-/// (`icsk_probes_out`, or what `PROBING` held), never from counting probe events.
+/// (`icsk_probes_out`, or what `PROBING` held), never from counting probe events. `closes`:
+/// taken at the CLOSE transition, the record stands for the socket's `EV_SOCK_CLOSE` too
+/// (`FLAG_CLOSES`). Returns whether the record was written: when `RUN_ENDS` is full the
+/// caller still writes the close into `EVENTS`, so the inventory learns it.
 #[inline(never)]
-pub fn emit_run_end(sk: u64, copy: *const u8, meta: u32, errno: i32) {
+pub fn emit_run_end(sk: u64, copy: *const u8, meta: u32, errno: i32, closes: u32) -> u32 {
     let [kind, hook, probes, _] = meta.to_le_bytes();
     let Some(mut slot) = RUN_ENDS.reserve::<RawEvent>(0) else {
         if let Some(lost) = LOST_ENDS.get_ptr_mut(0) {
             unsafe { *lost += 1 };
         }
-        return;
+        return 0;
     };
-    let now = unsafe { fill(slot.as_mut_ptr(), sk, copy, [kind, hook, probes], errno) };
+    let now = unsafe {
+        let ev = slot.as_mut_ptr();
+        let now = fill(ev, sk, copy, [kind, hook, probes], errno);
+        if closes != 0 {
+            (*ev).flags |= FLAG_CLOSES;
+        }
+        now
+    };
     let avail = RUN_ENDS.query(BPF_RB_AVAIL_DATA);
     let size = RUN_ENDS.query(BPF_RB_RING_SIZE);
     slot.submit(wake_flags(now, 1, avail, size));
+    1
 }
 
+/// A run's end that leaves the socket open (a RST is read before `tcp_done`).
 #[inline(always)]
 pub fn run_end(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) {
-    emit_run_end(sock.addr, sock.copy(), pack(kind, hook, probes, 0), errno);
+    emit_run_end(sock.addr, sock.copy(), pack(kind, hook, probes, 0), errno, 0);
+}
+
+/// A run's end taken at the socket's CLOSE transition, standing for the close too; false when
+/// `RUN_ENDS` had no room (counted), and the close is still to be written.
+#[inline(always)]
+pub fn run_end_closing(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) -> bool {
+    emit_run_end(sock.addr, sock.copy(), pack(kind, hook, probes, 0), errno, 1) != 0
 }
 
 /// One out-of-line copy (BPF calls take at most five arguments, hence the packing and the
@@ -144,17 +164,14 @@ pub fn emit_packed(sk: u64, copy: *const u8, meta: u32, errno: i32, opts: u32) {
         return;
     };
     let ev = slot.as_mut_ptr();
-    // After an answer, the answer comes first and the run's own record is its copy (below).
-    let (first_kind, first_probes, first_errno) = if answered {
-        (EV_ANSWERED, (opts >> 8) as u8, 0)
-    } else {
-        (kind, probes, errno)
-    };
     let now = unsafe {
-        fill(ev, sk, copy, [first_kind, hook, first_probes], first_errno);
+        fill(ev, sk, copy, [kind, hook, probes], errno);
         let e = &mut *ev;
         if state != 0 {
             e.state = state;
+        }
+        if answered {
+            e.answered = ((opts >> 8) as u8).saturating_add(1);
         }
         if opts & WITH_TASK != 0 {
             e.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -168,24 +185,6 @@ pub fn emit_packed(sk: u64, copy: *const u8, meta: u32, errno: i32, opts: u32) {
         EVENTS.query(BPF_RB_AVAIL_DATA),
         EVENTS.query(BPF_RB_RING_SIZE),
     );
-    if answered {
-        // Reserved after the answer, so it follows it in the ring.
-        match EVENTS.reserve::<RawEvent>(0) {
-            Some(mut next) => {
-                let n = next.as_mut_ptr();
-                unsafe {
-                    core::ptr::copy_nonoverlapping(ev.cast_const(), n, 1);
-                    (*n).kind = kind;
-                    (*n).probes = probes;
-                    (*n).errno = errno;
-                }
-                slot.submit(BPF_RB_NO_WAKEUP);
-                next.submit(flags);
-                return;
-            }
-            None => count_lost(1),
-        }
-    }
     slot.submit(flags);
 }
 

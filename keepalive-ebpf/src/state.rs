@@ -17,7 +17,9 @@ use keepalive_common::{
 };
 
 use crate::classify::{self, Outcome, TimerRun};
-use crate::emit::{WITH_TASK, emit, emit_after_answer, emit_in_state, emit_packed, pack, run_end};
+use crate::emit::{
+    WITH_TASK, emit, emit_after_answer, emit_in_state, emit_packed, pack, run_end, run_end_closing,
+};
 use crate::kernel::{
     self, ECONNREFUSED, ECONNRESET, EPIPE, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED,
     TCP_FIN_WAIT2, TCP_LISTEN,
@@ -228,13 +230,14 @@ pub fn dying<C: EbpfContext>(ctx: &C, sk: u64, err: i32, from_done: bool) {
 }
 
 /// The socket is being closed with `err` (from `tcp_done_with_error`, or `sk_err` read at the
-/// CLOSE transition). Inside the keepalive timer that is keepalive giving up.
+/// CLOSE transition). Inside the keepalive timer that is keepalive giving up. True when the
+/// death's record, written at the CLOSE transition, stands for the close too.
 #[inline(always)]
-fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) {
+fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) -> bool {
     let sk = sock.addr;
     if let Some(run) = current_for(sk) {
         if run.died != 0 || from_done != kernel::flag(FLAG_DEATH_VIA_DONE) {
-            return;
+            return false;
         }
         run.died = 1;
         // The exit reports nothing for a run that ended the socket.
@@ -243,12 +246,17 @@ fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) {
         // FIN_WAIT2 sockets (tcp_fin_timeout), which is no keepalive death.
         let probes = sock.get::<u8>(kernel::offsets().icsk_probes_out);
         if probes == 0 {
-            return;
+            return false;
         }
         let _ = PROBING.remove(&sk);
         debug!(ctx, "keepalive gave up on sk {:x}: errno {}", sk, err);
-        run_end(EV_TIMEOUT, run.hook, sock, probes, err);
+        if from_done {
+            run_end(EV_TIMEOUT, run.hook, sock, probes, err);
+            return false;
+        }
+        return run_end_closing(EV_TIMEOUT, run.hook, sock, probes, err);
     }
+    false
 }
 
 /// `sock:inet_sock_set_state`: the inventory's births and deaths, keepalive deaths in
@@ -269,19 +277,22 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
     }
     if newstate == TCP_CLOSE {
         let sock = sock::copy(sk);
-        if let Some(run) = current_for(sk) {
+        let ended = if let Some(run) = current_for(sk) {
             run.closed = 1;
             answered_in_run(run, &sock);
-            died(ctx, &sock, kernel::write_err(&sock), false);
+            died(ctx, &sock, kernel::write_err(&sock), false)
         } else {
-            died_unseen(&sock, hook);
+            died_unseen(&sock, hook)
+        };
+        // A run's end written here stands for the close (`FLAG_CLOSES`): one record per
+        // death, not two, when a partition ends every probing socket at once.
+        if !ended && !closed_mid_run(&sock, hook, true) {
+            emit(EV_SOCK_CLOSE, hook, &sock, 0, 0);
         }
-        emit(EV_SOCK_CLOSE, hook, &sock, 0, 0);
-        closed_mid_run(&sock, hook);
         return;
     }
     if unsafe { PROBING.get(&sk) }.is_some() {
-        closed_mid_run(&sock::copy(sk), hook);
+        closed_mid_run(&sock::copy(sk), hook, false);
     }
 }
 
@@ -296,15 +307,15 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
 /// the two are set equal), `TCP_USER_TIMEOUT` with fewer probes out (a close mid-run). A death
 /// the timer hooks saw happened inside their run, so it is never reported twice.
 #[inline(always)]
-fn died_unseen(sock: &Sock, hook: u8) {
+fn died_unseen(sock: &Sock, hook: u8) -> bool {
     let o = kernel::offsets();
     let probes = sock.get::<u8>(o.icsk_probes_out);
     if probes == 0 {
-        return;
+        return false;
     }
     let flags = sock.get::<u64>(o.sk_flags);
     if o.sock_keepopen_bit >= 64 || flags & (1u64 << o.sock_keepopen_bit) == 0 {
-        return;
+        return false;
     }
     let cnt = match sock.get::<u8>(o.tp_keepalive_probes) {
         0 => {
@@ -315,20 +326,26 @@ fn died_unseen(sock: &Sock, hook: u8) {
     };
     let err = sock.get::<i32>(o.sk_err);
     if probes != cnt || err == 0 || err == ECONNRESET || err == EPIPE || err == ECONNREFUSED {
-        return;
+        return false;
     }
     let _ = PROBING.remove(&sock.addr);
-    run_end(EV_TIMEOUT, hook, sock, probes, kernel::write_err(sock));
+    run_end_closing(EV_TIMEOUT, hook, sock, probes, kernel::write_err(sock))
 }
 
 /// A socket leaving the keepalive states: the end of its probe run, if it was in one.
+/// `closing`: it leaves for CLOSE, and the record written stands for the close too (then
+/// true is returned); otherwise it moves on to FIN_WAIT1, LAST_ACK …, which closes nothing.
 #[inline(always)]
-fn closed_mid_run(sock: &Sock, hook: u8) {
-    if let Some(sent) = unsafe { PROBING.get(&sock.addr) } {
-        let sent = *sent;
-        let _ = PROBING.remove(&sock.addr);
-        run_end(EV_CLOSED, hook, sock, sent, 0);
+fn closed_mid_run(sock: &Sock, hook: u8, closing: bool) -> bool {
+    let Some(sent) = (unsafe { PROBING.get(&sock.addr) }).copied() else {
+        return false;
+    };
+    let _ = PROBING.remove(&sock.addr);
+    if closing {
+        return run_end_closing(EV_CLOSED, hook, sock, sent, 0);
     }
+    run_end(EV_CLOSED, hook, sock, sent, 0);
+    false
 }
 
 /// A setsockopt of a keepalive option succeeded, or accept() gave the socket a file: describe

@@ -20,9 +20,10 @@ pub const PROBING_FLOOR: u32 = 65_536;
 /// kernel themselves at ≥ 2 KiB each, and a machine with more sockets than that counts the
 /// overflow in `keepalive_events_lost_total{stage="tracking"}`.
 pub const PROBING_CAP: u32 = 4 << 20;
-/// One 128-byte record plus the ring's 8-byte header, rounded up with room for the records'
-/// neighbours (answered + probe of the same run): per socket, so that a partition in which
-/// every keepalive socket probes in the same second fits without the daemon draining.
+/// One 128-byte record plus the ring's 8-byte header, rounded up (a run's answer and its next
+/// probe share one record, `RawEvent::answered`; a death stands for its close,
+/// `FLAG_CLOSES`): per socket, so that a partition in which every keepalive socket probes in
+/// the same second fits without the daemon draining.
 pub const RING_BYTES_PER_SOCKET: u64 = 168;
 pub const RING_MIN: u32 = 1 << 20;
 pub const RING_MAX: u32 = 64 << 20;

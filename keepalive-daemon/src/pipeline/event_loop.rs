@@ -183,13 +183,40 @@ impl LoopState {
     /// death. At most one per socket in a run, so the queue stays bounded.
     fn take_ends(&mut self, rb: &mut RingBuf<MapData>) {
         while let Some(item) = rb.next() {
-            match decode::decode(&item, self.hz) {
-                Ok(ev) => self.ends.push_back(ev),
-                Err(e) => {
-                    warn!("malformed kernel record: {e:?}");
-                    self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
-                }
+            if let Some(ev) = self.decoded(&item) {
+                self.ends.push_back(ev);
             }
+        }
+    }
+
+    /// A ring record as an event; a malformed one is logged and counted.
+    fn decoded(&self, item: &[u8]) -> Option<KernelEvent> {
+        decode::decode(item, self.hz)
+            .map_err(|e| {
+                warn!("malformed kernel record: {e:?}");
+                self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
+            })
+            .ok()
+    }
+
+    /// Dispatches what one record stands for: the answer its timer run found first, the
+    /// event itself, and the close right after it (`KernelEvent::answered`, `closes`: the
+    /// kernel folds them to save ring space at bursts and partitions).
+    fn dispatch_record(&mut self, ev: &KernelEvent) {
+        let folded = |kind, probes| KernelEvent {
+            kind,
+            probes,
+            errno: 0,
+            answered: None,
+            closes: false,
+            ..ev.clone()
+        };
+        if let Some(probes) = ev.answered {
+            self.dispatch(&folded(Kind::Answered, probes));
+        }
+        self.dispatch(ev);
+        if ev.closes {
+            self.dispatch(&folded(Kind::Gone, 0));
         }
     }
 
@@ -197,7 +224,7 @@ impl LoopState {
     fn ends_until(&mut self, ts_ns: u64) {
         while self.ends.front().is_some_and(|e| e.ts_ns <= ts_ns) {
             if let Some(ev) = self.ends.pop_front() {
-                self.dispatch(&ev);
+                self.dispatch_record(&ev);
             }
         }
     }
@@ -209,15 +236,9 @@ impl LoopState {
             && let Some(item) = rb.next()
         {
             n += 1;
-            match decode::decode(&item, self.hz) {
-                Ok(ev) => {
-                    self.ends_until(ev.ts_ns);
-                    self.dispatch(&ev);
-                }
-                Err(e) => {
-                    warn!("malformed kernel record: {e:?}");
-                    self.sinks.metrics.lost.with_label_values(&["decode"]).inc();
-                }
+            if let Some(ev) = self.decoded(&item) {
+                self.ends_until(ev.ts_ns);
+                self.dispatch_record(&ev);
             }
         }
         // The event ring is empty: what it had before the queued run ends has been dispatched.
