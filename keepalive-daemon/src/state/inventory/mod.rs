@@ -87,6 +87,10 @@ pub struct Inventory {
     pub paths: PathLearner,
     /// A socket joined since the last activity walk (`risk::refresh`).
     pub unwalked: bool,
+    /// Start-up's walk, with a /proc scan to follow that names every socket it walked: its
+    /// sockets are not listed in `ownerless` (at a million that set cost 19 bytes a socket,
+    /// and each poll's list of lookups 16 more, all to wait for that scan).
+    pub owners_follow: bool,
     tally: Tally,
 }
 
@@ -109,6 +113,7 @@ impl Inventory {
             peers: Peers::new(idle_budget.as_secs().try_into().unwrap_or(u32::MAX), &[]),
             paths: PathLearner::default(),
             unwalked: false,
+            owners_follow: false,
             tally: Tally::default(),
         }
     }
@@ -285,7 +290,7 @@ impl Inventory {
                     new.cgroup = self.attribution.cgroup_of(new.pid);
                 }
                 let after = self.effective(&new);
-                if new.pid == 0 && new.ino != 0 {
+                if new.pid == 0 && new.ino != 0 && !self.owners_follow {
                     self.ownerless.insert(ev.sk);
                 }
                 self.index(&new);
