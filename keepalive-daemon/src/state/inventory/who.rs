@@ -143,11 +143,26 @@ impl Inventory {
     /// After a /proc rescan: every socket whose holder is now another process (or that had
     /// none, or whose name changed) takes the one `owners` names. Returns how many changed.
     pub fn reconcile_owners(&mut self, owners: &Owners) -> usize {
+        self.reconcile_owners_at(owners, 0, usize::MAX).0
+    }
+
+    /// `reconcile_owners` for the sockets at positions `from..from + n`: a million sockets in
+    /// one hold of the lock kept a re-walk's chunks and the HTTP readers waiting for it. Returns
+    /// how many changed and the position to go on from (None at the end). A removal between
+    /// two calls moves the last socket into the hole: at worst one is looked at twice or left
+    /// to the next check.
+    pub fn reconcile_owners_at(
+        &mut self,
+        owners: &Owners,
+        from: usize,
+        n: usize,
+    ) -> (usize, Option<usize>) {
         // By position, with nothing collected: after start-up every socket moves, and a list
         // of them cost the heap 16 bytes a socket at the scan's peak (100 with owner names).
         // `set_owner` moves no entry, so positions hold.
-        let mut n = 0;
-        for at in 0..self.sockets.count() {
+        let end = from.saturating_add(n).min(self.sockets.count());
+        let mut moved = 0;
+        for at in from..end {
             let e = self.sockets.at(at);
             let Some(now) = (e.ino != 0).then(|| owners.cached(e.ino.into())).flatten() else {
                 continue;
@@ -157,10 +172,10 @@ impl Inventory {
             if now.pid != e.pid || renamed {
                 let sk = e.sk;
                 self.set_owner(sk, now);
-                n += 1;
+                moved += 1;
             }
         }
-        n
+        (moved, (end < self.sockets.count()).then_some(end))
     }
 
     /// The process holding the socket, when known.
