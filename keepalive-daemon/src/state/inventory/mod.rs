@@ -87,9 +87,8 @@ pub struct Inventory {
     pub paths: PathLearner,
     /// A socket joined since the last activity walk (`risk::refresh`).
     pub unwalked: bool,
-    /// Start-up's walk, with a /proc scan to follow that names every socket it walked: its
-    /// sockets are not listed in `ownerless` (at a million that set cost 19 bytes a socket,
-    /// and each poll's list of lookups 16 more, all to wait for that scan).
+    /// Start-up's walk, with a /proc scan to follow that names them all: its sockets stay out
+    /// of `ownerless` (19 + 16 bytes a socket at a million, only to wait for that scan).
     pub owners_follow: bool,
     tally: Tally,
 }
