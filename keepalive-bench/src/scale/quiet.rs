@@ -68,7 +68,8 @@ fn settings(i: usize, o: &mut HoldOpts) -> &'static str {
 
 pub fn open_and_measure(ctx: &Ctx, t: &Topology, sockets: usize, out: &mut Out) -> Result<Quiet> {
     let conns = sockets / 2;
-    let extra: Vec<&str> = ctx.scale.daemon_args.iter().map(String::as_str).collect();
+    let mut extra = vec!["--web.events-buffer", super::startup::EVENTS_BUFFER];
+    extra.extend(ctx.scale.daemon_args.iter().map(String::as_str));
     let daemon = ctx.start_daemon(&extra, "scale-a")?;
     sys::sleep_s(3.0);
     let base = daemon.wait_sockets(0.0, std::time::Duration::from_secs(1))?;

@@ -17,8 +17,11 @@ use crate::{
 };
 
 /// `/events` readers may fall behind during the partition's burst of events: a big buffer
-/// keeps the bench's reader from being dropped as slow, which would end its accounting.
-const EVENTS_BUFFER: &str = "1048576";
+/// keeps the bench's reader from being dropped as slow, which would end its accounting. Daemon
+/// A is given the same: the buffer is 32 bytes a slot, all touched at start (32 MiB, 34 bytes
+/// a socket at a million), a fixed cost of the setting that its idle heap must hold too for
+/// B's heap above it to be what the sockets cost.
+pub(super) const EVENTS_BUFFER: &str = "1048576";
 
 pub fn start(
     ctx: &Ctx,

@@ -42,7 +42,9 @@ impl ActivityWalk {
     /// programs are detached). `unwalked`: sockets opened since the last walk, whose ages the
     /// kernel had not stamped yet when they were reported; they are walked at once.
     pub async fn fresh(&self, unwalked: bool, mut apply: impl FnMut(&[KernelEvent])) -> bool {
+        let asked = Instant::now();
         let mut last = self.last.lock().await;
+        let waited = asked.elapsed();
         if !unwalked && last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
             return false;
         }
@@ -62,10 +64,24 @@ impl ActivityWalk {
                 log::debug!("activity walk failed: {e}");
             }
         });
+        // Phases, for a walk slower than its peers: waiting for another reader's walk, the
+        // kernel's (the time this side waited for chunks), and applying them (the inventory
+        // lock included).
+        let (mut applying, mut chunks) = (Duration::ZERO, 0usize);
+        let started = Instant::now();
         while let Some(chunk) = rx.recv().await {
+            let t = Instant::now();
             apply(&chunk);
+            applying += t.elapsed();
+            chunks += 1;
         }
         let _ = walk.await;
+        let took = started.elapsed();
+        log::debug!(
+            "activity walk: {took:?} ({chunks} chunks: applying {applying:?}, waiting for the \
+             kernel {:?}), after {waited:?} waiting for another reader's walk",
+            took.saturating_sub(applying)
+        );
         *last = Some(Instant::now());
         true
     }

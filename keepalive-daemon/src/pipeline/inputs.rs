@@ -12,6 +12,8 @@ use crate::{
 
 /// Sockets moved by one owner check above which the heap is trimmed after it.
 const MANY_MOVED: usize = 16_384;
+/// Sockets reconciled per hold of the inventory lock: a few ms.
+const RECONCILE_CHUNK: usize = 16_384;
 
 impl LoopState {
     pub(super) fn defaults(&mut self, all: HashMap<u32, NsDefaults>) {
@@ -111,11 +113,17 @@ impl LoopState {
     /// that changed hands (or had no owner) takes the one the scan names.
     pub(super) fn owners_scanned(&mut self, took: std::time::Duration) {
         self.owner_check.done(took);
-        let moved = self
-            .inventory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reconcile_owners(&self.sinks.owners);
+        // A chunk per hold of the lock (see `reconcile_owners_at`).
+        let (mut moved, mut from) = (0, Some(0));
+        while let Some(at) = from {
+            let (n, next) = self
+                .inventory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reconcile_owners_at(&self.sinks.owners, at, RECONCILE_CHUNK);
+            moved += n;
+            from = next;
+        }
         if moved > 0 {
             debug!("owner check: {moved} sockets changed hands ({took:?} /proc scan)");
         }

@@ -210,6 +210,7 @@ pub fn first_inventory(
     // Room for every socket the kernel counts at once, rather than a table doubled twenty
     // times (each doubling's old table left as a hole).
     inv.reserve(usize::try_from(expected).unwrap_or(0));
+    inv.owners_follow = scan.is_none();
     let walked = std::thread::scope(|scope| {
         // A few chunks in flight: the walk runs ahead of the table by that much at most.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
@@ -240,6 +241,7 @@ pub fn first_inventory(
             .join()
             .unwrap_or_else(|_| Err("inventory thread panicked".into()))
     });
+    inv.owners_follow = false;
     if let Err(e) = walked {
         warn!("startup inventory failed: {e}");
     }

@@ -266,6 +266,8 @@ impl Owners {
 /// duration (2 % of one CPU at most). A recorded owner that exits brings it forward.
 pub struct OwnerCheck {
     next: Instant,
+    /// Before this, not even an exited owner brings a check forward.
+    earliest: Instant,
 }
 
 impl OwnerCheck {
@@ -274,19 +276,28 @@ impl OwnerCheck {
     pub fn new() -> Self {
         OwnerCheck {
             next: Instant::now() + Self::MIN,
+            earliest: Instant::now(),
         }
     }
 
     /// Whether a check is due now, or earlier because one of `pids` (owners on record) exited.
     pub fn due(&self, pids: &[u32]) -> bool {
-        Instant::now() >= self.next
-            || pids
-                .iter()
-                .any(|p| fs::metadata(format!("/proc/{p}")).is_err())
+        let now = Instant::now();
+        now >= self.next
+            || (now >= self.earliest
+                && pids
+                    .iter()
+                    .any(|p| fs::metadata(format!("/proc/{p}")).is_err()))
     }
 
+    /// An exited owner still waits `RESCAN_SPACING` times the scan's cost: at a million
+    /// sockets a scan takes 4-8 s, and on a host where processes come and go (a bench's
+    /// holders) exits brought one every half minute, each taking a core from whatever else
+    /// ran (a re-walk beside one took seconds longer).
     pub fn done(&mut self, took: Duration) {
-        self.next = Instant::now() + (took * 50).max(Self::MIN);
+        let now = Instant::now();
+        self.next = now + (took * 50).max(Self::MIN);
+        self.earliest = now + took * RESCAN_SPACING;
     }
 }
 

@@ -87,6 +87,9 @@ pub struct Inventory {
     pub paths: PathLearner,
     /// A socket joined since the last activity walk (`risk::refresh`).
     pub unwalked: bool,
+    /// Start-up's walk, with a /proc scan to follow that names them all: its sockets stay out
+    /// of `ownerless` (19 + 16 bytes a socket at a million, only to wait for that scan).
+    pub owners_follow: bool,
     tally: Tally,
 }
 
@@ -109,6 +112,7 @@ impl Inventory {
             peers: Peers::new(idle_budget.as_secs().try_into().unwrap_or(u32::MAX), &[]),
             paths: PathLearner::default(),
             unwalked: false,
+            owners_follow: false,
             tally: Tally::default(),
         }
     }
@@ -285,7 +289,7 @@ impl Inventory {
                     new.cgroup = self.attribution.cgroup_of(new.pid);
                 }
                 let after = self.effective(&new);
-                if new.pid == 0 && new.ino != 0 {
+                if new.pid == 0 && new.ino != 0 && !self.owners_follow {
                     self.ownerless.insert(ev.sk);
                 }
                 self.index(&new);

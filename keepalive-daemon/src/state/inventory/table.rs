@@ -91,6 +91,15 @@ impl Table {
         self.index.reserve(n, |&i| hash(entries[i as usize].sk));
     }
 
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The entry at a position below `count` (positions move only when an entry is removed).
+    pub fn at(&self, i: usize) -> &Entry {
+        &self.entries[i]
+    }
+
     pub fn iter(&self) -> std::slice::Iter<'_, Entry> {
         self.entries.iter()
     }

@@ -143,30 +143,39 @@ impl Inventory {
     /// After a /proc rescan: every socket whose holder is now another process (or that had
     /// none, or whose name changed) takes the one `owners` names. Returns how many changed.
     pub fn reconcile_owners(&mut self, owners: &Owners) -> usize {
-        // Sockets and inodes only (16 bytes each), the owner looked up again when set: after
-        // start-up every socket moves, and a list of owners (with a name string each) cost
-        // the heap 100 bytes a socket.
-        let moved: Vec<(u64, u32)> = self
-            .sockets
-            .iter()
-            .filter(|e| e.ino != 0)
-            .filter(|e| {
-                let Some(now) = owners.cached(e.ino.into()) else {
-                    return false;
-                };
-                // Another holder, or the same one under a new name (it exec'd since).
-                let renamed = self.procs.get(&e.pid).is_some_and(|p| *p.comm != *now.comm);
-                now.pid != e.pid || renamed
-            })
-            .map(|e| (e.sk, e.ino))
-            .collect();
-        let n = moved.len();
-        for (sk, ino) in moved {
-            if let Some(owner) = owners.cached(ino.into()) {
-                self.set_owner(sk, owner);
+        self.reconcile_owners_at(owners, 0, usize::MAX).0
+    }
+
+    /// `reconcile_owners` for the sockets at positions `from..from + n`: a million sockets in
+    /// one hold of the lock kept a re-walk's chunks and the HTTP readers waiting for it. Returns
+    /// how many changed and the position to go on from (None at the end). A removal between
+    /// two calls moves the last socket into the hole: at worst one is looked at twice or left
+    /// to the next check.
+    pub fn reconcile_owners_at(
+        &mut self,
+        owners: &Owners,
+        from: usize,
+        n: usize,
+    ) -> (usize, Option<usize>) {
+        // By position, with nothing collected: after start-up every socket moves, and a list
+        // of them cost the heap 16 bytes a socket at the scan's peak (100 with owner names).
+        // `set_owner` moves no entry, so positions hold.
+        let end = from.saturating_add(n).min(self.sockets.count());
+        let mut moved = 0;
+        for at in from..end {
+            let e = self.sockets.at(at);
+            let Some(now) = (e.ino != 0).then(|| owners.cached(e.ino.into())).flatten() else {
+                continue;
+            };
+            // Another holder, or the same one under a new name (it exec'd since).
+            let renamed = self.procs.get(&e.pid).is_some_and(|p| *p.comm != *now.comm);
+            if now.pid != e.pid || renamed {
+                let sk = e.sk;
+                self.set_owner(sk, now);
+                moved += 1;
             }
         }
-        n
+        (moved, (end < self.sockets.count()).then_some(end))
     }
 
     /// The process holding the socket, when known.
