@@ -236,7 +236,7 @@ fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) {
         if run.died != 0 || from_done != kernel::flag(FLAG_DEATH_VIA_DONE) {
             return;
         }
-        run.died = 1;
+        run.died = DIED;
         // The exit reports nothing for a run that ended the socket.
         answered_in_run(run, sock);
         // Keepalive only gives up with probes out; the same timer also ends orphaned
@@ -248,8 +248,14 @@ fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) {
         let _ = PROBING.remove(&sk);
         debug!(ctx, "keepalive gave up on sk {:x}: errno {}", sk, err);
         run_end(EV_TIMEOUT, run.hook, sock, probes, err);
+        run.died = DIED_REPORTED;
     }
 }
+
+/// `TimerRun::died`: the run ended its socket (the exit reports nothing) …
+const DIED: u8 = 1;
+/// … and a death was reported for it (the close then carries no error, see `state_changed`).
+const DIED_REPORTED: u8 = 2;
 
 /// `sock:inet_sock_set_state`: the inventory's births and deaths, keepalive deaths in
 /// tracepoint mode (CLOSE inside the keepalive timer), and cleanup of sockets that leave the
@@ -269,14 +275,24 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
     }
     if newstate == TCP_CLOSE {
         let sock = sock::copy(sk);
-        if let Some(run) = current_for(sk) {
+        let reported = if let Some(run) = current_for(sk) {
             run.closed = 1;
             answered_in_run(run, &sock);
             died(ctx, &sock, kernel::write_err(&sock), false);
+            current_for(sk).is_some_and(|run| run.died == DIED_REPORTED)
         } else {
-            died_unseen(&sock, hook);
-        }
-        emit(EV_SOCK_CLOSE, hook, &sock, 0, 0);
+            died_unseen(&sock, hook)
+        };
+        // The daemon audits TcpExtTCPAbortOnTimeout against the deaths reported plus the
+        // closes that carry an error a timeout leaves (ingest/unseen.rs), so that a death the
+        // kernel called none of our programs for is still counted. A reported death's close
+        // carries none: it would count twice, and closes share the ring that overflows.
+        let err = if reported {
+            0
+        } else {
+            sock.get::<i32>(kernel::offsets().sk_err)
+        };
+        emit(EV_SOCK_CLOSE, hook, &sock, 0, err);
         closed_mid_run(&sock, hook);
         return;
     }
@@ -295,16 +311,17 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
 /// probe timer giving up (its count passes `tcp_retries2`, 15, not the keepalive limit unless
 /// the two are set equal), `TCP_USER_TIMEOUT` with fewer probes out (a close mid-run). A death
 /// the timer hooks saw happened inside their run, so it is never reported twice.
+/// Returns whether it reported one.
 #[inline(always)]
-fn died_unseen(sock: &Sock, hook: u8) {
+fn died_unseen(sock: &Sock, hook: u8) -> bool {
     let o = kernel::offsets();
     let probes = sock.get::<u8>(o.icsk_probes_out);
     if probes == 0 {
-        return;
+        return false;
     }
     let flags = sock.get::<u64>(o.sk_flags);
     if o.sock_keepopen_bit >= 64 || flags & (1u64 << o.sock_keepopen_bit) == 0 {
-        return;
+        return false;
     }
     let cnt = match sock.get::<u8>(o.tp_keepalive_probes) {
         0 => {
@@ -315,10 +332,11 @@ fn died_unseen(sock: &Sock, hook: u8) {
     };
     let err = sock.get::<i32>(o.sk_err);
     if probes != cnt || err == 0 || err == ECONNRESET || err == EPIPE || err == ECONNREFUSED {
-        return;
+        return false;
     }
     let _ = PROBING.remove(&sock.addr);
     run_end(EV_TIMEOUT, hook, sock, probes, kernel::write_err(sock));
+    true
 }
 
 /// A socket leaving the keepalive states: the end of its probe run, if it was in one.

@@ -16,7 +16,7 @@ use crate::{
     ingest::{
         Input,
         decode::{self, KernelEvent, Kind},
-        unseen::ProbeAudit,
+        unseen::{self, ProbeAudit},
     },
     sinks::publish::Sinks,
     state::{
@@ -34,6 +34,9 @@ pub(super) struct LoopState {
     pub(super) rescan: Arc<Notify>,
     pub(super) namespaces: HashSet<u32>,
     pub(super) audit: ProbeAudit,
+    /// TcpExtTCPAbortOnTimeout against the keepalive deaths and the other closes with a
+    /// timeout's error.
+    pub(super) abort_audit: ProbeAudit,
     pub(super) owner_check: OwnerCheck,
     /// A re-walk's records whose activity is still to be taken, and how far it got.
     pub(super) refreshing: Option<(Vec<KernelEvent>, usize)>,
@@ -139,6 +142,7 @@ pub(super) async fn event_loop(
                 Input::Defaults(read) => {
                     st.defaults(read.defaults);
                     st.audit_probes(&read.probes_sent);
+                    st.audit_aborts(&read.timeout_aborts);
                 }
                 Input::Resync(walked) => st.resync(walked),
             },
@@ -235,6 +239,9 @@ impl LoopState {
             Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked | Kind::Rearmed => {
                 if ev.kind == Kind::Gone {
                     self.tracker.handle(ev);
+                    if unseen::is_timeout_abort(ev.errno) {
+                        self.abort_audit.saw(ev.flow.netns);
+                    }
                 }
                 // The caller itself when the event came from its syscall; otherwise never a
                 // /proc scan per connection: misses are resolved with the next poll.
@@ -275,7 +282,12 @@ impl LoopState {
             _ => {
                 // The kernel's TcpExtTCPKeepAlive counts failed sends too (before transmit).
                 if matches!(ev.kind, Kind::Probe | Kind::ProbeFailed) {
-                    self.audit.saw_probe(ev.flow.netns);
+                    self.audit.saw(ev.flow.netns);
+                }
+                // A keepalive death is a timeout abort the kernel counted; its close carries no
+                // error, so that it is counted once (keepalive-ebpf state.rs `state_changed`).
+                if ev.kind == Kind::Timeout {
+                    self.abort_audit.saw(ev.flow.netns);
                 }
                 let (labels, owner, path) = {
                     let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());

@@ -60,6 +60,20 @@ impl LoopState {
         }
     }
 
+    /// Connections the kernel ended on a timeout whose close no event reported: a keepalive
+    /// death among them went unreported (the kernel called none of our programs for it,
+    /// docs/unseen-probes.md), so it is counted and said.
+    pub(super) fn audit_aborts(&mut self, aborts: &HashMap<u32, u64>) {
+        for (netns, n) in self.abort_audit.audit(aborts) {
+            self.sinks.metrics.closes_unseen.inc_by(n);
+            warn!(
+                "{n} connections in network namespace {netns} ended on a timeout with no close \
+                 event (kernel TcpExtTCPAbortOnTimeout ahead of the closes seen); any keepalive \
+                 death among them is not reported; counted in keepalive_timeout_closes_unseen_total"
+            );
+        }
+    }
+
     pub(super) fn resync(&mut self, walked: Walked) {
         let owners = &self.sinks.owners;
         let c = {

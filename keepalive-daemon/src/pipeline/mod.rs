@@ -98,6 +98,7 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         rescan,
         namespaces: HashSet::new(),
         audit: ProbeAudit::default(),
+        abort_audit: ProbeAudit::default(),
         owner_check: OwnerCheck::new(),
         refreshing: None,
         scan_wanted,
