@@ -18,6 +18,7 @@ use crate::{
         decode::{self, KernelEvent, Kind},
         unseen::{self, ProbeAudit},
     },
+    kernel::clock::monotonic_ns,
     sinks::publish::Sinks,
     state::{
         inventory::Inventory,
@@ -44,6 +45,13 @@ pub(super) struct LoopState {
     pub(super) scan_wanted: bool,
     /// Run ends taken from their ring, waiting for the event ring to reach their time.
     pub(super) ends: VecDeque<KernelEvent>,
+    /// When the latest `take_ends` began (monotonic ns).
+    pub(super) taken_ns: u64,
+    /// Every record committed to either ring before this time has been dispatched: the time
+    /// the last drain that emptied the event ring began (`inputs.rs` `audit`).
+    pub(super) caught_up_ns: u64,
+    /// When the kernel counts the audits hold as "previous" arrived.
+    pub(super) audited_ns: u64,
 }
 
 pub(super) async fn event_loop(
@@ -141,8 +149,7 @@ pub(super) async fn event_loop(
                 Input::Icmp(hit) => st.tracker.icmp(hit),
                 Input::Defaults(read) => {
                     st.defaults(read.defaults);
-                    st.audit_probes(&read.probes_sent);
-                    st.audit_aborts(&read.timeout_aborts);
+                    st.audit(&read.probes_sent, &read.timeout_aborts);
                 }
                 Input::Resync(walked) => st.resync(walked),
             },
@@ -186,6 +193,7 @@ impl LoopState {
     /// (`ends_until`): a death before the probe that preceded it would read as a probe after
     /// death. At most one per socket in a run, so the queue stays bounded.
     fn take_ends(&mut self, rb: &mut RingBuf<MapData>) {
+        self.taken_ns = monotonic_ns();
         while let Some(item) = rb.next() {
             match decode::decode(&item, self.hz) {
                 Ok(ev) => self.ends.push_back(ev),
@@ -227,6 +235,7 @@ impl LoopState {
         // The event ring is empty: what it had before the queued run ends has been dispatched.
         if n < MAX_DRAIN {
             self.ends_until(u64::MAX);
+            self.caught_up_ns = self.taken_ns;
         }
         n
     }

@@ -103,6 +103,9 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         refreshing: None,
         scan_wanted,
         ends: VecDeque::new(),
+        taken_ns: 0,
+        caught_up_ns: 0,
+        audited_ns: 0,
     };
     let events = tokio::spawn(event_loop::event_loop(
         maps.ring,
