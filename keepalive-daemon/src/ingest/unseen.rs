@@ -14,8 +14,11 @@
 //!
 //! The comparison lags one poll: the kernel's count from the previous poll against the events
 //! received by now, so a probe whose event is still on its way (the counter moves inside the
-//! timer, the event after it) is never taken for a lost one. Losses in the ring buffer
-//! (`keepalive_events_lost_total{stage="kernel"}`) show up here too; that is the one overlap.
+//! timer, the event after it) is never taken for a lost one; and the event loop calls the
+//! audit only once it has dispatched every record committed before the previous poll's counts
+//! arrived (`pipeline/inputs.rs` `audit`), since under a flood it falls seconds behind. Losses
+//! in the ring buffer (`keepalive_events_lost_total{stage="kernel"}`) show up here too; that
+//! is the one overlap (for timeout closes also `stage="run_end"`: a death lost there).
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug)]
