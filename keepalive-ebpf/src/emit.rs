@@ -138,16 +138,17 @@ pub fn emit_run_end(sk: u64, copy: *const u8, meta: u32, errno: i32, closes: u32
     1
 }
 
-/// A run's end that leaves the socket open (a RST is read before `tcp_done`).
+/// A run's end that leaves the socket open (a RST is read before `tcp_done`); false when
+/// `RUN_ENDS` had no room (counted).
 #[inline(always)]
-pub fn run_end(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) {
+pub fn run_end(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) -> bool {
     emit_run_end(
         sock.addr,
         sock.copy(),
         pack(kind, hook, probes, 0),
         errno,
         0,
-    );
+    ) != 0
 }
 
 /// A run's end taken at the socket's CLOSE transition, standing for the close too; false when

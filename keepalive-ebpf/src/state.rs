@@ -239,7 +239,7 @@ fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) -> bool
         if run.died != 0 || from_done != kernel::flag(FLAG_DEATH_VIA_DONE) {
             return false;
         }
-        run.died = 1;
+        run.died = DIED;
         // The exit reports nothing for a run that ended the socket.
         answered_in_run(run, sock);
         // Keepalive only gives up with probes out; the same timer also ends orphaned
@@ -250,14 +250,23 @@ fn died<C: EbpfContext>(ctx: &C, sock: &Sock, err: i32, from_done: bool) -> bool
         }
         let _ = PROBING.remove(&sk);
         debug!(ctx, "keepalive gave up on sk {:x}: errno {}", sk, err);
-        if from_done {
-            run_end(EV_TIMEOUT, run.hook, sock, probes, err);
-            return false;
+        let written = if from_done {
+            run_end(EV_TIMEOUT, run.hook, sock, probes, err)
+        } else {
+            run_end_closing(EV_TIMEOUT, run.hook, sock, probes, err)
+        };
+        if written {
+            run.died = DIED_REPORTED;
         }
-        return run_end_closing(EV_TIMEOUT, run.hook, sock, probes, err);
+        return written && !from_done;
     }
     false
 }
+
+/// `TimerRun::died`: the run ended its socket (the exit reports nothing) …
+const DIED: u8 = 1;
+/// … and a death was reported for it (the close then carries no error, see `state_changed`).
+const DIED_REPORTED: u8 = 2;
 
 /// `sock:inet_sock_set_state`: the inventory's births and deaths, keepalive deaths in
 /// tracepoint mode (CLOSE inside the keepalive timer), and cleanup of sockets that leave the
@@ -277,18 +286,29 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
     }
     if newstate == TCP_CLOSE {
         let sock = sock::copy(sk);
-        let ended = if let Some(run) = current_for(sk) {
+        let o = kernel::offsets();
+        // `ended`: a run's end written here stands for the close too (`FLAG_CLOSES`: one
+        // record per death, not two, when a partition ends every probing socket at once);
+        // `reported`: the socket's keepalive death was reported, here or by `dying`.
+        let (ended, reported) = if let Some(run) = current_for(sk) {
             run.closed = 1;
             answered_in_run(run, &sock);
-            died(ctx, &sock, kernel::write_err(&sock), false)
+            let ended = died(ctx, &sock, kernel::write_err(&sock), false);
+            let reported = current_for(sk).is_some_and(|run| run.died == DIED_REPORTED);
+            (ended, reported)
         } else {
-            died_unseen(&sock, hook)
+            let ended = died_unseen(&sock, hook);
+            (ended, ended)
         };
-        // A run's end written here stands for the close (`FLAG_CLOSES`): one record per
-        // death, not two, when a partition ends every probing socket at once.
-        if !ended && !closed_mid_run(&sock, hook, true) {
-            emit(EV_SOCK_CLOSE, hook, &sock, 0, 0);
+        if ended || closed_mid_run(&sock, hook, true) {
+            return;
         }
+        // The daemon audits TcpExtTCPAbortOnTimeout against the deaths reported plus the
+        // closes that carry an error a timeout leaves (ingest/unseen.rs), so that a death the
+        // kernel called none of our programs for is still counted. A reported death's close
+        // carries none: it would count twice, and closes share the ring that overflows.
+        let err = if reported { 0 } else { sock.get::<i32>(o.sk_err) };
+        emit(EV_SOCK_CLOSE, hook, &sock, 0, err);
         return;
     }
     if unsafe { PROBING.get(&sk) }.is_some() {
@@ -306,6 +326,7 @@ pub fn state_changed<C: EbpfContext>(ctx: &C, sk: u64, newstate: u8, hook: u8) {
 /// probe timer giving up (its count passes `tcp_retries2`, 15, not the keepalive limit unless
 /// the two are set equal), `TCP_USER_TIMEOUT` with fewer probes out (a close mid-run). A death
 /// the timer hooks saw happened inside their run, so it is never reported twice.
+/// Returns whether it reported one.
 #[inline(always)]
 fn died_unseen(sock: &Sock, hook: u8) -> bool {
     let o = kernel::offsets();
@@ -334,7 +355,8 @@ fn died_unseen(sock: &Sock, hook: u8) -> bool {
 
 /// A socket leaving the keepalive states: the end of its probe run, if it was in one.
 /// `closing`: it leaves for CLOSE, and the record written stands for the close too (then
-/// true is returned); otherwise it moves on to FIN_WAIT1, LAST_ACK …, which closes nothing.
+/// true is returned; its errno is the close's `sk_err`); otherwise it moves on to FIN_WAIT1,
+/// LAST_ACK …, which closes nothing.
 #[inline(always)]
 fn closed_mid_run(sock: &Sock, hook: u8, closing: bool) -> bool {
     let Some(sent) = (unsafe { PROBING.get(&sock.addr) }).copied() else {
@@ -342,7 +364,10 @@ fn closed_mid_run(sock: &Sock, hook: u8, closing: bool) -> bool {
     };
     let _ = PROBING.remove(&sock.addr);
     if closing {
-        return run_end_closing(EV_CLOSED, hook, sock, sent, 0);
+        // The error travels with the record for the close it stands for (see the audit in
+        // `state_changed`): a retransmission timeout's ETIMEDOUT is a close the kernel counts.
+        let err = sock.get::<i32>(kernel::offsets().sk_err);
+        return run_end_closing(EV_CLOSED, hook, sock, sent, err);
     }
     run_end(EV_CLOSED, hook, sock, sent, 0);
     false

@@ -143,6 +143,8 @@ pub struct Metrics {
     pub lost_nested: f64,
     /// Probes the kernel counted that reached no hook (the daemon's own audit).
     pub unseen: f64,
+    /// `keepalive_timeout_closes_unseen_total`.
+    pub closes_unseen: f64,
     /// Probes the kernel counted but could not send, all reasons.
     pub failed: f64,
 }
@@ -184,6 +186,7 @@ impl Metrics {
                 .map(|s| s.value)
                 .sum(),
             unseen: plain("keepalive_probes_unseen_total")?,
+            closes_unseen: plain("keepalive_timeout_closes_unseen_total")?,
             failed: plain("keepalive_probes_failed_total")?,
         })
     }

@@ -149,6 +149,16 @@ pub fn daemon(
             "daemon counted {unseen} probes that reached no hook (keepalive_probes_unseen_total)"
         ));
     }
+    // Every connection the kernel ended on a timeout had its close seen with the error: the
+    // audit of TcpExtTCPAbortOnTimeout counts none missing. The close comes from the state-change
+    // tracepoint in every mode, which no kprobe skips.
+    let closes_unseen = (end.0.closes_unseen - start.0.closes_unseen) as u64;
+    if closes_unseen > 0 {
+        out.failures.push(format!(
+            "daemon counted {closes_unseen} timeout closes that reached no hook \
+             (keepalive_timeout_closes_unseen_total)"
+        ));
+    }
     Ok(out)
 }
 

@@ -135,6 +135,19 @@ pub fn alive(ns: &Netns) -> Result<u64> {
 
 /// `TcpExtTCPKeepAlive` (keepalive probes the kernel sent) of one namespace.
 pub fn keepalive_mib(ns: &Netns) -> Result<u64> {
+    tcp_ext(ns, "TCPKeepAlive")
+}
+
+/// `TcpExtTCPAbortOnTimeout` of one namespace: connections the kernel ended on a timeout
+/// (`tcp_write_err`: keepalive giving up, and retransmission or zero-window probes giving up).
+/// In the partition it is the kernel's own count of the deaths, whether or not the daemon's
+/// programs were called for them.
+pub fn timeout_aborts(ns: &Netns) -> Result<u64> {
+    tcp_ext(ns, "TCPAbortOnTimeout")
+}
+
+/// One `TcpExt` counter of a namespace's /proc/net/netstat.
+fn tcp_ext(ns: &Netns, name: &str) -> Result<u64> {
     let text = sys::output(Command::new("ip").args([
         "netns",
         "exec",
@@ -150,12 +163,12 @@ pub fn keepalive_mib(ns: &Netns) -> Result<u64> {
         let names = names.split_whitespace();
         if let Some((_, v)) = names
             .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "TCPKeepAlive")
+            .find(|(n, _)| *n == name)
         {
-            return v.parse().context("TCPKeepAlive");
+            return v.parse().with_context(|| name.to_string());
         }
     }
-    anyhow::bail!("no TcpExt TCPKeepAlive in {}", ns.name)
+    anyhow::bail!("no TcpExt {name} in {}", ns.name)
 }
 
 /// Packets the kernel dropped at `net.core.netdev_max_backlog` (second column of every CPU's

@@ -42,10 +42,15 @@ fn read_here() -> io::Result<NsDefaults> {
     })
 }
 
-/// The kernel's count of keepalive probes sent in this thread's namespace (`/proc/self/net` would
-/// be the process's namespace, not the one this thread entered).
-fn probes_here() -> Option<u64> {
-    super::unseen::keepalive_probes(&fs::read_to_string("/proc/thread-self/net/netstat").ok()?)
+/// The kernel's count of keepalive probes sent and of connections ended on a timeout in this
+/// thread's namespace (`/proc/self/net` would be the process's namespace, not the one this
+/// thread entered).
+fn counts_here() -> Option<(Option<u64>, Option<u64>)> {
+    let text = fs::read_to_string("/proc/thread-self/net/netstat").ok()?;
+    Some((
+        super::unseen::keepalive_probes(&text),
+        super::unseen::timeout_aborts(&text),
+    ))
 }
 
 /// One poll: each namespace's defaults, and its kernel count of keepalive probes sent.
@@ -53,6 +58,8 @@ fn probes_here() -> Option<u64> {
 pub struct Reading {
     pub defaults: HashMap<u32, NsDefaults>,
     pub probes_sent: HashMap<u32, u64>,
+    /// `TcpExtTCPAbortOnTimeout` per namespace.
+    pub timeout_aborts: HashMap<u32, u64>,
 }
 
 /// Reads each namespace, from one short-lived thread that enters them in turn (`setns` changes
@@ -69,8 +76,13 @@ pub fn read_all(namespaces: Vec<(u32, PathBuf)>) -> Reading {
             if let Ok(d) = read_here() {
                 out.defaults.insert(ino, d);
             }
-            if let Some(n) = probes_here() {
-                out.probes_sent.insert(ino, n);
+            if let Some((probes, aborts)) = counts_here() {
+                if let Some(n) = probes {
+                    out.probes_sent.insert(ino, n);
+                }
+                if let Some(n) = aborts {
+                    out.timeout_aborts.insert(ino, n);
+                }
             }
         }
         out

@@ -16,8 +16,9 @@ use crate::{
     ingest::{
         Input,
         decode::{self, KernelEvent, Kind},
-        unseen::ProbeAudit,
+        unseen::{self, ProbeAudit},
     },
+    kernel::clock::monotonic_ns,
     sinks::publish::Sinks,
     state::{
         inventory::Inventory,
@@ -34,6 +35,9 @@ pub(super) struct LoopState {
     pub(super) rescan: Arc<Notify>,
     pub(super) namespaces: HashSet<u32>,
     pub(super) audit: ProbeAudit,
+    /// TcpExtTCPAbortOnTimeout against the keepalive deaths and the other closes with a
+    /// timeout's error.
+    pub(super) abort_audit: ProbeAudit,
     pub(super) owner_check: OwnerCheck,
     /// A re-walk's records whose activity is still to be taken, and how far it got.
     pub(super) refreshing: Option<(Vec<KernelEvent>, usize)>,
@@ -41,6 +45,13 @@ pub(super) struct LoopState {
     pub(super) scan_wanted: bool,
     /// Run ends taken from their ring, waiting for the event ring to reach their time.
     pub(super) ends: VecDeque<KernelEvent>,
+    /// When the latest `take_ends` began (monotonic ns).
+    pub(super) taken_ns: u64,
+    /// Every record committed to either ring before this time has been dispatched: the time
+    /// the last drain that emptied the event ring began (`inputs.rs` `audit`).
+    pub(super) caught_up_ns: u64,
+    /// When the kernel counts the audits hold as "previous" arrived.
+    pub(super) audited_ns: u64,
 }
 
 pub(super) async fn event_loop(
@@ -138,7 +149,7 @@ pub(super) async fn event_loop(
                 Input::Icmp(hit) => st.tracker.icmp(hit),
                 Input::Defaults(read) => {
                     st.defaults(read.defaults);
-                    st.audit_probes(&read.probes_sent);
+                    st.audit(&read.probes_sent, &read.timeout_aborts);
                 }
                 Input::Resync(walked) => st.resync(walked),
             },
@@ -182,6 +193,7 @@ impl LoopState {
     /// (`ends_until`): a death before the probe that preceded it would read as a probe after
     /// death. At most one per socket in a run, so the queue stays bounded.
     fn take_ends(&mut self, rb: &mut RingBuf<MapData>) {
+        self.taken_ns = monotonic_ns();
         while let Some(item) = rb.next() {
             if let Some(ev) = self.decoded(&item) {
                 self.ends.push_back(ev);
@@ -203,20 +215,23 @@ impl LoopState {
     /// event itself, and the close right after it (`KernelEvent::answered`, `closes`: the
     /// kernel folds them to save ring space at bursts and partitions).
     fn dispatch_record(&mut self, ev: &KernelEvent) {
-        let folded = |kind, probes| KernelEvent {
+        let folded = |kind, probes, errno| KernelEvent {
             kind,
             probes,
-            errno: 0,
+            errno,
             answered: None,
             closes: false,
             ..ev.clone()
         };
         if let Some(probes) = ev.answered {
-            self.dispatch(&folded(Kind::Answered, probes));
+            self.dispatch(&folded(Kind::Answered, probes, 0));
         }
         self.dispatch(ev);
         if ev.closes {
-            self.dispatch(&folded(Kind::Gone, 0));
+            // A death's close carries no error (the death is the timeout the abort audit
+            // counts); a close mid-run carries the socket's (keepalive-ebpf `closed_mid_run`).
+            let errno = if ev.kind == Kind::Closed { ev.errno } else { 0 };
+            self.dispatch(&folded(Kind::Gone, 0, errno));
         }
     }
 
@@ -244,6 +259,7 @@ impl LoopState {
         // The event ring is empty: what it had before the queued run ends has been dispatched.
         if n < MAX_DRAIN {
             self.ends_until(u64::MAX);
+            self.caught_up_ns = self.taken_ns;
         }
         n
     }
@@ -256,6 +272,9 @@ impl LoopState {
             Kind::Open | Kind::Gone | Kind::Settings | Kind::Walked | Kind::Rearmed => {
                 if ev.kind == Kind::Gone {
                     self.tracker.handle(ev);
+                    if unseen::is_timeout_abort(ev.errno) {
+                        self.abort_audit.saw(ev.flow.netns);
+                    }
                 }
                 // The caller itself when the event came from its syscall; otherwise never a
                 // /proc scan per connection: misses are resolved with the next poll.
@@ -296,7 +315,12 @@ impl LoopState {
             _ => {
                 // The kernel's TcpExtTCPKeepAlive counts failed sends too (before transmit).
                 if matches!(ev.kind, Kind::Probe | Kind::ProbeFailed) {
-                    self.audit.saw_probe(ev.flow.netns);
+                    self.audit.saw(ev.flow.netns);
+                }
+                // A keepalive death is a timeout abort the kernel counted; its close carries no
+                // error, so that it is counted once (keepalive-ebpf state.rs `state_changed`).
+                if ev.kind == Kind::Timeout {
+                    self.abort_audit.saw(ev.flow.netns);
                 }
                 let (labels, owner, path) = {
                     let mut inv = self.inventory.lock().unwrap_or_else(|e| e.into_inner());

@@ -98,10 +98,14 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         rescan,
         namespaces: HashSet::new(),
         audit: ProbeAudit::default(),
+        abort_audit: ProbeAudit::default(),
         owner_check: OwnerCheck::new(),
         refreshing: None,
         scan_wanted,
         ends: VecDeque::new(),
+        taken_ns: 0,
+        caught_up_ns: 0,
+        audited_ns: 0,
     };
     let events = tokio::spawn(event_loop::event_loop(
         maps.ring,

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub workload: WorkloadMetrics,
     /// Probes the namespace's TcpExtTCPKeepAlive counted that no event reported.
     pub probes_unseen: IntCounter,
+    /// Connections the namespace's TcpExtTCPAbortOnTimeout counted whose close no event
+    /// reported (keepalive deaths among them went unreported).
+    pub closes_unseen: IntCounter,
     /// `reason`: see [`crate::state::event::FailReason`].
     pub probes_failed: IntCounterVec,
     /// `stage`: kernel (ring buffer full) | run_end (the run-end ring full: a death, RST or
@@ -78,7 +81,7 @@ impl Metrics {
             .iter()
             .map(|s| self.lost.with_label_values(&[s]).get())
             .sum();
-        events + self.probes_unseen.get()
+        events + self.probes_unseen.get() + self.closes_unseen.get()
     }
 
     /// Handles for the ICMP input's counters.
@@ -172,6 +175,11 @@ impl Metrics {
                 &r,
                 "keepalive_probes_unseen_total",
                 "Keepalive probes the kernel counted (TcpExtTCPKeepAlive of the namespace) that no probe event reported.",
+            ),
+            closes_unseen: counter(
+                &r,
+                "keepalive_timeout_closes_unseen_total",
+                "Connections the kernel ended on a timeout (TcpExtTCPAbortOnTimeout of the namespace: keepalive, retransmission or zero-window probes giving up) that no close event reported; a keepalive death among them was not reported.",
             ),
             lost,
             readers_dropped: counter(
