@@ -17,7 +17,7 @@ pub struct TimerRun {
     pub wakeup_pending: u8,
     /// `tcp_write_wakeup` sent a keepalive probe (returned <= 0).
     pub wakeup_probe: u8,
-    /// The socket died in this run (1); its death was reported (2, `state.rs` `DIED_REPORTED`).
+    /// The socket died in this run (1); its death was reported (2, `ends.rs` `DIED_REPORTED`).
     pub died: u8,
     pub hook: u8,
     /// The socket reached CLOSE in this run (keepalive death, or an orphan's FIN_WAIT2

@@ -15,6 +15,7 @@
 
 mod classify;
 mod emit;
+mod ends;
 mod kernel;
 mod nesting;
 mod sock;

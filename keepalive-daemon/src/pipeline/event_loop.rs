@@ -318,7 +318,7 @@ impl LoopState {
                     self.audit.saw(ev.flow.netns);
                 }
                 // A keepalive death is a timeout abort the kernel counted; its close carries no
-                // error, so that it is counted once (keepalive-ebpf state.rs `state_changed`).
+                // error, so that it is counted once (keepalive-ebpf ends.rs `state_changed`).
                 if ev.kind == Kind::Timeout {
                     self.abort_audit.saw(ev.flow.netns);
                 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use keepalive_common::HOOK_FENTRY;
 
-use crate::{nesting, state};
+use crate::{ends, nesting, state};
 
 /// `static void tcp_keepalive_timer(struct timer_list *t)` — never inlined: it is a timer
 /// callback, so it has a trampoline-able symbol on every kernel.
@@ -59,12 +59,12 @@ pub fn ka_nest_done_err(ctx: FEntryContext) -> u32 {
 fn done_with_error(ctx: &FEntryContext) {
     let sk = scalar_arg(ctx, 0);
     let err: u64 = ctx.arg(1);
-    state::dying(ctx, sk, err as i32, true);
+    ends::dying(ctx, sk, err as i32, true);
 }
 
 /// Argument `n` as a plain number. Loaded from the context, a pointer argument is a typed
 /// kernel pointer to the verifier (`ptr_sock`), and Debian's 7.3 refuses every operation on
-/// one but adding or subtracting an offset: `state::dying` logs `sk` in hex, which shifts it
+/// one but adding or subtracting an offset: `ends::dying` logs `sk` in hex, which shifts it
 /// byte by byte into the log record, and the whole death program was refused with "R4 pointer
 /// arithmetic with >>= operator prohibited … Register Type Safety: Invalid pointer arithmetic
 /// operator" (6.1 and 6.12 accepted the same object). Copied out of the context with

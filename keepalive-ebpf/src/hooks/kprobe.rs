@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use keepalive_common::HOOK_KPROBE;
 
-use crate::{kernel, state};
+use crate::{ends, kernel, state};
 
 /// `static void tcp_keepalive_timer(struct timer_list *t)`
 #[kprobe]
@@ -58,6 +58,6 @@ pub fn ka_kretprobe_write_wakeup(ctx: RetProbeContext) -> u32 {
 pub fn ka_kprobe_done_with_error(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
     let err: u64 = ctx.arg(1).unwrap_or(0);
-    state::dying(&ctx, sk, err as i32, true);
+    ends::dying(&ctx, sk, err as i32, true);
     0
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use keepalive_common::HOOK_TRACEPOINT;
 
-use crate::{kernel, nesting, state};
+use crate::{ends, kernel, nesting, state};
 
 /// `timer:timer_expire_entry` — TP_PROTO(struct timer_list *timer, unsigned long baseclk)
 /// (the second argument is `now` before 5.6; unused). Fires for every timer wheel callback, so
@@ -98,7 +98,7 @@ pub fn ka_nest_set_state(ctx: RawTracePointContext) -> i32 {
 fn set_state(ctx: &RawTracePointContext) {
     let sk: u64 = ctx.arg(0);
     let newstate: u64 = ctx.arg(2);
-    state::state_changed(ctx, sk, newstate as u8, HOOK_TRACEPOINT);
+    ends::state_changed(ctx, sk, newstate as u8, HOOK_TRACEPOINT);
 }
 
 /// `tcp:tcp_receive_reset` — TP_PROTO(struct sock *sk), 4.15+. Fires at the top of
@@ -107,7 +107,7 @@ fn set_state(ctx: &RawTracePointContext) {
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn ka_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
     nesting::primary(nesting::NEST_RESET, || {
-        state::reset_received(ctx.arg(0), HOOK_TRACEPOINT)
+        ends::reset_received(ctx.arg(0), HOOK_TRACEPOINT)
     });
     0
 }
@@ -116,7 +116,7 @@ pub fn ka_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn ka_nest_rcv_reset(ctx: RawTracePointContext) -> i32 {
     nesting::twin(nesting::NEST_RESET, || {
-        state::reset_received(ctx.arg(0), HOOK_TRACEPOINT)
+        ends::reset_received(ctx.arg(0), HOOK_TRACEPOINT)
     });
     0
 }
