@@ -142,26 +142,16 @@ pub fn emit_run_end(sk: u64, copy: *const u8, meta: u32, errno: i32, closes: u32
 /// `RUN_ENDS` had no room (counted).
 #[inline(always)]
 pub fn run_end(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) -> bool {
-    emit_run_end(
-        sock.addr,
-        sock.copy(),
-        pack(kind, hook, probes, 0),
-        errno,
-        0,
-    ) != 0
+    let meta = pack(kind, hook, probes, 0);
+    emit_run_end(sock.addr, sock.copy(), meta, errno, 0) != 0
 }
 
 /// A run's end taken at the socket's CLOSE transition, standing for the close too; false when
 /// `RUN_ENDS` had no room (counted), and the close is still to be written.
 #[inline(always)]
 pub fn run_end_closing(kind: u8, hook: u8, sock: &Sock, probes: u8, errno: i32) -> bool {
-    emit_run_end(
-        sock.addr,
-        sock.copy(),
-        pack(kind, hook, probes, 0),
-        errno,
-        1,
-    ) != 0
+    let meta = pack(kind, hook, probes, 0);
+    emit_run_end(sock.addr, sock.copy(), meta, errno, 1) != 0
 }
 
 /// One out-of-line copy (BPF calls take at most five arguments, hence the packing and the

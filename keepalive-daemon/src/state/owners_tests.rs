@@ -108,3 +108,30 @@ fn parses_socket_links_only() {
     assert_eq!(socket_inode("pipe:[12345]"), None);
     assert_eq!(socket_inode("/dev/null"), None);
 }
+
+#[test]
+fn a_quiet_host_skips_the_periodic_scan_until_a_process_comes_or_goes() {
+    let long_ago = Instant::now() - Duration::from_secs(3600);
+    let mut check = OwnerCheck::new();
+    // Due by the clock, but no process started or exited since the scan (tried a few times:
+    // another process on the host may come or go in between).
+    let skipped = (0..5).any(|_| {
+        check.done(Duration::from_millis(1));
+        check.next = long_ago;
+        !check.due(&[])
+    });
+    assert!(skipped && check.next > Instant::now());
+    // A process started (this child) or exited since: the scan runs.
+    check.next = long_ago;
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    assert!(check.due(&[]));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // However quiet, at most `QUIET` apart.
+    check.done(Duration::from_millis(1));
+    (check.next, check.scanned) = (long_ago, long_ago);
+    assert!(check.due(&[]));
+}
