@@ -42,14 +42,7 @@ impl Settle {
         let web = web.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            // Idle times only move an exposed or at-risk socket between those two classes:
-            // with none, the walk (56 % of a quiet daemon's CPU at 10 000 sockets scraped
-            // once a second) would change nothing. A socket becomes at risk by an event (a
-            // connect, a setting, an owner), which reclasses it at once; the re-tally below
-            // still settles what a neighbour changed (a listener, a workload learned late).
-            if web.lock_inventory().tally().uncovered() > 0 {
-                web.fresh_activity().await;
-            }
+            web.fresh_activity().await;
             let ids = web.lock_inventory().socket_ids();
             let mut moved = 0;
             for chunk in ids.chunks(CHUNK) {

@@ -77,16 +77,6 @@ impl Tally {
             .filter_map(|(c, n)| Some((c.as_ref()?, *n)))
     }
 
-    /// Sockets whose class only an activity walk or the clock can change: established, with
-    /// a non-local peer, and exposed or at risk (keepalive off or above the budget). Covered,
-    /// local and listening sockets keep their class until an event changes them.
-    pub fn uncovered(&self) -> u64 {
-        self.classes()
-            .filter(|(c, _)| c.risk.uncovered())
-            .map(|(_, n)| n)
-            .sum()
-    }
-
     /// Whether `id` counts `class` now: compared in place, without hashing the labels (most
     /// events leave a socket in its class).
     fn holds(&self, id: u32, class: &Class) -> bool {
