@@ -43,13 +43,15 @@ impl Namespace {
     }
 }
 
+/// One kernel counter audited per namespace against the events that stand for it: the
+/// probes (`TcpExtTCPKeepAlive`), or the timeout closes (`TcpExtTCPAbortOnTimeout`).
 #[derive(Default)]
-pub struct ProbeAudit {
+pub struct CounterAudit {
     seen: HashMap<u32, u64>,
     namespaces: HashMap<u32, Namespace>,
 }
 
-impl ProbeAudit {
+impl CounterAudit {
     /// An event the audited counter counts (a probe, or a close by a timeout) for a socket
     /// in `netns` reached the daemon.
     pub fn saw(&mut self, netns: u32) {
@@ -135,7 +137,7 @@ fn tcp_ext(netstat: &str, name: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn poll(a: &mut ProbeAudit, ns: u32, kernel: u64) -> u64 {
+    fn poll(a: &mut CounterAudit, ns: u32, kernel: u64) -> u64 {
         a.audit(&HashMap::from([(ns, kernel)]))
             .iter()
             .map(|f| f.1)
@@ -144,7 +146,7 @@ mod tests {
 
     #[test]
     fn every_probe_seen_is_never_reported() {
-        let mut a = ProbeAudit::default();
+        let mut a = CounterAudit::default();
         assert_eq!(poll(&mut a, 7, 100), 0);
         for _ in 0..5 {
             a.saw(7);
@@ -156,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_probe_in_flight_at_the_poll_is_not_a_loss() {
-        let mut a = ProbeAudit::default();
+        let mut a = CounterAudit::default();
         poll(&mut a, 7, 0);
         // Counted by the kernel, event not received yet.
         assert_eq!(poll(&mut a, 7, 1), 0);
@@ -166,7 +168,7 @@ mod tests {
 
     #[test]
     fn unseen_probes_are_reported_once_a_poll_later() {
-        let mut a = ProbeAudit::default();
+        let mut a = CounterAudit::default();
         poll(&mut a, 7, 10);
         a.saw(7);
         assert_eq!(poll(&mut a, 7, 13), 0, "lagged: compared at the next poll");
@@ -179,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_recycled_namespace_starts_over() {
-        let mut a = ProbeAudit::default();
+        let mut a = CounterAudit::default();
         poll(&mut a, 7, 50);
         poll(&mut a, 7, 60);
         assert_eq!(

@@ -16,7 +16,7 @@ use crate::{
     ingest::{
         Input,
         decode::{self, KernelEvent, Kind},
-        unseen::{self, ProbeAudit},
+        unseen::{self, CounterAudit},
     },
     kernel::clock::monotonic_ns,
     sinks::publish::Sinks,
@@ -34,10 +34,10 @@ pub(super) struct LoopState {
     pub(super) sinks: Sinks,
     pub(super) rescan: Arc<Notify>,
     pub(super) namespaces: HashSet<u32>,
-    pub(super) audit: ProbeAudit,
+    pub(super) audit: CounterAudit,
     /// TcpExtTCPAbortOnTimeout against the keepalive deaths and the other closes with a
     /// timeout's error.
-    pub(super) abort_audit: ProbeAudit,
+    pub(super) abort_audit: CounterAudit,
     pub(super) owner_check: OwnerCheck,
     /// A re-walk's records whose activity is still to be taken, and how far it got.
     pub(super) refreshing: Option<(Vec<KernelEvent>, usize)>,

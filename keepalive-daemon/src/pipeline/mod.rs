@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     error::{Error, Result},
-    ingest::{activity::ActivityWalk, icmp, rewalk, sysctl, unseen::ProbeAudit},
+    ingest::{activity::ActivityWalk, icmp, rewalk, sysctl, unseen::CounterAudit},
     kernel::{
         attach::{Attached, HookStatus},
         clock,
@@ -97,8 +97,8 @@ pub async fn run(opts: RunArgs, web_config: Option<Arc<Watched>>) -> Result<()> 
         sinks,
         rescan,
         namespaces: HashSet::new(),
-        audit: ProbeAudit::default(),
-        abort_audit: ProbeAudit::default(),
+        audit: CounterAudit::default(),
+        abort_audit: CounterAudit::default(),
         owner_check: OwnerCheck::new(),
         refreshing: None,
         scan_wanted,

@@ -1,7 +1,7 @@
 //! The daemon-side checks must catch each kind of wrong report; these feed them synthetic
 //! event streams, so a check that could never fail shows up here.
 
-use super::{Me, check_flow, check_metrics};
+use super::{Me, check_metrics, flow::check as check_flow};
 use crate::event::{Event, Metrics};
 use crate::flow::{Expect, Flow};
 use crate::sock::{FAST, Stamp};
